@@ -1,0 +1,38 @@
+# dfudet: every target creates or reuses .venv and installs the pinned dependencies first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dfudet-installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx reproduce-fuseg clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+DEMO := runs/demo
+DFUDET := $(VENV)/bin/dfudet
+
+demo: $(STAMP)
+	$(DFUDET) data demo --out $(DEMO)/raw --n 300 --seed 0
+	$(DFUDET) data import --format coco --images $(DEMO)/raw/images \
+	  --annotations $(DEMO)/raw/annotations/train.json --annotations $(DEMO)/raw/annotations/val.json \
+	  --annotations $(DEMO)/raw/annotations/test.json --healthy $(DEMO)/raw/healthy --out $(DEMO)/dataset
+	$(DFUDET) data prepare $(DEMO)/dataset --out $(DEMO)/cache --img-size 320
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench-loader: $(STAMP)
+	$(PY) bench/loader.py --out bench/results/loader.json
+
+clean:
+	rm -rf runs/demo

@@ -1,0 +1,134 @@
+"""The `dfudet` command: one small function per subcommand, wiring only (logic lives in the packages)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dfudet.errors import DfudetError
+
+
+# ----------------------------------------------------------------------------------------------- data
+def cmd_data_import(a: argparse.Namespace) -> int:
+    from dfudet.data.importers import ImportOptions, import_dataset
+
+    opts = ImportOptions(
+        min_area=a.min_area,
+        negative_crops=a.negative_crops,
+        crop_size=a.crop_size,
+        crop_margin=a.crop_margin,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+        seed=a.seed,
+        patient_regex=a.patient_regex,
+        patient_column=a.patient_column,
+    )
+    result = import_dataset(
+        fmt=a.format,
+        images=Path(a.images) if a.images else None,
+        annotations=[Path(p) for p in a.annotations],
+        healthy=[Path(p) for p in a.healthy],
+        out=Path(a.out),
+        skip_bad=a.skip_bad,
+        options=opts,
+    )
+    print(result.summary_text())
+    return 0
+
+
+def cmd_data_prepare(a: argparse.Namespace) -> int:
+    from dfudet.data.cache import prepare_cache
+
+    manifest = prepare_cache(Path(a.dataset_dir), Path(a.out), img_size=a.img_size, jpeg_quality=a.jpeg_quality)
+    print(f"LMDB cache written to {a.out}")
+    for split, info in manifest["splits"].items():
+        print(
+            f"  {split:<6} {info['images']:>6} images  {info['ulcer_images']:>6} ulcer  "
+            f"{info['healthy_images']:>6} healthy  {info['boxes']:>6} boxes"
+        )
+    print(f"  img_size={manifest['img_size']}  content_hash={manifest['content_hash'][:16]}")
+    return 0
+
+
+def cmd_data_demo(a: argparse.Namespace) -> int:
+    from dfudet.data.demo import generate_demo
+
+    info = generate_demo(Path(a.out), n=a.n, seed=a.seed, size=a.size)
+    print(f"demo data written to {a.out}")
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="import annotations, build LMDB caches, generate demo data")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+
+    p = dsub.add_parser("import", help="turn COCO/VOC/YOLO/DFUC CSV/masks + healthy folders into a dataset dir")
+    p.add_argument("--format", required=True, choices=["coco", "voc", "yolo", "dfuc-csv", "masks"])
+    p.add_argument("--images", help="folder of the images the annotations refer to")
+    p.add_argument("--annotations", action="append", default=[], metavar="PATH",
+                   help="annotation file or folder (repeatable; COCO/CSV file named train/val/test sets the split)")
+    p.add_argument("--healthy", action="append", default=[], metavar="DIR",
+                   help="folder of healthy-foot images (hard negatives; train/val/test subfolders set the split)")
+    p.add_argument("--out", required=True, help="dataset dir to write")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad items and list them in the report instead of stopping")
+    p.add_argument("--min-area", type=float, default=26.0, help="masks: drop components smaller than this many pixels")
+    p.add_argument("--negative-crops", type=int, default=0, help="masks: hard-negative crops to cut per ulcer image")
+    p.add_argument("--crop-size", type=int, default=256, help="masks: side of a hard-negative crop in pixels")
+    p.add_argument("--crop-margin", type=int, default=32, help="masks: minimum distance of a crop from any mask pixel")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="seeded split: share of val (when the source has no split)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="seeded split: share of test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument("--patient-regex", help="regex with one group extracting a patient id from the file name")
+    p.add_argument("--patient-column", help="dfuc-csv: name of the column holding a patient id")
+    p.set_defaults(func=cmd_data_import)
+
+    p = dsub.add_parser("prepare", help="write a dataset dir into an LMDB cache (one per split)")
+    p.add_argument("dataset_dir")
+    p.add_argument("--out", required=True)
+    p.add_argument("--img-size", type=int, default=512, help="resize so the long side is at most this (0 = keep)")
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.set_defaults(func=cmd_data_prepare)
+
+    p = dsub.add_parser("demo", help="generate synthetic feet with ulcer-like lesions and healthy feet (COCO)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=300, help="number of images (about half ulcer, half healthy)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=320, help="image side in pixels")
+    p.set_defaults(func=cmd_data_demo)
+
+
+# ----------------------------------------------------------------------------------------------- main
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands registered by each layer's `add_*` function)."""
+    parser = argparse.ArgumentParser(prog="dfudet", description="Diabetic foot ulcer detection: data, train, evaluate, deploy.")
+    parser.add_argument("--version", action="version", version=f"dfudet {__import__('dfudet').__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_data(sub)
+    for add in _EXTRA_PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors are printed without a stack trace and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DfudetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""One typed configuration: YAML load, `key=value` overrides, validation with clear messages, save next to a run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dfudet.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    """Box-aware training augmentation (albumentations); validation only resizes and pads."""
+
+    enabled: bool = True
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rotate90: float = Field(0.25, ge=0, le=1)
+    rotate_limit: float = Field(15.0, ge=0, le=180)
+    scale_min: float = Field(0.75, gt=0)
+    scale_max: float = Field(1.25, gt=0)
+    crop_prob: float = Field(0.3, ge=0, le=1)
+    brightness_contrast: float = Field(0.2, ge=0, le=1)
+    hue_saturation: float = Field(0.3, ge=0, le=1)
+    blur: float = Field(0.1, ge=0, le=1)
+    min_visibility: float = Field(0.3, ge=0, le=1)
+    min_box_size: float = Field(2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> "AugmentConfig":
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
+        return self
+
+
+class DataConfig(_Strict):
+    """Where the data is and how batches are made."""
+
+    cache: str | None = None  # LMDB cache dir written by `dfudet data prepare` (preferred)
+    dataset: str | None = None  # dataset dir written by `dfudet data import` (read from image files)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    img_size: int = Field(512, ge=64, le=4096)
+    batch_size: int = Field(4, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    positive_fraction: float = Field(0.5, ge=0, le=1)
+    batches_per_epoch: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    persistent_workers: bool = True
+    multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ModelConfig(_Strict):
+    """Which detector and how it is built."""
+
+    name: str = "fasterrcnn_efficientnet"
+    backbone: str = "efficientnet_b5"
+    pretrained: bool = True
+    num_classes: int = Field(2, ge=2)
+    anchor_sizes: list[list[float]] | None = None  # one list per FPN level; None = defaults (or `auto`)
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    auto_anchors: bool = False  # propose anchor sizes from the training boxes (logged)
+    fpn_channels: int = Field(256, ge=8)
+    trainable_backbone_layers: int = Field(5, ge=0, le=5)
+    box_score_thresh: float = Field(0.01, ge=0, le=1)
+    box_nms_thresh: float = Field(0.5, ge=0, le=1)
+    detections_per_img: int = Field(100, ge=1)
+    rpn_batch_size_per_image: int = Field(256, ge=1)
+    box_batch_size_per_image: int = Field(512, ge=1)
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _positive_ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(r <= 0 for r in v):
+            raise ValueError("aspect_ratios must be a non-empty list of positive numbers")
+        return v
+
+    @field_validator("anchor_sizes")
+    @classmethod
+    def _positive_sizes(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None and (not v or any(not lvl or any(s <= 0 for s in lvl) for lvl in v)):
+            raise ValueError("anchor_sizes must be a list (one per FPN level) of non-empty lists of positive sizes")
+        return v
+
+
+class CompositeWeights(_Strict):
+    """Weights of the composite model-selection score."""
+
+    f1: float = Field(0.40, ge=0)
+    iou: float = Field(0.25, ge=0)
+    recall: float = Field(0.20, ge=0)
+    precision: float = Field(0.15, ge=0)
+
+    @model_validator(mode="after")
+    def _nonzero(self) -> "CompositeWeights":
+        if self.f1 + self.iou + self.recall + self.precision <= 0:
+            raise ValueError("at least one composite weight must be > 0")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimisation, selection and hardware."""
+
+    epochs: int = Field(300, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    plateau_factor: float = Field(0.1, gt=0, lt=1)
+    plateau_patience: int = Field(5, ge=0)
+    min_lr: float = Field(1e-7, ge=0)
+    early_stop_patience: int = Field(23, ge=1)
+    composite_weights: CompositeWeights = Field(default_factory=CompositeWeights)
+    score_threshold: float = Field(0.5, ge=0, le=1)
+    iou_threshold: float = Field(0.5, gt=0, le=1)
+    grad_clip: float | None = Field(10.0, gt=0)
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    seed: int = 42
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    log_every_n_steps: int = Field(10, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None = torch default)
+    max_time_minutes: float | None = Field(None, gt=0)
+
+
+class Config(_Strict):
+    """The whole resolved configuration of a run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run_dir: str = "runs/default"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        given = e.get("input")
+        given_s = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  - {loc}: {e['msg']}{given_s}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.lr=0.01)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` overrides to a raw config dict (unknown keys are caught by validation)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or defaults), apply overrides and validate, with errors that name the key."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping (sections data/model/train), got {type(loaded).__name__}")
+        raw = loaded
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source += " + command-line overrides"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of the resolved config (for YAML, checkpoints and logs)."""
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from dfudet.utils import atomic_write_bytes
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode("utf-8"))

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dfudet.config import Config, load_config, save_config
+from dfudet.errors import ConfigError
+
+
+def test_defaults_match_the_reference_recipe():
+    cfg = load_config()
+    assert cfg.model.backbone == "efficientnet_b5" and cfg.data.img_size == 512
+    assert cfg.train.early_stop_patience == 23 and cfg.train.lr == 1e-3
+    w = cfg.train.composite_weights
+    assert (w.f1, w.iou, w.recall, w.precision) == (0.40, 0.25, 0.20, 0.15)
+    assert cfg.data.positive_fraction == 0.5
+
+
+def test_yaml_and_overrides(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": {"lr": 0.01}, "data": {"img_size": 320}}))
+    cfg = load_config(p, ["train.lr=0.02", "model.backbone=efficientnet_b0", "train.composite_weights.f1=1"])
+    assert cfg.train.lr == 0.02 and cfg.data.img_size == 320
+    assert cfg.model.backbone == "efficientnet_b0" and cfg.train.composite_weights.f1 == 1
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.lr=-1", "train.lr"),
+        ("data.positive_fraction=1.5", "data.positive_fraction"),
+        ("train.optimizer=rmsprop", "train.optimizer"),
+        ("train.lrr=0.1", "train.lrr"),
+        ("data.augment.scale_min=2", "scale_min"),
+        ("novalue", "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, needle: str):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_and_non_mapping_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(p)
+
+
+def test_save_roundtrip(tmp_path: Path):
+    cfg = load_config(None, ["train.epochs=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert isinstance(cfg, Config)
+    assert not list(tmp_path.glob(".*.tmp"))
