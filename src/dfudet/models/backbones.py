@@ -1,0 +1,123 @@
+"""timm CNN features (EfficientNet by default) + torchvision FPN, shaped as a torchvision detection backbone."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import OrderedDict
+
+import timm
+import torch
+from timm.utils.model import freeze
+from torch import nn
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from dfudet.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Stride-4..32 feature maps (index 0 is stride 2, too fine and too costly for an FPN level).
+OUT_INDICES: tuple[int, ...] = (1, 2, 3, 4)
+N_STAGES = 5  # feature stages of a timm CNN: strides 2, 4, 8, 16, 32
+
+
+def weights_unavailable(name: str, exc: BaseException) -> ConfigError:
+    """The one message for pretrained weights that cannot be had (no cache, no network)."""
+    return ConfigError(
+        f"the ImageNet weights for {name} could not be loaded (not in the local cache and no network): "
+        f"{type(exc).__name__}: {exc}\n"
+        "Run with `model.pretrained=false` to train from random initialisation, or put the weights in the cache "
+        "(timm: the Hugging Face cache under $HF_HOME; torchvision: $TORCH_HOME/hub/checkpoints). "
+        "On an offline machine, HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying the download."
+    )
+
+
+class TimmFpnBackbone(nn.Module):
+    """timm `features_only` body + FPN (+ max-pool level); returns OrderedDict "0".."3","pool" with `out_channels` each."""
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int) -> None:
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Multi-scale features for the RPN and the RoI heads."""
+        feats = self.body(x)
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def _stage_modules(body: nn.Module, n_frozen: int) -> list[str]:
+    """Names of the largest submodules that together make up the first `n_frozen` feature stages of `body`."""
+    if n_frozen <= 0:
+        return []
+    stage_module = body.feature_info.info[n_frozen - 1]["module"]  # type: ignore[union-attr,index]
+    names = [n for n, _ in body.named_modules()][1:]  # pre-order, i.e. construction (forward) order
+    # index of the last module inside the stage's module: everything up to it belongs to stages 1..n_frozen
+    last = max(i for i, n in enumerate(names) if n == stage_module or n.startswith(stage_module + "."))
+    covered: list[str] = []
+    for i, n in enumerate(names[: last + 1]):
+        subtree_end = i
+        while subtree_end + 1 < len(names) and names[subtree_end + 1].startswith(n + "."):
+            subtree_end += 1
+        if subtree_end <= last and not any(n.startswith(c + ".") for c in covered):
+            covered.append(n)
+    return covered
+
+
+def freeze_stages(body: nn.Module, n_frozen: int) -> list[str]:
+    """Freeze the first `n_frozen` feature stages of a timm features_only body (no grad, FrozenBatchNorm); returns the module names."""
+    modules = _stage_modules(body, n_frozen)
+    if modules:
+        freeze(body, modules)
+    return modules
+
+
+def build_timm_fpn_backbone(
+    name: str, pretrained: bool, fpn_channels: int = 256, trainable_layers: int = N_STAGES
+) -> TimmFpnBackbone:
+    """Create the timm body (optionally with ImageNet weights), freeze early stages when pretrained, and add the FPN.
+
+    `trainable_layers` counts feature stages from the top (5 = all trainable, 0 = whole body frozen), like
+    torchvision's `trainable_backbone_layers`. Frozen stages get `requires_grad=False` and FrozenBatchNorm, so small
+    detection batches do not disturb ImageNet statistics. Without pretrained weights nothing is frozen.
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"model.backbone {name!r} is not a timm model{hint}")
+    try:
+        body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=OUT_INDICES)
+    except OSError as exc:  # huggingface_hub LocalEntryNotFoundError, URLError, connection errors
+        if pretrained:
+            raise weights_unavailable(name, exc) from exc
+        raise
+    except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
+        raise ConfigError(
+            f"model.backbone {name!r} cannot be used: timm could not create it with features_only=True, "
+            f"out_indices={OUT_INDICES} ({type(exc).__name__}: {exc}); use a CNN such as efficientnet_b0..b7"
+        ) from exc
+    if len(body.feature_info.info) < N_STAGES:  # type: ignore[union-attr,arg-type]
+        raise ConfigError(f"model.backbone {name!r} has fewer than {N_STAGES} feature stages; use a CNN such as efficientnet_b5")
+    strides = list(body.feature_info.reduction())  # type: ignore[union-attr,operator]
+    if any(b <= a for a, b in zip(strides, strides[1:])):
+        # ViT/MLP-style models give same-stride maps: no pyramid for the FPN and RoI level mapping
+        raise ConfigError(
+            f"model.backbone {name!r} gives feature maps at strides {strides}, not a pyramid of increasing strides; "
+            "use a CNN such as efficientnet_b0..b7"
+        )
+    if pretrained and trainable_layers < N_STAGES:
+        modules = freeze_stages(body, N_STAGES - trainable_layers)
+        log.info("backbone %s: froze %d of %d stages (%s)", name, N_STAGES - trainable_layers, N_STAGES, ", ".join(modules))
+    elif not pretrained and trainable_layers < N_STAGES:
+        log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train", name, trainable_layers)
+    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels)  # type: ignore[union-attr,operator]
+
+
+def backbone_norm_stats(backbone: TimmFpnBackbone) -> tuple[list[float], list[float]]:
+    """Input mean/std the timm body was trained with (ImageNet for EfficientNets), for the detector's transform."""
+    cfg = getattr(backbone.body, "pretrained_cfg", None) or {}
+    mean = list(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = list(cfg.get("std", (0.229, 0.224, 0.225)))
+    return [float(m) for m in mean], [float(s) for s in std]
