@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,39 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
             return np.asarray(_to_rgb8(im, Path(name)), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: cannot decode image bytes ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------- boxes
+@dataclass
+class BoxCheck:
+    """Outcome of checking one xyxy box against an image: the usable box, whether it was clipped, or a problem."""
+
+    box: list[float] | None  # xyxy after clipping; None when the box is unusable
+    clipped: bool = False
+    problem: str | None = None
+
+
+def _fmt_box(box: list[float] | tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in box) + "]"
+
+
+def check_box(box: list[float] | tuple[float, ...], width: int, height: int) -> BoxCheck:
+    """Validate an xyxy pixel box against a width x height image: clip what sticks out, refuse what has no area."""
+    if len(box) != 4:
+        return BoxCheck(None, problem=f"box {list(box)} must have 4 coordinates")
+    arr = np.asarray(box, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        return BoxCheck(None, problem=f"box {_fmt_box(box)} has a non-finite coordinate")
+    x1, y1, x2, y2 = arr.tolist()
+    if x2 <= x1 or y2 <= y1:
+        return BoxCheck(None, problem=f"box {_fmt_box(box)} has zero or negative area (needs x2 > x1 and y2 > y1)")
+    c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
+    if c[2] <= c[0] or c[3] <= c[1]:
+        return BoxCheck(None, problem=f"box {_fmt_box(box)} lies outside the {width}x{height} image (zero area after clipping)")
+    clipped = c != [x1, y1, x2, y2]
+    return BoxCheck(c, clipped=clipped)
+
+
+def describe_clip(original: list[float] | tuple[float, ...], clipped: list[float], width: int, height: int) -> str:
+    """One report phrase for a clipped box (the CLI and report show it next to the file and line)."""
+    return f"box {_fmt_box(original)} extends outside the {width}x{height} image; clipped to {_fmt_box(clipped)}"
