@@ -1,0 +1,76 @@
+"""Bootstrap CIs resampling images: determinism, coverage of the point estimate, degenerate cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dfudet.errors import ConfigError
+from dfudet.metrics.bootstrap import CI_METRICS, bootstrap_ci
+from dfudet.metrics.scores import detection_scores
+
+E = np.zeros((0, 4))
+
+
+def _random_data(seed: int, n: int = 60):
+    rng = np.random.default_rng(seed)
+    preds, gts = [], []
+    for i in range(n):
+        m = int(rng.integers(0, 3)) if i % 3 else 0
+        g = rng.uniform(0, 100, (m, 2))
+        g = np.hstack([g, g + rng.uniform(10, 40, (m, 2))])
+        k = int(rng.integers(0, 6))
+        c = rng.uniform(0, 100, (k, 2))
+        b = np.hstack([c, c + rng.uniform(10, 40, (k, 2))])
+        j = min(m, k)
+        b[:j] = g[:j] + rng.normal(0, 3, (j, 4))
+        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
+        preds.append((b, rng.uniform(0, 1, k)))
+        gts.append(g)
+    return preds, gts
+
+
+def test_same_seed_same_interval_other_seed_differs():
+    preds, gts = _random_data(0)
+    a = bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=300, seed=7)
+    b = bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=300, seed=7)
+    c = bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=300, seed=8)
+    assert a == b
+    assert a != c
+    assert set(a) == set(CI_METRICS)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_interval_contains_the_point_estimate(seed):
+    preds, gts = _random_data(seed)
+    point = detection_scores(preds, gts, score_threshold=0.4)
+    ci = bootstrap_ci(preds, gts, 0.4, 0.5, n_boot=500, seed=seed)
+    for k, (lo, hi) in ci.items():
+        assert lo <= point[k] <= hi, (k, lo, point[k], hi)
+        assert hi - lo > 0.0  # real data has spread
+        assert hi - lo < 0.6
+
+
+def test_perfect_data_gives_a_degenerate_interval_at_one():
+    gts = [[[0, 0, 10, 10]], [[5, 5, 30, 30], [40, 40, 60, 70]], E] * 4
+    preds = [(np.array(g), np.full(len(g), 0.9)) for g in gts]
+    ci = bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=200)
+    for k in CI_METRICS:
+        assert ci[k] == pytest.approx((1.0, 1.0)), k
+
+
+def test_resamples_whole_images():
+    # One image fully found, one fully missed (same GT count): replicates have recall 0, 0.5 or 1.
+    gts = [[[0, 0, 10, 10]], [[0, 0, 10, 10]]]
+    preds = [([[0, 0, 10, 10]], [0.9]), (E, [])]
+    ci = bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=1000, seed=0)
+    assert ci["recall"] == (0.0, 1.0)
+    assert ci["precision"] == (0.0, 1.0)  # a resample of only the missed image has no predictions: precision 0
+
+
+def test_bad_arguments_raise_config_error():
+    preds, gts = _random_data(0, n=5)
+    with pytest.raises(ConfigError, match="n_boot must be >= 1"):
+        bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=0)
+    with pytest.raises(ConfigError, match="alpha must be between 0 and 1"):
+        bootstrap_ci(preds, gts, 0.5, 0.5, alpha=1.5)
