@@ -101,8 +101,39 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_data_demo)
 
 
+# ----------------------------------------------------------------------------------------------- train
+def cmd_train(a: argparse.Namespace) -> int:
+    from dfudet.config import load_config
+    from dfudet.engine.runner import run_training
+
+    overrides = list(a.overrides)
+    if a.run_dir:
+        overrides.append(f"run_dir={a.run_dir}")
+    for flag, key in ((a.devices, "train.devices"), (a.num_nodes, "train.num_nodes"), (a.strategy, "train.strategy")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    cfg = load_config(a.config, overrides)
+    run_training(cfg, fresh=a.fresh, baseline=a.baseline)
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a detector; re-running the same command resumes from last.ckpt")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--run-dir", help="run directory (default: run_dir from the config)")
+    p.add_argument("--fresh", action="store_true", help="start over (previous checkpoints are moved aside, not deleted)")
+    p.add_argument("--baseline", action="store_true", help="also score the untrained model on val before training")
+    p.add_argument("--devices", help="devices per node (e.g. 2, or auto)")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--strategy", help="e.g. ddp")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
+    p.set_defaults(func=cmd_train)
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+# ----------------------------------------------------------------------------------------------- predict
 # ----------------------------------------------------------------------------------------------- main
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,7 @@ class TrainConfig(_Strict):
     log_every_n_steps: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None = torch default)
     max_time_minutes: float | None = Field(None, gt=0)
+    log_sample_ids: bool = False  # write run_dir/sample_ids/rank{r}-epoch{e}.json (audit of DDP sharding)
 
 
 class Config(_Strict):

@@ -1,0 +1,178 @@
+"""torch Dataset over an LMDB cache or a dataset dir -> (uint8 CHW image tensor, detection target dict).
+
+Worker safety (NOTES.md): the LMDB env is opened lazily on the first read in each process, never pickled (it is
+held in cache.open_env's per-process table, not on the dataset), and closed and reopened when os.getpid() changed.
+
+Reproducible augmentation: with `seed` set, every sample's transform randomness is re-seeded from
+(seed, epoch, index) before the transform runs, so a sample is augmented identically whatever the number of
+workers or the start method. The epoch lives in a shared-memory tensor, so `set_epoch()` called in the main
+process reaches persistent workers too (call it before iterating the loader for that epoch).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dfudet.data.cache import MANIFEST_FILE, entry_key, open_env, read_manifest, read_split_meta, unpack_entry
+from dfudet.data.checks import decode_image_bytes, load_image
+from dfudet.data.records import DATASET_FILE, SPLITS, read_dataset, summarize
+from dfudet.errors import DataError
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
+
+
+def _split_error(source: Path, split: str, counts: dict[str, int]) -> DataError:
+    """Unknown or empty split, listing what is there."""
+    avail = ", ".join(f"{s} ({n} images)" for s, n in counts.items() if n > 0) or "none"
+    if split in counts or split in SPLITS:
+        return DataError(f"{source}: split {split!r} has no images; available splits: {avail}")
+    return DataError(f"{source}: unknown split {split!r}; available splits: {avail}")
+
+
+class DetectionDataset(Dataset):
+    """One split of a cache or dataset dir, auto-detected, returning uint8 images and xyxy targets."""
+
+    def __init__(self, source: str | Path, split: str, transform: Transform | None = None,
+                 seed: int | None = None) -> None:
+        self.source = Path(source)
+        self.split = split
+        self.transform = transform
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._seeded_pid: int | None = None
+        if (self.source / MANIFEST_FILE).is_file() or (
+            not (self.source / DATASET_FILE).is_file() and any(self.source.glob("*/data.mdb"))
+        ):
+            self.kind = "cache"
+            manifest = read_manifest(self.source)
+            counts = {s: int(v.get("images", 0)) for s, v in manifest["splits"].items()}
+            if counts.get(split, 0) == 0:
+                raise _split_error(self.source, split, counts)
+            meta = read_split_meta(self.source, split)
+            self._entries: list[dict[str, Any]] = meta["entries"]
+        elif (self.source / DATASET_FILE).is_file():
+            self.kind = "folder"
+            records = read_dataset(self.source)
+            mine = [r for r in records if r.split == split]
+            if not mine:
+                raise _split_error(self.source, split, {s: v["images"] for s, v in summarize(records).items()})
+            self._entries = [
+                {"path": r.path, "width": r.width, "height": r.height, "boxes": r.boxes, "healthy": r.healthy,
+                 "kind": r.kind, "scale": 1.0, "stored_width": r.width, "stored_height": r.height}
+                for r in mine
+            ]
+        else:
+            raise DataError(f"{self.source} is neither a dfudet LMDB cache ({MANIFEST_FILE}, from `dfudet data prepare`) "
+                            f"nor a dataset dir ({DATASET_FILE}, from `dfudet data import`)")
+        self.healthy_flags: list[bool] = [bool(e["healthy"]) for e in self._entries]
+
+    # ------------------------------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        # Nothing process-bound is kept on the dataset (envs live in cache.open_env's per-process table), so
+        # spawn workers receive plain data plus the shared-memory epoch tensor.
+        return self.__dict__.copy()
+
+    # ------------------------------------------------------------------------------------------ epoch
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch that seeds per-sample augmentation (shared with running workers)."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        """Current augmentation epoch."""
+        return int(self._epoch.item())
+
+    def sample_seed(self, i: int) -> int | None:
+        """The augmentation seed of sample i in the current epoch (None when the dataset has no seed)."""
+        if self.seed is None:
+            return None
+        return int(np.random.SeedSequence([int(self.seed), self.epoch, int(i)]).generate_state(1)[0])
+
+    def _seed_transform(self, i: int) -> None:
+        seed = self.sample_seed(i)
+        if seed is None:
+            # Unseeded: forked workers inherit identical generator states; give each worker its own once.
+            pid = os.getpid()
+            if self._seeded_pid != pid:
+                self._seeded_pid = pid
+                if torch.utils.data.get_worker_info() is not None:
+                    seed = torch.initial_seed() % 2**32
+            if seed is None:
+                return
+        if hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+        else:
+            random.seed(seed)
+            np.random.seed(seed)
+
+    # ------------------------------------------------------------------------------------------ reading
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _get_env(self) -> Any:
+        # Looked up per read (a dict hit): open_env opens lazily in each process, closes an env inherited through
+        # fork, and shares one env per path between datasets (py-lmdb refuses a second open of the same path).
+        return open_env(self.source / self.split)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Decoded RGB image, boxes in that image and the cache resize factor."""
+        e = self._entries[i]
+        if self.kind == "cache":
+            with self._get_env().begin() as txn:
+                raw = txn.get(entry_key(i))
+            name = f"{self.source / self.split} entry {i} ({e['path']})"
+            if raw is None:
+                raise DataError(f"{name}: missing from the cache; run `dfudet data prepare` again")
+            header, data = unpack_entry(raw, name)
+            image = decode_image_bytes(data, name)
+            boxes = np.asarray(header["boxes"], dtype=np.float32).reshape(-1, 4)
+            return image, boxes, float(header["scale"])
+        image = load_image(e["path"])
+        if image.shape[:2] != (e["height"], e["width"]):
+            raise DataError(f"{e['path']}: image is {image.shape[1]}x{image.shape[0]} but the dataset record says "
+                            f"{e['width']}x{e['height']}; re-import the dataset")
+        return image, np.asarray(e["boxes"], dtype=np.float32).reshape(-1, 4), 1.0
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n = len(self._entries)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for split {self.split!r} of {self.source} ({n} images)")
+        i = int(i) % n
+        image, boxes, scale = self._load(i)
+        if self.transform is not None:
+            self._seed_transform(i)
+            image, boxes, extra = self.transform(image, boxes)
+            scale *= float(extra)
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        target = {
+            "boxes": torch.from_numpy(boxes.copy()),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "image_id": torch.tensor(i, dtype=torch.int64),
+            "healthy": torch.tensor(self.healthy_flags[i], dtype=torch.bool),
+            "scale": torch.tensor(scale, dtype=torch.float32),
+        }
+        return tensor, target
+
+    def record(self, i: int) -> dict[str, Any]:
+        """Original-image facts of sample i (path, size, boxes in original pixels, healthy) without decoding."""
+        e = self._entries[i]
+        sx = e["stored_width"] / e["width"]
+        sy = e["stored_height"] / e["height"]
+        boxes = np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
+        return {"path": e["path"], "width": e["width"], "height": e["height"], "boxes": boxes.tolist(),
+                "healthy": bool(e["healthy"]), "kind": e.get("kind", "photo"), "split": self.split}
+
+
+def collate_detection(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """Keep images of different sizes as a list (torchvision detectors batch them themselves)."""
+    images = [b[0] for b in batch]
+    targets = [b[1] for b in batch]
+    return images, targets

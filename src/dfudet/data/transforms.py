@@ -1,0 +1,129 @@
+"""Box-aware albumentations pipelines: random training augmentation and a deterministic eval resize + pad.
+
+Both end with "resize the long side to img_size, pad bottom/right to img_size x img_size", so boxes keep their
+coordinates relative to the top-left corner and a batch has one shape. Boxes are clipped and degenerate ones
+removed BEFORE albumentations sees them (it raises on zero-area boxes). In training, boxes that leave the image
+(less than `min_visibility` of their area left) or end up smaller than `min_box_size` px on a side are dropped; an
+ulcer image whose boxes all vanish comes back with an empty (0, 4) array, i.e. the model sees it as a negative
+for that step. The eval transform never drops a box (evaluation must see every ground-truth box).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dfudet.config import AugmentConfig  # noqa: E402
+
+_LABELS = "labels"
+
+
+def clean_boxes(boxes: np.ndarray, width: int, height: int, min_size: float = 0.0) -> np.ndarray:
+    """Clip xyxy boxes to the image and drop non-finite, zero-area or smaller-than-min_size ones."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    b = b[np.all(np.isfinite(b), axis=1)]
+    b = np.stack([np.clip(b[:, 0], 0, width), np.clip(b[:, 1], 0, height),
+                  np.clip(b[:, 2], 0, width), np.clip(b[:, 3], 0, height)], axis=1) if len(b) else b
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    keep = (w > 1e-3) & (h > 1e-3) & (w >= min_size) & (h >= min_size)
+    return np.ascontiguousarray(b[keep], dtype=np.float32)
+
+
+def _resize_pad(img_size: int) -> list[A.BasicTransform]:
+    return [
+        A.LongestMaxSize(max_size=img_size, interpolation=cv2.INTER_LINEAR),
+        A.PadIfNeeded(min_height=img_size, min_width=img_size, position="top_left",
+                      border_mode=cv2.BORDER_CONSTANT, fill=0),
+    ]
+
+
+class DetectionTransform:
+    """Picklable callable `(image HWC uint8, boxes (N,4)) -> (image, boxes, scale)` around an albumentations pipeline.
+
+    The pipeline is built lazily (and rebuilt after unpickling), so spawn workers receive only plain settings.
+    """
+
+    def __init__(self, img_size: int, aug: dict[str, Any] | None = None) -> None:
+        self.img_size = int(img_size)
+        self.aug = dict(aug) if aug is not None else None  # None = eval (resize + pad only)
+        self._pipeline: A.Compose | None = None
+
+    @property
+    def train(self) -> bool:
+        """True when this transform is random (training augmentation)."""
+        return self.aug is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"img_size": self.img_size, "aug": self.aug, "_pipeline": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def _build(self) -> A.Compose:
+        a = self.aug
+        if a is None:
+            steps = _resize_pad(self.img_size)
+            params = A.BboxParams(format="pascal_voc", label_fields=[_LABELS], min_visibility=0.0, clip=True)
+        else:
+            steps = [
+                A.HorizontalFlip(p=a["hflip"]),
+                A.VerticalFlip(p=a["vflip"]),
+                A.RandomRotate90(p=a["rotate90"]),
+                # ellipse: a rotated roundish ulcer keeps a tight box instead of the rotated rectangle's hull
+                A.Affine(scale=(a["scale_min"], a["scale_max"]), rotate=(-a["rotate_limit"], a["rotate_limit"]),
+                         keep_ratio=True, rotate_method="ellipse", border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5),
+                # zoom into a random region around the boxes; erosion lets it cut boxes, min_visibility drops them
+                A.BBoxSafeRandomCrop(erosion_rate=0.2, p=a["crop_prob"]),
+                A.RandomBrightnessContrast(brightness_limit=a["brightness_contrast"],
+                                           contrast_limit=a["brightness_contrast"],
+                                           p=0.5 if a["brightness_contrast"] > 0 else 0.0),
+                A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=a["hue_saturation"]),
+                A.GaussianBlur(blur_limit=(3, 5), p=a["blur"]),
+                *_resize_pad(self.img_size),
+            ]
+            params = A.BboxParams(format="pascal_voc", label_fields=[_LABELS], min_visibility=a["min_visibility"],
+                                  clip=True, filter_invalid_bboxes=True)
+        return A.Compose(steps, bbox_params=params, seed=0)
+
+    @property
+    def pipeline(self) -> A.Compose:
+        """The albumentations Compose (built on first use)."""
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        return self._pipeline
+
+    def set_random_seed(self, seed: int) -> None:
+        """Re-seed all random draws of the pipeline (one shared generator, so steps draw independent numbers)."""
+        self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        h, w = image.shape[:2]
+        boxes = clean_boxes(boxes, w, h)
+        out = self.pipeline(image=image, bboxes=boxes, labels=np.ones(len(boxes), dtype=np.int64))
+        img = out["image"]
+        oh, ow = img.shape[:2]
+        result = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        if self.aug is None:
+            result = clean_boxes(result, ow, oh)
+            return img, result, self.img_size / max(h, w)
+        # Training: the geometry is random, so no single factor maps back to the input; report 1.0 ("unknown").
+        return img, clean_boxes(result, ow, oh, min_size=float(self.aug["min_box_size"])), 1.0
+
+
+def build_train_transform(aug: AugmentConfig, img_size: int) -> DetectionTransform:
+    """Random box-aware augmentation for training (the eval transform when augmentation is disabled)."""
+    if not aug.enabled:
+        return build_eval_transform(img_size)
+    return DetectionTransform(img_size, aug.model_dump())
+
+
+def build_eval_transform(img_size: int) -> DetectionTransform:
+    """Deterministic LongestMaxSize(img_size) + PadIfNeeded to img_size x img_size at the top-left."""
+    return DetectionTransform(img_size, None)

@@ -1,0 +1,178 @@
+"""Callbacks: best_model.pth on the composite score, one summary line per epoch, metrics CSV and curves PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+from dfudet.config import config_to_dict
+from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.utils import atomic_write_bytes
+
+log = logging.getLogger("dfudet")
+
+BEST_NAME = "best_model.pth"
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "precision", "recall", "f1", "mean_iou", "composite",
+                  "operating_threshold", "composite_at_operating", "lr", "new_best", "seconds")
+
+
+def is_better(score: float, best: float | None) -> bool:
+    """Model selection rule: strictly higher composite wins; NaN never wins; the first finite score always wins."""
+    if score is None or math.isnan(score):
+        return False
+    return best is None or score > best
+
+
+class CompositeCheckpoint(L.Callback):
+    """Keeps best_model.pth = the epoch with the highest val composite score (never chosen on val loss)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.improved = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.last_val:
+            return
+        v = pl_module.last_val
+        self.improved = is_better(v["composite"], self.best_score)
+        if not self.improved:
+            return
+        self.best_score, self.best_epoch = float(v["composite"]), int(trainer.current_epoch)
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module, v)
+
+    def _write(self, trainer: L.Trainer, pl_module: Any, v: dict[str, float]) -> None:
+        from dfudet.engine.module import backbone_name
+
+        cfg = pl_module.cfg
+        payload = build_best_payload(
+            epoch=int(trainer.current_epoch),
+            model_state_dict={k: t.detach().cpu() for k, t in pl_module.model.state_dict().items()},
+            optimizer_state_dict=trainer.optimizers[0].state_dict() if trainer.optimizers else {},
+            train_loss=float(v["train_loss"]),
+            val_loss=float(v["val_loss"]),
+            f1_score=float(v["f1"]),
+            mean_iou=float(v["mean_iou"]),
+            precision=float(v["precision"]),
+            recall=float(v["recall"]),
+            composite_score=float(v["composite"]),
+            backbone=backbone_name(cfg),
+            model_name=cfg.model.name,
+            img_size=int(cfg.data.img_size),
+            num_classes=int(cfg.model.num_classes),
+            score_threshold=float(cfg.train.score_threshold),
+            operating_threshold=float(v["operating_threshold"]),
+            config=config_to_dict(cfg),
+        )
+        atomic_torch_save(payload, self.run_dir / BEST_NAME)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_epoch = state_dict.get("best_epoch")
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes last.ckpt (Lightning's full state, for exact resume) after every validation epoch.
+
+    A `Checkpoint` subclass so Lightning runs it after the other callbacks: early-stopping counter, best score and
+    history are already updated when the state is saved. (ModelCheckpoint(save_top_k=0, save_last=True) writes
+    last.ckpt only when a top-k checkpoint was saved in the same step, i.e. not every epoch.)
+    """
+
+    def __init__(self, run_dir: Path, name: str = "last.ckpt") -> None:
+        self.path = Path(run_dir) / name
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes on global rank 0 only
+
+
+class EpochSummary(L.Callback):
+    """Prints one line per epoch and rewrites metrics.csv and curves.png from the (checkpointed) history."""
+
+    def __init__(self, run_dir: Path, best: CompositeCheckpoint) -> None:
+        self.run_dir = Path(run_dir)
+        self.best = best
+        self.history: list[dict[str, float]] = []
+        self._t0 = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._t0 = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.last_val:
+            return
+        v = pl_module.last_val
+        row = {"epoch": int(trainer.current_epoch), **{k: float(v[k]) for k in HISTORY_FIELDS if k in v},
+               "new_best": int(self.best.improved), "seconds": round(time.monotonic() - self._t0, 2)}
+        self.history = [h for h in self.history if h["epoch"] < row["epoch"]] + [row]
+        if not trainer.is_global_zero:
+            return
+        log.info(
+            "epoch %3d | train loss %.4f | val loss %.4f | P %.3f R %.3f F1 %.3f IoU %.3f | composite %.4f | lr %.2e%s",
+            row["epoch"], row["train_loss"], row["val_loss"], row["precision"], row["recall"], row["f1"],
+            row["mean_iou"], row["composite"], row["lr"], "  << new best" if self.best.improved else "",
+        )
+        self.write_csv()
+        self.write_curves()
+
+    def write_csv(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode("utf-8"))
+
+    def write_curves(self) -> None:
+        """Loss, composite and its parts, and lr per epoch in one PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        ep = [r["epoch"] for r in h]
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        axes[0].plot(ep, [r["train_loss"] for r in h], label="train loss")
+        axes[0].plot(ep, [r["val_loss"] for r in h], label="val loss")
+        axes[0].set_title("loss")
+        for key in ("composite", "f1", "mean_iou", "recall", "precision"):
+            axes[1].plot(ep, [r[key] for r in h], label=key, linewidth=2.5 if key == "composite" else 1)
+        best = [r for r in h if r.get("new_best")]
+        if best:
+            axes[1].scatter([best[-1]["epoch"]], [best[-1]["composite"]], color="red", zorder=5, label="kept model")
+        axes[1].set_ylim(0, 1)
+        axes[1].set_title("validation scores")
+        axes[2].plot(ep, [r["lr"] for r in h])
+        axes[2].set_yscale("log")
+        axes[2].set_title("learning rate")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        atomic_write_bytes(self.run_dir / "curves.png", buf.getvalue())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,238 @@
+"""LightningModule: train step, val loss without touching BatchNorm/dropout state, detections for the metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from dfudet.config import Config
+from dfudet.metrics.scores import best_threshold, detection_scores
+from dfudet.models.factory import build_detector
+
+Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+_FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def backbone_name(cfg: Config) -> str:
+    """The backbone a run uses (timm name for the EfficientNet detector, else the torchvision model name)."""
+    return cfg.model.backbone if cfg.model.name == "fasterrcnn_efficientnet" else cfg.model.name
+
+
+def _is_stochastic(m: nn.Module) -> bool:
+    if isinstance(m, _FROZEN_IN_VAL):
+        return True
+    return type(m).__name__ in ("DropPath", "DropBlock2d", "StochasticDepth")
+
+
+def loss_mode(model: nn.Module) -> None:
+    """Train mode (so torchvision returns losses) with every BatchNorm, dropout and drop-path module in eval mode."""
+    model.train()
+    for m in model.modules():
+        if _is_stochastic(m):
+            m.eval()
+
+
+def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 CHW -> float 0..1 on the same device (normalisation happens inside the torchvision transform)."""
+    return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
+
+
+@torch.no_grad()
+def losses_and_detections(model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
+                          seed: int = 0) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """One backbone pass giving both the val losses (train-mode heads) and the detections (eval-mode heads).
+
+    BatchNorm and dropout stay in eval mode throughout, so no buffer changes; the RoI/anchor samplers are random
+    in train mode, so they run under a fixed seed to make val loss repeatable.
+    """
+    was_training = model.training
+    original_sizes = [tuple(im.shape[-2:]) for im in images]
+    loss_mode(model)
+    tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    devices = [images[0].device] if images[0].device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        image_list, tgts_t = model.transform(images, tgts)
+        features = model.backbone(image_list.tensors)
+        proposals, rpn_losses = model.rpn(image_list, features, tgts_t)
+        _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, tgts_t)
+    model.rpn.eval()
+    model.roi_heads.eval()
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+    model.train(was_training)
+    return {**rpn_losses, **det_losses}, detections
+
+
+class DetectorModule(L.LightningModule):
+    """Wraps a torchvision detector: SGD/AdamW + ReduceLROnPlateau(val loss), composite metrics after validation."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.cfg = Config.model_validate(config)
+        self.model = build_detector(self.cfg.model, self.cfg.data.img_size)
+        self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
+        self.last_val: dict[str, float] = {}
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self._pending_plateau_state: dict[str, Any] | None = None
+        self._seen_ids: list[int] = []
+
+    # ------------------------------------------------------------------ train
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.model(to_float_images(images))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+        losses = self.model(to_float_images(images), tgts)
+        loss = sum(losses.values())
+        bs = len(images)
+        self._accumulate("train", loss, bs)
+        if self.cfg.train.log_sample_ids:
+            self._seen_ids.extend(int(t["image_id"]) for t in targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in losses.items():
+            self.log(f"train/{k}", v, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sums["train"] = [0.0, 0]
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+        self._seen_ids = []
+
+    def on_train_epoch_end(self) -> None:
+        if self.cfg.train.log_sample_ids:
+            # Audit trail of which training images this rank saw (used to check DDP sharding).
+            import json
+            from pathlib import Path
+
+            from dfudet.utils import atomic_write_bytes
+
+            path = Path(self.cfg.run_dir) / "sample_ids" / f"rank{self.global_rank}-epoch{self.current_epoch}.json"
+            atomic_write_bytes(path, json.dumps(self._seen_ids).encode())
+
+    def _accumulate(self, phase: str, loss: torch.Tensor, n: int) -> None:
+        acc = self._loss_sums[phase]
+        acc[0] += float(loss.detach()) * n
+        acc[1] += n
+
+    def epoch_loss(self, phase: str) -> float:
+        """Mean loss of the current/last epoch of a phase, averaged over all ranks."""
+        total, n = self._loss_sums[phase]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([total, float(n)], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(t)
+            total, n = float(t[0]), int(t[1])
+        return total / n if n else float("nan")
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_preds = []
+        self._loss_sums["val"] = [0.0, 0]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets = batch
+        losses, detections = losses_and_detections(self.model, to_float_images(images), targets,
+                                                    seed=self.cfg.train.seed + batch_idx)
+        self.model.eval()
+        loss = sum(losses.values())
+        self._accumulate("val", loss, len(images))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
+        for det, tgt in zip(detections, targets):
+            # Detach and move to CPU numpy right away: nothing with a graph or on the GPU is kept across steps.
+            self._val_preds.append((
+                int(tgt["image_id"]),
+                det["boxes"].detach().float().cpu().numpy(),
+                det["scores"].detach().float().cpu().numpy(),
+                tgt["boxes"].detach().float().cpu().numpy(),
+            ))
+
+    def _gathered_preds(self) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        preds = self._val_preds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            parts: list[Any] = [None] * world
+            torch.distributed.all_gather_object(parts, preds)
+            merged: dict[int, Any] = {}
+            for part in parts:
+                for item in part:
+                    merged.setdefault(item[0], item)  # DistributedSampler pads with repeats: keep one per image
+            preds = [merged[k] for k in sorted(merged)]
+        return preds
+
+    def validation_metrics(self, preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+        """Scores of one validation epoch (dfudet.metrics, the same module `evaluate` uses)."""
+        t = self.cfg.train
+        p = [(b, s) for _, b, s, _ in preds]
+        g = [gt for *_, gt in preds]
+        m = detection_scores(p, g, score_threshold=t.score_threshold, iou_threshold=t.iou_threshold,
+                             weights=t.composite_weights)
+        op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights)
+        return {
+            "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "mean_iou": m["mean_iou"],
+            "composite": m["composite"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
+            "operating_threshold": op_thr, "composite_at_operating": op["composite"],
+            "val_loss": self.epoch_loss("val"), "train_loss": self.epoch_loss("train"),
+        }
+
+    def on_validation_epoch_end(self) -> None:
+        preds = self._gathered_preds()
+        self._val_preds = []
+        if not preds or self.trainer.sanity_checking:
+            return
+        v = {k: float(x) for k, x in self.validation_metrics(preds).items()}
+        if self.plateau is not None and self.trainer.state.fn == "fit":
+            # Stepped here, before the epoch's checkpoints are written, so last.ckpt holds the stepped state and a
+            # resumed run continues exactly (Lightning's own plateau step comes after the checkpoint is saved).
+            self.plateau.step(v["val_loss"])
+        v["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else 0.0
+        for k in ("precision", "recall", "f1", "mean_iou", "composite", "operating_threshold", "lr"):
+            self.log(f"val/{k}" if k != "lr" else "lr", v[k], on_step=False, on_epoch=True, sync_dist=False)
+        self.last_val = v
+
+    # ------------------------------------------------------------------ optim
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.cfg.train
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if t.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        # ReduceLROnPlateau on val loss only, stepped by hand in on_validation_epoch_end (see there).
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
+        )
+        if self._pending_plateau_state is not None:
+            self.plateau.load_state_dict(self._pending_plateau_state)
+            self._pending_plateau_state = None
+        return {"optimizer": opt}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dfudet"] = {
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "operating_threshold": float(self.last_val.get("operating_threshold", self.cfg.train.score_threshold)),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("dfudet") or {}
+        self._pending_plateau_state = extra.get("plateau")
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau changes the lr.
+        warm = self.cfg.train.warmup_steps
+        step = self.trainer.global_step
+        if warm and step <= warm:
+            for g in optimizer.param_groups:
+                g["lr"] = self.cfg.train.lr * min(1.0, (step + 1) / warm)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

@@ -1,0 +1,245 @@
+"""`dfudet train`: build everything from the config, resume from last.ckpt by itself, print header and summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from dfudet.config import Config, config_to_dict, save_config
+from dfudet.engine.callbacks import BEST_NAME, CompositeCheckpoint, EpochSummary, LastCheckpoint
+from dfudet.engine.checkpoint import AtomicCheckpointIO, safe_torch_load
+from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.module import DetectorModule, backbone_name
+from dfudet.errors import ConfigError
+
+log = logging.getLogger("dfudet")
+LAST_NAME = "last.ckpt"
+
+
+def _rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0)
+
+
+def setup_logging(run_dir: Path) -> Path:
+    """Log to stdout and to a timestamped text file in the run dir (rank 0 only writes the file)."""
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(stream)
+    log.propagate = False
+    path = run_dir / f"train-{time.strftime('%Y%m%d-%H%M%S')}{'' if _rank() == 0 else f'-rank{_rank()}'}.log"
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setFormatter(fmt)
+    log.addHandler(fh)
+    return path
+
+
+def _archive_previous(run_dir: Path) -> Path | None:
+    """--fresh: move the previous run's checkpoints aside (never deleted) so the new run starts clean."""
+    old = [p for p in (run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / "metrics.csv", run_dir / "curves.png")
+           if p.exists()]
+    if not old:
+        return None
+    dest = run_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in old:
+        p.rename(dest / p.name)
+    return dest
+
+
+def _check_resume_config(run_dir: Path, cfg: Config) -> None:
+    """Refuse to resume a run dir whose model/data differ from the new config (it would load the wrong weights)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    new = config_to_dict(cfg)
+    diffs = []
+    for section, keys in (("model", ("name", "backbone", "num_classes", "fpn_channels")), ("data", ("img_size",))):
+        for k in keys:
+            if old.get(section, {}).get(k) != new[section][k]:
+                diffs.append(f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {new[section][k]!r}")
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} holds a run of another model ({'; '.join(diffs)}); use --fresh to start over there "
+            "or choose another --run-dir"
+        )
+
+
+def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> None:
+    from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
+    import numpy as np
+
+    assert dm.train_ds is not None
+    wh = []
+    for i in range(len(dm.train_ds)):
+        rec = dm.train_ds.record(i)
+        scale = cfg.data.img_size / max(rec["width"], rec["height"])
+        for b in rec["boxes"]:
+            wh.append(((b[2] - b[0]) * scale, (b[3] - b[1]) * scale))
+    arr = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
+    from dfudet.models.factory import num_feature_levels
+
+    cfg.model.anchor_sizes = propose_anchor_sizes(arr, n_levels=num_feature_levels(cfg.model.name))
+    cfg.model.aspect_ratios = propose_aspect_ratios(arr, k=3)
+    log.info("anchors proposed from %d training boxes: sizes %s, aspect ratios (h/w) %s",
+             len(arr), cfg.model.anchor_sizes, cfg.model.aspect_ratios)
+
+
+def resolve_hardware(cfg: Config) -> tuple[str, Any, str]:
+    """accelerator, devices and precision; CPU always runs fp32 (autocast is for CUDA)."""
+    acc = cfg.train.accelerator
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.accelerator asks for a GPU but CUDA is not available here; use train.accelerator=cpu")
+    precision = cfg.train.precision if acc in ("gpu", "cuda") else "32"
+    devices: Any = cfg.train.devices
+    if devices == "auto":
+        devices = 1
+    return acc, devices, precision
+
+
+def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precision: str, resume: Path | None) -> str:
+    """The configuration header researchers print at the start of a run."""
+    c = dm.counts()
+    t, d, m = cfg.train, cfg.data, cfg.model
+    w = t.composite_weights
+    lines = [
+        "=" * 78,
+        "dfudet train",
+        f"  classes            : 2 (background, ulcer)",
+        f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained})",
+        f"  img_size           : {d.img_size}",
+        f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}",
+        f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
+        f"(BalancedBatchSampler, batch {d.batch_size})",
+        f"  optimizer          : {t.optimizer} lr={t.lr} momentum={t.momentum} wd={t.weight_decay}",
+        f"  scheduler          : ReduceLROnPlateau(val loss) factor={t.plateau_factor} patience={t.plateau_patience}",
+        f"  selection          : composite = {w.f1}*F1 + {w.iou}*IoU + {w.recall}*Recall + {w.precision}*Precision"
+        f" @ score>={t.score_threshold}, IoU>={t.iou_threshold}",
+        f"  early stopping     : composite, patience {t.early_stop_patience}; max epochs {t.epochs}",
+        f"  device             : {acc} x{devices} nodes={t.num_nodes} strategy={t.strategy} precision={precision}",
+        f"  data               : {cfg.data.cache or cfg.data.dataset}",
+    ]
+    for split, n in c.items():
+        lines.append(f"    {split:<5}: {n['images']} images ({n['ulcer']} ulcer, {n['healthy']} healthy)")
+    lines.append(f"  run dir            : {cfg.run_dir}" + (f"  (resuming from {resume})" if resume else ""))
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+def validation_scores(module: DetectorModule, dm: DetectionDataModule, acc: str) -> dict[str, float]:
+    """Val metrics of a module as it is (used for the untrained baseline), without touching any run state."""
+    trainer = L.Trainer(accelerator=acc, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=module.cfg.train.limit_val_batches)
+    trainer.validate(module, datamodule=dm, verbose=False)
+    return dict(module.last_val)
+
+
+def build_trainer(cfg: Config, acc: str, devices: Any, precision: str) -> L.Trainer:
+    """The Lightning Trainer of a run: composite best-model export, early stopping, last.ckpt, atomic IO."""
+    run_dir = Path(cfg.run_dir)
+    best_cb = CompositeCheckpoint(run_dir)
+    callbacks: list[L.Callback] = [
+        best_cb,
+        EpochSummary(run_dir, best_cb),
+        EarlyStopping(monitor="val/composite", mode="max", patience=cfg.train.early_stop_patience,
+                      check_on_train_epoch_end=False, check_finite=False),
+        LastCheckpoint(run_dir, LAST_NAME),
+        TQDMProgressBar(refresh_rate=1),
+    ]
+    t = cfg.train
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.epochs,
+        max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
+        accelerator=acc,
+        devices=devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=precision,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
+        gradient_clip_val=t.grad_clip,
+        log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # our BalancedBatchSampler and val sampler shard per rank themselves
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+    )
+
+
+def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> dict[str, Any]:
+    """Train (or resume) the run in cfg.run_dir and return the kept model's scores."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = setup_logging(run_dir)
+    if fresh and _rank() == 0:
+        moved = _archive_previous(run_dir)
+        if moved:
+            log.info("--fresh: previous checkpoints moved to %s", moved)
+    last = run_dir / LAST_NAME
+    resume = last if last.is_file() and not fresh else None
+    if resume:
+        _check_resume_config(run_dir, cfg)
+        saved = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
+        cfg.model.anchor_sizes, cfg.model.aspect_ratios = saved.model.anchor_sizes, saved.model.aspect_ratios
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    dm = DetectionDataModule(cfg)
+    dm.setup("fit")
+    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume:
+        _auto_anchors(cfg, dm)
+    if _rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
+    acc, devices, precision = resolve_hardware(cfg)
+    log.info(header(cfg, dm, acc, devices, precision, resume))
+    log.info("log file: %s", log_path)
+
+    module = DetectorModule(config_to_dict(cfg))
+    base: dict[str, float] = {}
+    if baseline and not resume:
+        base = validation_scores(module, dm, acc)
+        log.info("untrained model on val: composite %.4f (F1 %.3f, IoU %.3f)", base["composite"], base["f1"],
+                 base["mean_iou"])
+
+    trainer = build_trainer(cfg, acc, devices, precision)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+
+    result: dict[str, Any] = {"run_dir": str(run_dir), "epochs_run": trainer.current_epoch,
+                              "stopped_early": bool(trainer.early_stopping_callback and
+                                                    trainer.early_stopping_callback.stopped_epoch),
+                              "baseline": base}
+    best_path = run_dir / BEST_NAME
+    if best_path.is_file() and trainer.is_global_zero:
+        best = safe_torch_load(best_path)
+        keys = ("epoch", "composite_score", "f1_score", "mean_iou", "precision", "recall", "val_loss",
+                "operating_threshold")
+        result["best"] = {k: best[k] for k in keys}
+        log.info("kept model: epoch %d, composite %.4f (F1 %.3f, IoU %.3f, P %.3f, R %.3f) -> %s",
+                 best["epoch"], best["composite_score"], best["f1_score"], best["mean_iou"], best["precision"],
+                 best["recall"], best_path)
+        if base:
+            log.info("untrained baseline composite %.4f -> kept model composite %.4f",
+                     base["composite"], best["composite_score"])
+    return result

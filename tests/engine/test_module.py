@@ -1,0 +1,70 @@
+"""Validation loss must not change weights, BatchNorm buffers or dropout state, and must be repeatable."""
+
+import torch
+
+from dfudet.config import load_config, config_to_dict
+from dfudet.engine.module import DetectorModule, losses_and_detections, to_float_images
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=g) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([1]), "image_id": torch.tensor(0)},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64), "image_id": torch.tensor(1)},
+    ]
+    return images, targets
+
+
+def _module(name: str, **extra: str) -> DetectorModule:
+    overrides = [f"model.name={name}", "model.pretrained=false", "data.img_size=96", "model.backbone=efficientnet_b0"]
+    return DetectorModule(config_to_dict(load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])))
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
+    for name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_efficientnet"):
+        module = _module(name)
+        module.eval()
+        images, targets = _batch()
+        before = _snapshot(module)
+        with torch.inference_mode():
+            losses1, dets = losses_and_detections(module.model, to_float_images(images), targets, seed=5)
+            losses2, _ = losses_and_detections(module.model, to_float_images(images), targets, seed=5)
+        after = _snapshot(module)
+        changed = [k for k in before if not torch.equal(before[k], after[k])]
+        assert changed == [], f"{name}: validation changed {changed[:5]}"
+        assert set(losses1) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+        assert all(torch.isfinite(v) for v in losses1.values())
+        assert {k: float(v) for k, v in losses1.items()} == {k: float(v) for k, v in losses2.items()}  # repeatable
+        assert len(dets) == 2 and all(d["boxes"].shape[1] == 4 for d in dets)
+        assert not module.model.training  # mode restored
+
+
+def test_the_naive_way_would_change_bn_buffers():
+    """Guard for the test above: plain train-mode forward under no_grad does update BatchNorm running stats."""
+    module = _module("fasterrcnn_mobilenet_v3_large_320_fpn")
+    images, targets = _batch()
+    before = _snapshot(module)
+    module.model.train()
+    with torch.no_grad():
+        module.model(to_float_images(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+    after = _snapshot(module)
+    assert any("running_mean" in k and not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_step_returns_finite_loss_and_updates_weights():
+    module = _module("fasterrcnn_mobilenet_v3_large_320_fpn")
+    module.train()
+    images, targets = _batch()
+    opt = torch.optim.SGD(module.parameters(), lr=0.01)
+    before = _snapshot(module)
+    losses = module.model(to_float_images(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+    loss = sum(losses.values())
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if "weight" in k)

@@ -1,0 +1,174 @@
+"""The training loop on tiny data: selection by composite, early stopping, plateau on val loss, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dfudet.config import config_to_dict
+from dfudet.engine.checkpoint import BEST_KEYS, load_for_inference, safe_torch_load
+from dfudet.engine.module import DetectorModule
+from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.runner import build_trainer, run_training
+from dfudet.models.factory import build_detector
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ScriptedModule(DetectorModule):
+    """Real model and loop; only the epoch's scores come from a script so val loss and composite can disagree."""
+
+    script: list[dict[str, float]] = []
+
+    def validation_metrics(self, preds):
+        real = super().validation_metrics(preds)
+        return {**real, **self.script[self.current_epoch]}
+
+
+def _fit_scripted(cfg, script):
+    ScriptedModule.script = script
+    dm = DetectionDataModule(cfg)
+    module = ScriptedModule(config_to_dict(cfg))
+    trainer = build_trainer(cfg, "cpu", 1, "32")
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_best_model_is_chosen_on_composite_not_val_loss(tiny_cache: Path, tmp_path: Path, tiny_config):
+    script = [
+        {"composite": 0.30, "val_loss": 1.00},
+        {"composite": 0.50, "val_loss": 0.90},  # best composite
+        {"composite": 0.40, "val_loss": 0.50},  # best val loss
+        {"composite": 0.45, "val_loss": 0.60},
+    ]
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=4")
+    _fit_scripted(cfg, script)
+    best = safe_torch_load(tmp_path / "run" / "best_model.pth")
+    assert best["epoch"] == 1 and best["composite_score"] == 0.50 and best["val_loss"] == 0.90
+    assert set(BEST_KEYS) <= set(best)
+    assert best["backbone"] == "fasterrcnn_mobilenet_v3_large_320_fpn" and best["img_size"] == 96
+    assert best["num_classes"] == 2 and best["optimizer_state_dict"]["state"]
+    # the weights load into a freshly built model of the recorded config
+    ckpt = load_for_inference(tmp_path / "run" / "best_model.pth")
+    model = build_detector(cfg.model, cfg.data.img_size)
+    model.load_state_dict(ckpt["model_state_dict"])
+    rows = _history(tmp_path / "run")
+    assert [r["new_best"] for r in rows] == ["1", "1", "0", "0"]
+    assert (tmp_path / "run" / "last.ckpt").is_file() and (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_early_stopping_follows_composite_with_patience(tiny_cache: Path, tmp_path: Path, tiny_config):
+    composite = [0.1, 0.5, 0.4, 0.45, 0.3, 0.9, 0.9]
+    script = [{"composite": c, "val_loss": 1.0 - 0.1 * i} for i, c in enumerate(composite)]  # val loss keeps improving
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=7", "train.early_stop_patience=3")
+    trainer = _fit_scripted(cfg, script)
+    assert len(_history(tmp_path / "run")) == 5  # best at epoch 1, three epochs without improvement, stop
+    assert trainer.early_stopping_callback.stopped_epoch == 4
+
+
+def test_plateau_scheduler_steps_on_val_loss_only(tiny_cache: Path, tmp_path: Path, tiny_config):
+    losses = [1.0, 0.9, 0.95, 0.97, 0.5]
+    script = [{"composite": 0.1 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]  # composite always improves
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=5", "train.plateau_patience=1",
+                      "train.plateau_factor=0.5", "train.lr=0.01")
+    _fit_scripted(cfg, script)
+    lrs = [float(r["lr"]) for r in _history(tmp_path / "run")]
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005])
+
+
+def _cli(cfg_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dfudet.cli", "train", "--config", str(cfg_path), *extra]
+
+
+def _write_cfg(cfg, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    return path
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_from_last_completed_epoch(tiny_cache: Path, tmp_path: Path, tiny_config):
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_cache, run, "train.epochs=4", "train.limit_train_batches=6", "train.limit_val_batches=2")
+    cfg_path = _write_cfg(cfg, tmp_path / "cfg.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cli(cfg_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until epoch 1 is complete (its last.ckpt is on disk)
+        if (run / "last.ckpt").is_file() and safe_torch_load(run / "last.ckpt")["epoch"] >= 1:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{proc.stdout.read().decode()[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = safe_torch_load(run / "last.ckpt")
+    assert last["epoch"] in (1, 2) and last["optimizer_states"] and last["dfudet"]["plateau"] is not None
+    assert len(_history(run)) <= 4
+
+    out = subprocess.run(_cli(cfg_path), env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming from" in out.stdout
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # every epoch exactly once
+    assert safe_torch_load(run / "last.ckpt")["epoch"] == 3
+    assert (run / "best_model.pth").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_shards_samples_and_writes_checkpoint_once(tiny_cache: Path, tmp_path: Path, tiny_config):
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_cache, run, "train.epochs=1", "train.limit_train_batches=null",
+                      "train.limit_val_batches=null", "train.log_sample_ids=true", "data.batches_per_epoch=4")
+    cfg_path = _write_cfg(cfg, tmp_path / "cfg.yaml")
+    out = subprocess.run(_cli(cfg_path, "--devices", "2", "--strategy", "ddp"), capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    seen = [json.loads((run / "sample_ids" / f"rank{r}-epoch0.json").read_text()) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 4  # 2 batches of 2 per rank
+    batches = [[tuple(ids[i:i + 2]) for i in range(0, len(ids), 2)] for ids in seen]
+    assert not set(batches[0]) & set(batches[1])  # ranks got disjoint batches of the epoch
+    assert (run / "best_model.pth").is_file() and (run / "last.ckpt").is_file()
+    assert out.stdout.count("kept model:") == 1  # rank 0 alone reports (and writes) the checkpoint
+    assert len(list(run.glob("train-*-rank1.log"))) == 1
+
+
+@pytest.mark.slow
+def test_one_short_epoch_on_real_photos(fuseg_dir: Path, tmp_path: Path, tiny_config):
+    """Real images, real (tiny) box sizes and an empty-mask image flow through import, cache and the loop."""
+    from dfudet.data.cache import prepare_cache
+    from dfudet.data.importers import import_dataset
+
+    slices = {}
+    for split in ("train", "val"):
+        coco = json.loads((fuseg_dir / "annotations" / f"{split}.json").read_text())
+        empty = [im for im in coco["images"] if im.get("source_mask_empty")][:1]
+        with_boxes = [im for im in coco["images"] if not im.get("source_mask_empty")][:7]
+        keep = {im["id"] for im in empty + with_boxes}
+        coco["images"] = [im for im in coco["images"] if im["id"] in keep]
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in keep]
+        slices[split] = tmp_path / f"{split}.json"
+        slices[split].write_text(json.dumps(coco))
+    import_dataset("coco", images=fuseg_dir / "images", annotations=list(slices.values()), healthy=[],
+                   out=tmp_path / "ds")
+    prepare_cache(tmp_path / "ds", tmp_path / "cache", img_size=256)
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "run", "data.img_size=256", "train.epochs=1",
+                      "train.limit_train_batches=3", "train.limit_val_batches=null")
+    result = run_training(cfg)
+    assert result["best"]["epoch"] == 0
+    assert 0.0 <= result["best"]["composite_score"] <= 1.0
