@@ -90,3 +90,14 @@ def test_errors() -> None:
         BalancedBatchSampler(HEALTHY, 2, 0.2)
     with pytest.raises(ConfigError, match="invalid rank 2 for 2 replicas"):
         BalancedBatchSampler(HEALTHY, 2, num_replicas=2, rank=2)
+
+
+def test_lightning_reaches_set_epoch_through_the_loader() -> None:
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    s = BalancedBatchSampler(HEALTHY, 4, seed=1)
+    expected = BalancedBatchSampler(HEALTHY, 4, seed=1)
+    expected.set_epoch(3)
+    _set_sampler_epoch(DataLoader(list(range(len(HEALTHY))), batch_sampler=s), 3)  # what Lightning's fit loop calls
+    assert s.epoch == 3 and list(s) == list(expected)

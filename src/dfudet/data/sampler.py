@@ -6,6 +6,8 @@ Pools: each pool is walked in a fresh random permutation, and a new permutation 
 so the smaller pool is drawn with replacement across cycles but never repeats an image before all were used.
 `batches_per_epoch` counts batches over ALL ranks (so an epoch holds the same data whatever the number of GPUs); it
 is rounded up to a multiple of the number of replicas, and rank r gets batches r, r + R, r + 2R, ... .
+The sampler shards itself: under Lightning DDP use `Trainer(use_distributed_sampler=False)` so Lightning does not
+try to wrap it in a DistributedSampler.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int
             num_replicas = 1 if num_replicas is None else num_replicas
             rank = 0 if rank is None else rank
     return num_replicas, rank
+
+
+class _EpochForwarder:
+    """Lightning 2.x calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, never on the batch
+    sampler itself; exposing this as `.sampler` makes Lightning reach BalancedBatchSampler.set_epoch."""
+
+    def __init__(self, owner: "BalancedBatchSampler") -> None:
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
@@ -68,6 +81,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
             self.n_pos = batch_size
         self.seed = int(seed)
         self.epoch = 0
+        self.sampler = _EpochForwarder(self)
         total = batches_per_epoch if batches_per_epoch is not None else math.ceil(len(self.ulcer) / self.n_pos)
         if total < 1:
             raise ConfigError(f"batches_per_epoch must be >= 1, got {total}")
