@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(DFUDET) data prepare $(DEMO)/dataset --out $(DEMO)/cache --img-size 320
 
 test: $(STAMP)
+	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -33,6 +34,12 @@ test-fast: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) bench/loader.py --out bench/results/loader.json
+
+bench-onnx: $(STAMP)
+	$(PY) bench/onnx_speed.py --out bench/results/onnx_speed.json
+
+bench-train-step: $(STAMP)
+	$(PY) bench/train_step.py --out bench/results/train_step.json
 
 clean:
 	rm -rf runs/demo

@@ -131,9 +131,119 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from dfudet.inference.evaluate import run_evaluation
+
+    m = run_evaluation(
+        checkpoint=a.checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
+        score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
+        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device,
+    )
+    at = m["at_threshold"]
+    print(f"evaluated {m['counts']['images']} images of split {m['data']['split']!r} at score threshold "
+          f"{m['score_threshold']:.3f} ({m['score_threshold_source']})")
+    print(f"  precision {at['precision']:.3f}  recall {at['recall']:.3f}  f1 {at['f1']:.3f}  "
+          f"mean_iou {at['mean_iou']:.3f}  composite {at['composite']:.3f}  AP50 {m['coco']['AP50']:.3f}")
+    print(f"  oracle threshold on this split: {m['oracle']['threshold']:.2f} (reference only)")
+    print(f"report written to {Path(a.out) / 'report.md'}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json, report.md, curves, galleries")
+    p.add_argument("--checkpoint", required=True, help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
+    p.add_argument("--data", required=True, help="LMDB cache dir, dataset dir, or a COCO json (with --images)")
+    p.add_argument("--split", default="test", help="split to evaluate (a COCO json is evaluated whole)")
+    p.add_argument("--out", required=True, help="folder for metrics.json, report.md, PNGs and gallery/")
+    p.add_argument("--images", help="image folder of a COCO json given as --data")
+    p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold (tuned on val)")
+    p.add_argument("--iou-threshold", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (0 = none)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip + weighted boxes fusion")
+    p.add_argument("--config", help="fail unless the checkpoint is of the model this config describes")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.set_defaults(func=cmd_evaluate)
+
+
 # ----------------------------------------------------------------------------------------------- predict
+def cmd_predict(a: argparse.Namespace) -> int:
+    from dfudet.inference.predict import run_predict
+
+    s = run_predict(a.inputs, checkpoint=a.checkpoint, out=a.out, score_threshold=a.score_threshold, tta=a.tta,
+                    batch_size=a.batch_size, device=a.device, onnx=a.onnx)
+    print(f"{s['images']} image(s) predicted, {s['boxes']} box(es) at threshold {s['threshold']:.3f}, "
+          f"{s['skipped']} skipped; outputs in {s['out']}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="detect ulcers in image files/folders: predictions.json/.csv + annotated copies")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files and folders (searched recursively for JPEG/PNG/WebP/BMP/TIFF)")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
+    model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold")
+    p.add_argument("--tta", action="store_true", help="horizontal flip + weighted boxes fusion")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_predict)
+
+
+# ----------------------------------------------------------------------------------------------- export
+def cmd_export(a: argparse.Namespace) -> int:
+    from dfudet.export.onnx import export_onnx, metadata_path
+
+    meta = export_onnx(a.checkpoint, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch)
+    print(f"ONNX model written to {a.out} (opset {meta['opset']}, input {meta['input']['shape']})")
+    print(f"metadata written to {metadata_path(a.out)} (threshold {meta['score_threshold']:.3f})")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ MODEL.json) for onnxruntime without PyTorch")
+    p.add_argument("--checkpoint", required=True, help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="MODEL.onnx to write (MODEL.json is written beside it)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (11..21)")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="not supported for torchvision detectors (explains why); images run one per call")
+    p.set_defaults(func=cmd_export)
+
+
+# ----------------------------------------------------------------------------------------------- serve
+def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+
+    from dfudet.serve.app import serve
+
+    serve(checkpoint=a.checkpoint, onnx=a.onnx, host=a.host, port=a.port,
+          token=a.token or os.environ.get("DFUDET_TOKEN") or None, max_upload_mb=a.max_upload_mb,
+          max_pixels=a.max_pixels, device=a.device, score_threshold=a.score_threshold)
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web page + JSON API (POST /v1/detect) for one model, on 127.0.0.1 by default")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="best_model.pth (PyTorch)")
+    src.add_argument("--onnx", help="MODEL.onnx written by `dfudet export` (onnxruntime, no PyTorch needed)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 = all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require this API token (Authorization: Bearer T); default: env DFUDET_TOKEN")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (413 above)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image width*height (413 above)")
+    p.add_argument("--score-threshold", type=float, help="default: the model's operating threshold")
+    p.add_argument("--device", default="cpu", help="--checkpoint only: cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_serve)
+
+
 # ----------------------------------------------------------------------------------------------- main
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train]
+_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_evaluate, _add_predict, _add_export, _add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,20 @@
+"""Inference on trained checkpoints: Predictor (any image size, original coordinates), TTA, drawing, evaluate, predict.
+
+Names are imported lazily: `dfudet.inference.onnx_predictor` must load on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {"Predictor": "dfudet.inference.predictor", "boxes_to_original": "dfudet.inference.predictor",
+         "resolve_device": "dfudet.inference.predictor"}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dfudet.inference' has no attribute {name!r}")

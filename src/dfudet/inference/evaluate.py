@@ -1,0 +1,212 @@
+"""`dfudet evaluate`: run a checkpoint over one split and write metrics.json, report.md, curves and error galleries.
+
+Boxes are compared in ORIGINAL image coordinates: predictions made on the (possibly cache-resized) stored image
+are scaled to the record's original size and matched against the record's original boxes, so the numbers do not
+depend on the cache's img_size or the model's. The score threshold is the checkpoint's operating threshold (swept
+on val during training) unless --score-threshold is given; the best threshold on the evaluated split itself is
+reported separately as the "oracle" (optimistic, never used for the headline figures).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.predictor import Predictor
+from dfudet.utils import atomic_write_bytes
+
+COCO_SPLIT = "all"  # a COCO json given directly is evaluated whole, under this split name
+MAX_CURVE_POINTS = 400  # curves in metrics.json are thinned to this many points (the PNGs use every point)
+
+
+def _thin(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, list[float]]:
+    n = len(values[keys[0]])
+    idx = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int)) if n else []
+    return {k: [float(values[k][i]) for i in idx] for k in keys}
+
+
+def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
+    """Import a COCO json into a temporary dataset dir with every image in one split."""
+    from dfudet.data.importers import import_dataset
+    from dfudet.data.records import read_dataset, write_dataset
+
+    if images is None:
+        raise ConfigError(f"--data {json_path} is a COCO json: pass --images with the folder its file_names refer to")
+    out = tmp / "dataset"
+    import_dataset("coco", images=Path(images), annotations=[json_path], healthy=[], out=out)
+    records = read_dataset(out)
+    for r in records:
+        r.split = COCO_SPLIT
+    write_dataset(out, records)
+    return out
+
+
+def _check_config(config: str | Path, predictor: Predictor) -> None:
+    """A --config naming another model than the checkpoint's is an error (img_size may differ: inputs are resized)."""
+    from dfudet.config import load_config
+    from dfudet.engine.checkpoint import check_compatible
+    from dfudet.engine.module import backbone_name
+
+    cfg = load_config(config)
+    check_compatible(predictor.info, Path(predictor.info["path"]), cfg.model.name, backbone_name(cfg), None,
+                     cfg.model.num_classes)
+
+
+def _gallery_image(dataset: Any, i: int) -> np.ndarray:
+    """The original photo when it is still on disk (sharper than a resized cache copy), else the stored image."""
+    from dfudet.data.checks import load_image
+
+    rec = dataset.record(i)
+    if dataset.kind == "cache" and Path(rec["path"]).is_file():
+        try:
+            image = load_image(rec["path"])
+            if image.shape[:2] == (rec["height"], rec["width"]):
+                return image
+        except DataError:
+            pass
+    return dataset[i][0].permute(1, 2, 0).numpy()
+
+
+def predict_split(predictor: Predictor, dataset: Any, batch_size: int = 8, progress: bool = True
+                  ) -> list[dict[str, Any]]:
+    """Predict every image of a DetectionDataset; boxes scaled to each record's original size."""
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=None if progress else True)
+    try:
+        for start in range(0, len(dataset), batch_size):
+            idx = list(range(start, min(start + batch_size, len(dataset))))
+            images = [dataset[i][0].permute(1, 2, 0).numpy() for i in idx]
+            for i, image, res in zip(idx, images, predictor.predict_arrays(images, batch_size)):
+                rec = dataset.record(i)
+                sx, sy = rec["width"] / image.shape[1], rec["height"] / image.shape[0]
+                boxes = res["boxes"].astype(np.float64) * np.array([sx, sy, sx, sy])
+                rows.append({"index": i, "path": rec["path"], "width": rec["width"], "height": rec["height"],
+                             "healthy": rec["healthy"], "gt_boxes": rec["boxes"], "boxes": boxes.tolist(),
+                             "scores": res["scores"].astype(np.float64).tolist()})
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    return rows
+
+
+def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], threshold: float,
+                    iou_threshold: float, weights: Any, n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """Every figure of the report from per-image predictions and ground truth (original coordinates)."""
+    from dfudet.metrics.bootstrap import bootstrap_ci
+    from dfudet.metrics.coco import coco_map
+    from dfudet.metrics.curves import froc, pr_curve, threshold_series
+    from dfudet.metrics.scores import detection_scores, pick_best, sweep_thresholds
+
+    at = detection_scores(preds, gts, threshold, iou_threshold, weights)
+    sweep = sweep_thresholds(preds, gts, None, iou_threshold, weights)
+    oracle_t, oracle_row = pick_best(sweep)
+    pr = pr_curve(preds, gts, iou_threshold)
+    fr = froc(preds, gts, iou_threshold)
+    out: dict[str, Any] = {
+        "at_threshold": at,
+        "coco": coco_map(preds, gts),
+        "healthy_images": {"n": at["n_healthy_images"], "image_specificity": at["image_specificity"],
+                           "fp_per_healthy_image": at["fp_per_healthy_image"]},
+        "ulcer_images": {"n": at["n_ulcer_images"], "image_sensitivity": at["image_sensitivity"]},
+        "pr_curve": {"ap": pr["ap"], "iou_threshold": pr["iou_threshold"], "n_points": len(pr["thresholds"]),
+                     **_thin(pr, ("thresholds", "precision", "recall"))},
+        "froc": {"froc_score": fr["froc_score"], "fp_rates": fr["fp_rates"],
+                 "sensitivity_at_rates": fr["sensitivity_at_rates"], "n_points": len(fr["fp_per_image"]),
+                 **_thin(fr, ("fp_per_image", "sensitivity"))},
+        "oracle": {"threshold": oracle_t, "scores": oracle_row,
+                   "note": "best threshold by composite on THIS split: optimistic, for reference only; the headline "
+                           "figures use the threshold above"},
+        "threshold_sweep": threshold_series(sweep),
+        "bootstrap": None,
+    }
+    if n_boot > 0:
+        ci = bootstrap_ci(preds, gts, threshold, iou_threshold, weights, n_boot=n_boot, seed=seed)
+        out["bootstrap"] = {"n": int(n_boot), "alpha": 0.05, "seed": seed, "unit": "image",
+                            "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()}}
+    out["_curves"] = (pr, fr, sweep)  # full-resolution curves for the PNGs (removed before writing the json)
+    return out
+
+
+def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test",
+                   images: str | Path | None = None, score_threshold: float | None = None,
+                   iou_threshold: float = 0.5, batch_size: int = 8, bootstrap: int = 1000, tta: bool = False,
+                   config: str | Path | None = None, device: str = "cpu", gallery_size: int = 12,
+                   progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split of a cache, dataset dir or COCO json and write the report files to `out`."""
+    from dfudet.data.dataset import DetectionDataset
+    from dfudet.inference.report import write_galleries, write_plots, write_report_md
+
+    start = time.perf_counter()
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ConfigError(f"--iou-threshold must be in (0, 1], got {iou_threshold}")
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0 (0 = no confidence intervals), got {bootstrap}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: data path does not exist (expected an LMDB cache dir from `dfudet data prepare`, "
+                        "a dataset dir from `dfudet data import`, or a COCO json with --images)")
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
+    if config is not None:
+        _check_config(config, predictor)
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="dfudet-eval-") as tmp:
+        source, used_split = data, split
+        if data.is_file():
+            if data.suffix.lower() != ".json":
+                raise DataError(f"{data}: not a COCO json, LMDB cache dir or dataset dir")
+            source, used_split = _import_coco(data, images, Path(tmp)), COCO_SPLIT
+        dataset = DetectionDataset(source, used_split)
+        rows = predict_split(predictor, dataset, batch_size, progress)
+        images_for_gallery = lambda i: _gallery_image(dataset, i)  # noqa: E731
+        preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
+                 for r in rows]
+        gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+        from dfudet.config import Config
+
+        weights = Config.model_validate(predictor.info["config"]).train.composite_weights
+        thr = predictor.score_threshold
+        m = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
+        pr, fr, sweep = m.pop("_curves")
+        out.mkdir(parents=True, exist_ok=True)
+        files = write_plots(out, pr, fr, sweep)
+        gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
+    info = predictor.info
+    at = m["at_threshold"]
+    metrics: dict[str, Any] = {
+        "checkpoint": {"path": str(checkpoint), "epoch": info.get("epoch"), "model_name": info.get("model_name"),
+                       "backbone": info.get("backbone"), "img_size": info.get("img_size"),
+                       "format": info.get("format"), "dfudet_version": info.get("dfudet_version")},
+        "data": {"path": str(data), "split": used_split, "kind": dataset.kind, "images": str(images) if images else None},
+        "score_threshold": thr,
+        "score_threshold_source": predictor.threshold_source,
+        "iou_threshold": float(iou_threshold),
+        "tta": bool(tta),
+        "model_score_floor": predictor.floor,
+        "composite_weights": weights.model_dump(),
+        "counts": {"images": at["n_images"], "ulcer_images": at["n_ulcer_images"],
+                   "healthy_images": at["n_healthy_images"], "gt_boxes": at["n_gt"],
+                   "detections_all": int(sum(len(s) for _, s in preds)), "detections_kept": at["n_pred"],
+                   "tp": at["tp"], "fp": at["fp"], "fn": at["fn"]},
+        **m,
+        "gallery": gallery,
+    }
+    det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores")} for r in rows]
+    atomic_write_bytes(out / "detections.json", json.dumps(
+        {"note": "every detection >= the model's score floor, original pixel coordinates (xyxy)",
+         "images": det}).encode("utf-8"))
+    files += [out / "detections.json", out / "metrics.json", out / "report.md"]
+    metrics["files"] = sorted(str(f.relative_to(out)) for f in files)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=1).encode("utf-8"))
+    write_report_md(out / "report.md", metrics)
+    return metrics

@@ -1,0 +1,140 @@
+"""OnnxPredictor: the Predictor interface on an exported ONNX model, needing only numpy, OpenCV and onnxruntime.
+
+It reproduces the eval transform of training (albumentations LongestMaxSize(bilinear) + PadIfNeeded top-left) with
+cv2/numpy, so a clinic laptop needs no torch or albumentations; tests/export/test_onnx.py checks that its outputs
+match the PyTorch Predictor's (boxes within 1 px, scores within 1e-3). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from dfudet.errors import CheckpointError, ConfigError, DataError
+
+Result = dict[str, Any]
+
+
+def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:
+    """Long side to img_size (bilinear) and zero-pad bottom/right to a square: (CHW float32 0..1, scale)."""
+    h, w = image.shape[:2]
+    scale = img_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))  # albumentations' rounding, for parity
+    resized = image if (nh, nw) == (h, w) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((img_size, img_size, 3), np.uint8)
+    canvas[:nh, :nw] = resized[:img_size, :img_size]
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0), float(scale)
+
+
+def to_original(boxes: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:
+    """Boxes from the padded model input back to the photo (divide by scale, clip), as Predictor does."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
+    b[:, 0::2] = np.clip(b[:, 0::2], 0, width)
+    b[:, 1::2] = np.clip(b[:, 1::2], 0, height)
+    return b
+
+
+class OnnxPredictor:
+    """An exported detector in an onnxruntime session plus its input size and operating threshold."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike[str], score_threshold: float | None = None,
+                 tta: bool = False, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        from dfudet.export.onnx import metadata_path
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: ONNX model file does not exist")
+        meta_file = metadata_path(path)
+        try:
+            self.info: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+            self.img_size = int(self.info["img_size"])
+            default_threshold = float(self.info["score_threshold"])
+        except FileNotFoundError as exc:
+            raise CheckpointError(f"{meta_file}: metadata file missing; re-run `dfudet export` (it writes "
+                                  f"{path.name} and {meta_file.name} side by side)") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{meta_file}: not a dfudet ONNX metadata file ({exc})") from exc
+        if tta:
+            raise ConfigError("--tta is not available with --onnx (the flip fusion uses torch); use --checkpoint")
+        if score_threshold is None:
+            self.score_threshold, self.threshold_source = default_threshold, "model metadata score_threshold"
+        else:
+            if not 0.0 <= float(score_threshold) <= 1.0:
+                raise ConfigError(f"--score-threshold must be between 0 and 1, got {score_threshold}")
+            self.score_threshold, self.threshold_source = float(score_threshold), "--score-threshold"
+        self.tta = False
+        self.info["path"] = str(path)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise CheckpointError(f"{path}: onnxruntime cannot load the model ({str(exc)[:300]})") from exc
+        self._input = self.session.get_inputs()[0].name
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        if not {"boxes", "scores"} <= set(self._outputs):
+            raise CheckpointError(f"{path}: graph outputs {self._outputs} lack 'boxes'/'scores' (not a dfudet export)")
+
+    @classmethod
+    def from_onnx(cls, path: str | os.PathLike[str], score_threshold: float | None = None, tta: bool = False,
+                  threads: int | None = None) -> "OnnxPredictor":
+        """Load MODEL.onnx and its MODEL.json sidecar written by `dfudet export`."""
+        return cls(path, score_threshold=score_threshold, tta=tta, threads=threads)
+
+    @property
+    def floor(self) -> float:
+        """Lowest score the model emits (its box_score_thresh)."""
+        return float(self.info.get("score_floor", 0.0))
+
+    @property
+    def max_detections(self) -> int:
+        """Detections per image cap of the model."""
+        return int(self.info.get("max_detections", 100))
+
+    def _forward(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, scale = resize_pad(image, self.img_size)
+        out = dict(zip(self._outputs, self.session.run(None, {self._input: x[None]})))
+        h, w = image.shape[:2]
+        boxes = to_original(out["boxes"], scale, w, h)
+        scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
+        keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        return boxes[keep], scores[keep]
+
+    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Result]:
+        """Detections for HWC uint8 RGB arrays (same output as Predictor.predict_arrays); batch_size is accepted
+        for interface parity only: the exported graph takes one image per call."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        results: list[Result] = []
+        for index, image in enumerate(images):
+            a = np.asarray(image)
+            if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape[0] < 1 or a.shape[1] < 1:
+                raise DataError(f"image {index}: expected an HxWx3 uint8 RGB array, "
+                                f"got shape {a.shape} dtype {a.dtype}")
+            boxes, scores = self._forward(a)
+            results.append({"boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32),
+                            "width": int(a.shape[1]), "height": int(a.shape[0])})
+        return results
+
+    def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Result]:
+        """Detections for image files (EXIF orientation applied)."""
+        from dfudet.data.checks import load_image
+
+        return [{"file": str(p), **r} for p in map(Path, paths) for r in self.predict_arrays([load_image(p)])]
+
+    def keep(self, result: Result, threshold: float | None = None) -> Result:
+        """The result restricted to detections with score >= threshold (default: the operating threshold)."""
+        t = self.score_threshold if threshold is None else float(threshold)
+        m = np.asarray(result["scores"]) >= t
+        return {**result, "boxes": np.asarray(result["boxes"])[m], "scores": np.asarray(result["scores"])[m],
+                "threshold": t}

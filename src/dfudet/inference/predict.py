@@ -1,0 +1,131 @@
+"""`dfudet predict`: detections for image files and folders -> predictions.json, predictions.csv, annotated copies.
+
+- Folders are searched recursively for JPEG/PNG/WebP/BMP/TIFF files (case-insensitive extensions); files named
+  directly are always tried, whatever their extension.
+- Images are decoded with `dfudet.data.checks.load_image`, which applies the EXIF orientation: boxes are in the
+  orientation the photo is displayed in (width/height in the outputs are the displayed ones).
+- An unreadable or missing file is reported on stderr and in the json's "skipped" list, and the run goes on; the
+  run succeeds (exit 0) when at least one image was predicted, and fails (DataError, exit 2) when none was.
+- predictions.json: {"checkpoint", "threshold", "threshold_source", "tta", "images": [{file, width, height,
+  boxes [[x1,y1,x2,y2]], scores, threshold, annotated}], "skipped": [{file, error}]}; only boxes with
+  score >= threshold are listed. predictions.csv: one row per box (file,x1,y1,x2,y2,score); an image without
+  boxes gets one row with the box and score fields empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from dfudet.data.checks import IMAGE_EXTENSIONS, load_image
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.draw import draw_detections, save_jpeg
+from dfudet.utils import atomic_write_bytes
+
+
+def collect_images(inputs: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """(file, name under annotated/) for every input file and image in input folders, plus missing inputs."""
+    found: list[tuple[Path, Path]] = []
+    missing: list[dict[str, str]] = []
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += [(f, Path(p.resolve().name or "root") / f.relative_to(p)) for f in files]
+        elif p.is_file():
+            found.append((p, Path(p.name)))
+        else:
+            missing.append({"file": str(p), "error": f"{p}: no such file or folder"})
+    return found, missing
+
+
+def _unique(name: Path, used: set[str]) -> Path:
+    """name with .jpg, made unique within this run (a.png and a.jpg would otherwise collide)."""
+    stem, k = name.with_suffix(""), 1
+    cand = stem.with_name(stem.name + ".jpg")
+    while cand.as_posix() in used:
+        k += 1
+        cand = stem.with_name(f"{stem.name}_{k}.jpg")
+    used.add(cand.as_posix())
+    return cand
+
+
+def _csv_text(images: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "x1", "y1", "x2", "y2", "score"])
+    for im in images:
+        if not im["boxes"]:
+            w.writerow([im["file"], "", "", "", "", ""])
+        for b, s in zip(im["boxes"], im["scores"]):
+            w.writerow([im["file"], *b, s])
+    return buf.getvalue()
+
+
+def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out: str | Path,
+                score_threshold: float | None = None, tta: bool = False, batch_size: int = 8,
+                device: str = "cpu", progress: bool = True, onnx: str | Path | None = None) -> dict[str, Any]:
+    """Predict every image found in `inputs` and write predictions.json/.csv and annotated copies to `out`.
+
+    With `onnx`, inference runs through onnxruntime (no torch needed) with the same outputs as the PyTorch path.
+    """
+    from tqdm import tqdm
+
+    files, skipped = collect_images(inputs)
+    if (checkpoint is None) == (onnx is None):
+        raise ConfigError("give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)")
+    if onnx is not None:
+        from dfudet.inference.onnx_predictor import OnnxPredictor
+
+        predictor: Any = OnnxPredictor.from_onnx(onnx, score_threshold=score_threshold, tta=tta)
+    else:
+        from dfudet.inference.predictor import Predictor
+
+        predictor = Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
+    for s in skipped:
+        print(f"skipped: {s['error']}", file=sys.stderr)
+    if not files:
+        raise DataError(f"no images found in {', '.join(str(i) for i in inputs)} "
+                        f"(searched for {', '.join(IMAGE_EXTENSIONS)})")
+    out = Path(out)
+    (out / "annotated").mkdir(parents=True, exist_ok=True)
+    thr = predictor.score_threshold
+    results: list[dict[str, Any]] = []
+    used: set[str] = set()
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)
+    try:
+        for start in range(0, len(files), batch_size):
+            batch = []
+            for path, name in files[start:start + batch_size]:
+                try:
+                    batch.append((path, name, load_image(path)))
+                except DataError as exc:
+                    skipped.append({"file": str(path), "error": str(exc)})
+                    print(f"skipped: {exc}", file=sys.stderr)
+            arrays = [a for _, _, a in batch]
+            for (path, name, image), res in zip(batch, predictor.predict_arrays(arrays, batch_size)):
+                kept = predictor.keep(res, thr)
+                rel = _unique(name, used)
+                save_jpeg(draw_detections(image, kept["boxes"], kept["scores"], thr), out / "annotated" / rel)
+                results.append({
+                    "file": str(path), "width": res["width"], "height": res["height"],
+                    "boxes": [[round(float(v), 2) for v in b] for b in kept["boxes"]],
+                    "scores": [round(float(s), 4) for s in kept["scores"]],
+                    "threshold": thr, "annotated": f"annotated/{rel.as_posix()}",
+                })
+            bar.update(len(files[start:start + batch_size]))
+    finally:
+        bar.close()
+    payload = {"checkpoint": str(checkpoint), "threshold": thr, "threshold_source": predictor.threshold_source,
+               "tta": bool(tta), "images": results, "skipped": skipped}
+    atomic_write_bytes(out / "predictions.json", json.dumps(payload, indent=1).encode("utf-8"))
+    atomic_write_bytes(out / "predictions.csv", _csv_text(results).encode("utf-8"))
+    if not results:
+        raise DataError(f"none of the {len(files)} image file(s) could be read; the reasons are listed under "
+                        f"'skipped' in {out / 'predictions.json'}")
+    return {"images": len(results), "skipped": len(skipped), "boxes": sum(len(r["boxes"]) for r in results),
+            "threshold": thr, "out": str(out)}

@@ -1,0 +1,142 @@
+"""`dfudet evaluate`: files written, numbers equal to dfudet.metrics called directly, original coordinates, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfudet.cli import main
+from dfudet.data.dataset import DetectionDataset
+from dfudet.errors import CheckpointError, ConfigError, DataError
+from dfudet.inference.evaluate import run_evaluation
+from dfudet.metrics.coco import coco_map
+from dfudet.metrics.scores import best_threshold, detection_scores
+
+EXPECTED_FILES = ("metrics.json", "report.md", "pr_curve.png", "froc.png", "threshold_sweep.png", "detections.json")
+GALLERIES = ("missed_ulcers", "false_alarms_healthy", "poor_localization")
+
+
+def _load(out: Path) -> tuple[dict, list, list]:
+    det = json.loads((out / "detections.json").read_text())["images"]
+    preds = [(np.asarray(d["boxes"]).reshape(-1, 4), np.asarray(d["scores"])) for d in det]
+    gts = [np.asarray(d["gt_boxes"]).reshape(-1, 4) for d in det]
+    return json.loads((out / "metrics.json").read_text()), preds, gts
+
+
+@pytest.fixture(scope="module")
+def cache_eval(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "out"
+    run_evaluation(tiny_ckpt, demo_data["cache"], out, split="test", bootstrap=50, progress=False)
+    return out
+
+
+def test_writes_every_file(cache_eval: Path) -> None:
+    for name in EXPECTED_FILES:
+        assert (cache_eval / name).is_file() and (cache_eval / name).stat().st_size > 0, name
+    for name in ("pr_curve.png", "froc.png", "threshold_sweep.png"):
+        assert (cache_eval / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((cache_eval / "metrics.json").read_text())
+    for g in GALLERIES:
+        assert (cache_eval / "gallery" / g).is_dir()
+        for entry in m["gallery"][g]:
+            assert (cache_eval / entry["file"]).is_file() and entry["reason"]
+    report = (cache_eval / "report.md").read_text()
+    assert "| composite |" in report and "Oracle" in report and "operating_threshold" in report
+
+
+def test_metrics_match_dfudet_metrics_called_directly(cache_eval: Path, tiny_ckpt: Path) -> None:
+    m, preds, gts = _load(cache_eval)
+    assert m["score_threshold"] == 0.5 and "operating_threshold" in m["score_threshold_source"]
+    assert m["checkpoint"]["epoch"] == 3 and m["checkpoint"]["path"] == str(tiny_ckpt)
+    direct = detection_scores(preds, gts, 0.5, 0.5)
+    for k, v in direct.items():
+        assert m["at_threshold"][k] == pytest.approx(v), k
+    assert m["coco"] == pytest.approx(coco_map(preds, gts))
+    t, row = best_threshold(preds, gts, iou_threshold=0.5)
+    assert m["oracle"]["threshold"] == t and m["oracle"]["scores"]["composite"] == pytest.approx(row["composite"])
+    c = m["counts"]
+    assert (c["images"], c["ulcer_images"], c["healthy_images"]) == (4, 2, 2)
+    assert c["detections_all"] == sum(len(s) for _, s in preds) > c["detections_kept"] == direct["n_pred"]
+    assert set(m["bootstrap"]["ci95"]) >= {"f1", "recall", "precision", "composite", "mean_iou"}
+    lo, hi = m["bootstrap"]["ci95"]["composite"]
+    assert lo <= hi
+    assert len(m["froc"]["fp_rates"]) == len(m["froc"]["sensitivity_at_rates"]) == 7
+    assert len(m["threshold_sweep"]["thresholds"]) == 99
+
+
+def test_boxes_are_in_original_coordinates(cache_eval: Path, demo_data: dict[str, Path]) -> None:
+    # the cache holds 64-px copies of 96-px images: ground truth and predictions must be in the 96-px frame
+    _, preds, gts = _load(cache_eval)
+    originals = DetectionDataset(demo_data["dataset"], "test")
+    for i, gt in enumerate(gts):
+        np.testing.assert_allclose(gt, np.asarray(originals.record(i)["boxes"]).reshape(-1, 4), atol=1e-3)
+    all_boxes = np.concatenate([b for b, _ in preds])
+    assert all_boxes.max() <= 96 and all_boxes.max() > 64
+
+
+def test_threshold_override_and_galleries(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
+    m = run_evaluation(tiny_ckpt, demo_data["dataset"], tmp_path, split="val", score_threshold=0.0, bootstrap=0,
+                       progress=False, gallery_size=1)
+    assert m["score_threshold"] == 0.0 and m["score_threshold_source"] == "--score-threshold"
+    assert m["bootstrap"] is None and m["data"]["kind"] == "folder"
+    # at threshold 0 every healthy image with a detection is a false alarm; gallery_size caps each gallery
+    assert len(m["gallery"]["false_alarms_healthy"]) == 1
+    assert len(list((tmp_path / "gallery" / "false_alarms_healthy").glob("*.jpg"))) == 1
+    _, preds, gts = _load(tmp_path)
+    assert m["at_threshold"]["fp"] == detection_scores(preds, gts, 0.0, 0.5)["fp"]
+
+
+def test_coco_json_input_is_evaluated_whole(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
+    ann = demo_data["raw"] / "annotations" / "train.json"
+    n = len(json.loads(ann.read_text())["images"])
+    m = run_evaluation(tiny_ckpt, ann, tmp_path, images=demo_data["raw"] / "images", bootstrap=0, progress=False)
+    assert m["data"]["split"] == "all" and m["counts"]["images"] == n
+    with pytest.raises(ConfigError, match="--images"):
+        run_evaluation(tiny_ckpt, ann, tmp_path / "x", bootstrap=0, progress=False)
+
+
+def test_user_errors_name_the_problem(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nowhere: data path does not exist"):
+        run_evaluation(tiny_ckpt, tmp_path / "nowhere", tmp_path / "o", progress=False)
+    with pytest.raises(DataError, match=r"unknown split 'holdout'.*available splits: train"):
+        run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "o", split="holdout", progress=False)
+    with pytest.raises(CheckpointError, match=r"missing\.pth: checkpoint file does not exist"):
+        run_evaluation(tmp_path / "missing.pth", demo_data["cache"], tmp_path / "o", progress=False)
+    other = tmp_path / "other.yaml"
+    other.write_text("model:\n  name: fasterrcnn_resnet50_fpn_v2\n")
+    with pytest.raises(CheckpointError, match="(?s)another model.*model_name"):
+        run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "o", config=other, progress=False)
+    same = tmp_path / "same.yaml"  # same model at another img_size is fine: the predictor resizes
+    same.write_text("model:\n  name: fasterrcnn_mobilenet_v3_large_320_fpn\ndata:\n  img_size: 512\n")
+    run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "o", config=same, bootstrap=0, progress=False)
+
+
+def test_cli_exit_codes(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", "--checkpoint", str(tiny_ckpt), "--data", str(demo_data["cache"]), "--out", str(tmp_path),
+            "--bootstrap", "20", "--device", "cpu"]
+    assert main(args) == 0
+    assert "report written to" in capsys.readouterr().out
+    assert (tmp_path / "metrics.json").is_file()
+    assert main(args[:3] + ["--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "data path does not exist" in capsys.readouterr().err
+
+
+def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) -> None:
+    val = json.loads((fuseg_dir / "annotations" / "val.json").read_text())
+    keep = val["images"][:6]
+    ids = {im["id"] for im in keep}
+    subset = {**val, "images": keep, "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
+    ann = tmp_path / "val.json"
+    ann.write_text(json.dumps(subset))
+    ckpt = checkpoint_factory(tmp_path / "best.pth", 128)
+    m = run_evaluation(ckpt, ann, tmp_path / "out", images=fuseg_dir / "images", bootstrap=100, progress=False)
+    assert m["counts"]["images"] == 6 and m["counts"]["gt_boxes"] == len(subset["annotations"])
+    _, preds, gts = _load(tmp_path / "out")
+    assert m["at_threshold"]["composite"] == pytest.approx(detection_scores(preds, gts, 0.5, 0.5)["composite"])
+    assert np.concatenate([b for b, _ in preds]).max() > 128  # 512-px originals, not the 128-px model input
+    for name in EXPECTED_FILES:
+        assert (tmp_path / "out" / name).is_file()

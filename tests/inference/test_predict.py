@@ -1,0 +1,122 @@
+"""`dfudet predict`: files and folders in, predictions.json/.csv and annotated copies out, bad files skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfudet.cli import main
+from dfudet.errors import DataError
+from dfudet.inference.predict import collect_images, run_predict
+
+
+def _photo(path: Path, w: int, h: int, seed: int = 0, **save: object) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, **save)
+    return path
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "photos"
+    _photo(d / "a.jpg", 120, 80, 1)
+    _photo(d / "sub" / "b.PNG", 70, 90, 2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated: stored 100x60, shown 60x100
+    _photo(d / "c.jpg", 100, 60, 3, exif=exif)
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def test_collect_images_recurses_and_filters_extensions(folder: Path) -> None:
+    found, missing = collect_images([folder, folder / "notes.txt", folder / "nope.jpg"])
+    names = [f.name for f, _ in found]
+    assert names == ["a.jpg", "broken.jpg", "c.jpg", "b.PNG", "notes.txt"]  # a named file is always tried
+    assert [str(n) for _, n in found][3] == "photos/sub/b.PNG"
+    assert missing == [{"file": str(folder / "nope.jpg"), "error": f"{folder / 'nope.jpg'}: no such file or folder"}]
+
+
+def test_corrupt_file_is_reported_and_the_rest_predicted(tiny_ckpt: Path, folder: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    s = run_predict([folder], tiny_ckpt, out, progress=False)
+    assert s["images"] == 3 and s["skipped"] == 1
+    assert "broken.jpg" in capsys.readouterr().err
+    data = json.loads((out / "predictions.json").read_text())
+    assert [Path(x["file"]).name for x in data["skipped"]] == ["broken.jpg"]
+    assert "broken.jpg" in data["skipped"][0]["error"]
+    by_name = {Path(im["file"]).name: im for im in data["images"]}
+    assert set(by_name) == {"a.jpg", "b.PNG", "c.jpg"}
+    assert (by_name["c.jpg"]["width"], by_name["c.jpg"]["height"]) == (60, 100)  # EXIF orientation applied
+    for im in data["images"]:
+        assert im["threshold"] == 0.5 == data["threshold"]
+        assert all(s >= 0.5 for s in im["scores"]) and len(im["scores"]) == len(im["boxes"])
+        for x1, y1, x2, y2 in im["boxes"]:
+            assert 0 <= x1 < x2 <= im["width"] and 0 <= y1 < y2 <= im["height"]
+        with Image.open(out / im["annotated"]) as a:
+            assert a.size == (im["width"], im["height"])
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sum(len(im["boxes"]) or 1 for im in data["images"]) == len(rows)
+    for r in rows:
+        if r["x1"]:
+            assert float(r["score"]) >= 0.5
+
+
+def test_images_without_boxes_get_an_empty_csv_row(tiny_ckpt: Path, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_predict([folder / "a.jpg", folder / "sub"], tiny_ckpt, out, score_threshold=1.0, progress=False)
+    rows = list(csv.reader((out / "predictions.csv").open()))
+    assert rows[0] == ["file", "x1", "y1", "x2", "y2", "score"]
+    assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.jpg", "b.PNG"]
+    assert all(r[1:] == ["", "", "", "", ""] for r in rows[1:])
+    assert (out / "annotated" / "a.jpg").is_file() and (out / "annotated" / "sub" / "b.jpg").is_file()
+
+
+def test_tta_outputs_stay_inside_images(tiny_ckpt: Path, folder: Path, tmp_path: Path) -> None:
+    run_predict([folder / "a.jpg"], tiny_ckpt, tmp_path, score_threshold=0.0, tta=True, progress=False)
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert data["tta"] is True
+    im = data["images"][0]
+    assert im["boxes"] and all(0 <= b[0] < b[2] <= 120 and 0 <= b[1] < b[3] <= 80 for b in im["boxes"])
+
+
+def test_nothing_readable_fails_but_still_writes_the_list(tiny_ckpt: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="none of the 1 image file"):
+        run_predict([bad], tiny_ckpt, tmp_path / "out", progress=False)
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text())["skipped"][0]["file"].endswith("x.jpg")
+    with pytest.raises(DataError, match="no images found"):
+        run_predict([tmp_path / "out" / "annotated"], tiny_ckpt, tmp_path / "out2", progress=False)
+
+
+def test_cli_exit_codes(tiny_ckpt: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["predict", "--checkpoint", str(tiny_ckpt), "--device", "cpu"]
+    assert main(base + [str(folder), "--out", str(tmp_path / "o1")]) == 0  # one file skipped: still success
+    assert "3 image(s) predicted" in capsys.readouterr().out
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
+    assert main(base + [str(tmp_path / "bad"), "--out", str(tmp_path / "o2")]) == 2
+    assert "none of the 1 image file" in capsys.readouterr().err
+    assert main(["predict", str(folder), "--checkpoint", str(tmp_path / "no.pth"), "--out", str(tmp_path)]) == 2
+    assert "no.pth: checkpoint file does not exist" in capsys.readouterr().err
+
+
+def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) -> None:
+    files = sorted((fuseg_dir / "images" / "val").glob("*.jpg"))[:6]
+    ckpt = checkpoint_factory(tmp_path / "best.pth", 128)
+    s = run_predict(files, ckpt, tmp_path / "out", score_threshold=0.0, progress=False)
+    data = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert s["images"] == 6 and not data["skipped"]
+    assert all((im["width"], im["height"]) == (512, 512) for im in data["images"])
+    assert max(b[2] for im in data["images"] for b in im["boxes"]) > 128  # original 512-px coordinates
+    assert len(list((tmp_path / "out" / "annotated").glob("*.jpg"))) == 6

@@ -1,0 +1,157 @@
+"""End to end: `dfudet serve` on a loopback port, driven in headless Chromium (Selenium): upload, boxes, slider."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from dfudet.data.demo import render_sample
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("DFUDET_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("DFUDET_CHROMEDRIVER", "/usr/bin/chromedriver"))
+SCREENSHOT = REPO / "docs" / "img" / "serve.png"
+
+pytestmark = pytest.mark.slow
+
+
+def _browser_or_skip() -> None:
+    """Install the browser through the project's script when missing; skip only when that is impossible."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        out = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True)
+        if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+            pytest.skip(f"headless Chromium cannot be installed here: {out.stdout.strip() or out.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def server(served_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python -m dfudet.cli serve` in a subprocess on a free loopback port; yields its base URL.
+
+    DFUDET_E2E_CHECKPOINT=runs/demo/train/best_model.pth serves a trained model instead (nicer screenshot)."""
+    served_checkpoint = Path(os.environ.get("DFUDET_E2E_CHECKPOINT") or served_checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    env = {**os.environ, "DFUDET_TOKEN": ""}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "dfudet.cli", "serve", "--checkpoint", str(served_checkpoint),
+                                 "--host", "127.0.0.1", "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT,
+                                env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"dfudet serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"dfudet serve did not answer within 90 s:\n{log.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    _browser_or_skip()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip package selenium (dev extra) not installed")
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
+                 "--window-size=1280,860", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, script: str, timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def test_page_uploads_draws_boxes_and_filters_with_the_slider(server: str, browser, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    photo = tmp_path / "demo_foot.png"
+    Image.fromarray(render_sample(5, 0, 320, healthy=False).image).save(photo)
+    api = httpx.post(f"{server}/v1/detect", params={"min_score": 0}, timeout=60,
+                     files={"file": (photo.name, photo.read_bytes(), "image/png")}).json()
+    assert len(api["scores"]) >= 3, "the demo model should propose several boxes"
+
+    browser.get(server + "/")
+    _wait(browser, "return window.dfudet && window.dfudet.health !== null")
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=threshold]").text == "Score threshold"
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    _wait(browser, "return window.dfudet.result !== null && document.getElementById('canvas').dataset.drawnBoxes")
+
+    page = browser.execute_script("return window.dfudet.result")
+    assert page == api, "the page must show exactly what the API returns for the same image"
+    canvas = browser.find_element(By.ID, "canvas")
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == (320, 320)
+
+    scores = np.array(api["scores"])
+    threshold = browser.execute_script("return window.dfudet.threshold")
+    assert threshold == pytest.approx(api["threshold"])
+    assert int(canvas.get_attribute("data-drawn-boxes")) == int((scores >= threshold).sum())
+
+    slider = browser.find_element(By.ID, "threshold")
+    slider.send_keys(Keys.HOME)  # keyboard: threshold 0 shows every box
+    assert browser.execute_script("return window.dfudet.threshold") == 0
+    assert int(canvas.get_attribute("data-drawn-boxes")) == len(scores)
+    x1, y1, x2, _ = api["boxes"][0]
+    r, g, b, _ = browser.execute_script(
+        "const c = document.getElementById('canvas').getContext('2d');"
+        f"return Array.from(c.getImageData({int((x1 + x2) / 2)}, {int(y1)}, 1, 1).data);")
+    assert r > 180 and g < 80 and b < 80, f"box edge of the top detection is not drawn red: {(r, g, b)}"
+
+    middle = float(np.round(np.median(scores), 2))
+    counts = []
+    for t in (middle, 1.0, 0.0):
+        browser.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
+                               "s.dispatchEvent(new Event('input'));", t)
+        counts.append(int(canvas.get_attribute("data-drawn-boxes")))
+        assert counts[-1] == int((scores >= t).sum())
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#list li")) == counts[-1]
+    assert counts[1] < counts[0] < counts[2] or counts[1] < counts[2], counts
+    assert browser.find_element(By.ID, "download").is_enabled()
+
+    op = api["threshold"] if (scores >= api["threshold"]).any() else float(scores.max())
+    browser.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('input'));", op)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    tmp_shot = SCREENSHOT.with_name(".serve.tmp.png")
+    assert browser.save_screenshot(str(tmp_shot))
+    shutil.move(tmp_shot, SCREENSHOT)
