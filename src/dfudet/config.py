@@ -122,6 +122,9 @@ class TrainConfig(_Strict):
     early_stop_patience: int = Field(23, ge=1)
     composite_weights: CompositeWeights = Field(default_factory=CompositeWeights)
     score_threshold: float = Field(0.5, ge=0, le=1)
+    # Which composite selects the kept model and drives early stopping: at `score_threshold` (default), or at the
+    # operating threshold swept on val each epoch (then stored in best_model.pth and used by evaluate/predict).
+    select_at: Literal["score_threshold", "operating"] = "score_threshold"
     iou_threshold: float = Field(0.5, gt=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"

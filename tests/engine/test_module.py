@@ -68,3 +68,12 @@ def test_training_step_returns_finite_loss_and_updates_weights():
     opt.step()
     assert torch.isfinite(loss)
     assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if "weight" in k)
+
+
+def test_a_non_finite_batch_loss_is_counted_not_averaged_in():
+    module = _module("fasterrcnn_mobilenet_v3_large_320_fpn")
+    module._accumulate("val", torch.tensor(0.5), 2)
+    module._accumulate("val", torch.tensor(float("nan")), 2)
+    module._accumulate("val", torch.tensor(1.5), 2)
+    assert module.epoch_loss("val") == 1.0
+    assert module._nonfinite["val"] == 1

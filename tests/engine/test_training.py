@@ -172,3 +172,13 @@ def test_one_short_epoch_on_real_photos(fuseg_dir: Path, tmp_path: Path, tiny_co
     result = run_training(cfg)
     assert result["best"]["epoch"] == 0
     assert 0.0 <= result["best"]["composite_score"] <= 1.0
+
+
+def test_selection_at_the_operating_threshold_is_recorded_in_the_checkpoint(tiny_cache: Path, tmp_path: Path,
+                                                                           tiny_config):
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=1", "train.select_at=operating",
+                      "model.box_score_thresh=0.0")
+    result = run_training(cfg)
+    best = safe_torch_load(tmp_path / "run" / "best_model.pth")
+    assert best["score_threshold"] == best["operating_threshold"] == result["best"]["operating_threshold"]
+    assert best["composite_score"] >= 0.0

@@ -70,7 +70,7 @@ class CompositeCheckpoint(L.Callback):
             model_name=cfg.model.name,
             img_size=int(cfg.data.img_size),
             num_classes=int(cfg.model.num_classes),
-            score_threshold=float(cfg.train.score_threshold),
+            score_threshold=float(v.get("selection_threshold", cfg.train.score_threshold)),
             operating_threshold=float(v["operating_threshold"]),
             config=config_to_dict(cfg),
         )

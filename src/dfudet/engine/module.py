@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -13,6 +15,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from dfudet.config import Config
 from dfudet.metrics.scores import best_threshold, detection_scores
 from dfudet.models.factory import build_detector
+
+log = logging.getLogger("dfudet")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
@@ -81,6 +85,7 @@ class DetectorModule(L.LightningModule):
         self.model = build_detector(self.cfg.model, self.cfg.data.img_size)
         self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
+        self._nonfinite = {"train": 0, "val": 0}
         self.last_val: dict[str, float] = {}
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._pending_plateau_state: dict[str, Any] | None = None
@@ -106,6 +111,7 @@ class DetectorModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._loss_sums["train"] = [0.0, 0]
+        self._nonfinite["train"] = 0
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
@@ -123,8 +129,15 @@ class DetectorModule(L.LightningModule):
             atomic_write_bytes(path, json.dumps(self._seen_ids).encode())
 
     def _accumulate(self, phase: str, loss: torch.Tensor, n: int) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            # Reported, not hidden: one overflowing batch must not turn the epoch mean (and the plateau step) into NaN.
+            self._nonfinite[phase] += 1
+            log.warning("%s loss is %s in a batch of epoch %d (skipped in the epoch mean; %d so far this epoch)",
+                        phase, value, self.current_epoch, self._nonfinite[phase])
+            return
         acc = self._loss_sums[phase]
-        acc[0] += float(loss.detach()) * n
+        acc[0] += value * n
         acc[1] += n
 
     def epoch_loss(self, phase: str) -> float:
@@ -140,6 +153,7 @@ class DetectorModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_preds = []
         self._loss_sums["val"] = [0.0, 0]
+        self._nonfinite["val"] = 0
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
@@ -179,7 +193,10 @@ class DetectorModule(L.LightningModule):
         m = detection_scores(p, g, score_threshold=t.score_threshold, iou_threshold=t.iou_threshold,
                              weights=t.composite_weights)
         op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights)
+        if t.select_at == "operating":
+            m = op  # every reported score (and the selection) at the val-swept operating threshold
         return {
+            "selection_threshold": op_thr if t.select_at == "operating" else t.score_threshold,
             "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "mean_iou": m["mean_iou"],
             "composite": m["composite"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
             "operating_threshold": op_thr, "composite_at_operating": op["composite"],
