@@ -12,47 +12,14 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from dfudet.config import config_to_dict, load_config
 from dfudet.data.demo import render_sample
-from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.export.onnx import export_onnx, metadata_path
 from dfudet.inference.onnx_predictor import OnnxPredictor, resize_pad
 from dfudet.inference.predictor import Predictor
-from dfudet.models.factory import build_detector
 from dfudet.utils import sha256_file
 
-MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
-IMG_SIZE = 128
-
-
-def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, threshold: float = 0.3) -> Path:
-    """A best_model.pth trained for a few SGD steps on demo images: a random-init head gives tied scores
-    (every box 0.50), which makes box order arbitrary; a few steps give distinct, image-dependent scores."""
-    cfg = load_config(None, [f"model.name={MODEL}", "model.pretrained=false", f"data.img_size={img_size}",
-                             "model.box_score_thresh=0.05", "model.detections_per_img=30",
-                             "model.rpn_batch_size_per_image=64", "model.box_batch_size_per_image=64"])
-    torch.manual_seed(0)
-    model = build_detector(cfg.model, img_size)
-    samples = [render_sample(0, i, img_size, healthy=False) for i in range(2)]
-    images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in samples]
-    targets = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.ones(len(s.boxes), dtype=torch.int64)}
-               for s in samples]
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    model.train()
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    payload = build_best_payload(
-        epoch=1, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=float(loss.detach()),
-        val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=MODEL,
-        model_name=MODEL, img_size=img_size, num_classes=2, score_threshold=0.5, operating_threshold=threshold,
-        config=config_to_dict(cfg))
-    atomic_torch_save(payload, path)
-    return path
+from _checkpoints import IMG_SIZE, MODEL, train_demo_checkpoint
 
 
 @pytest.fixture(scope="module")

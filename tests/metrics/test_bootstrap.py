@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from _synth import random_detections
 import pytest
 
 from dfudet.errors import ConfigError
@@ -13,21 +14,7 @@ E = np.zeros((0, 4))
 
 
 def _random_data(seed: int, n: int = 60):
-    rng = np.random.default_rng(seed)
-    preds, gts = [], []
-    for i in range(n):
-        m = int(rng.integers(0, 3)) if i % 3 else 0
-        g = rng.uniform(0, 100, (m, 2))
-        g = np.hstack([g, g + rng.uniform(10, 40, (m, 2))])
-        k = int(rng.integers(0, 6))
-        c = rng.uniform(0, 100, (k, 2))
-        b = np.hstack([c, c + rng.uniform(10, 40, (k, 2))])
-        j = min(m, k)
-        b[:j] = g[:j] + rng.normal(0, 3, (j, 4))
-        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
-        preds.append((b, rng.uniform(0, 1, k)))
-        gts.append(g)
-    return preds, gts
+    return random_detections(seed, n)
 
 
 def test_same_seed_same_interval_other_seed_differs():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from _synth import random_detections
 import pytest
 import torch
 
@@ -42,21 +43,8 @@ def test_no_predictions_or_no_ground_truth_give_zero_not_minus_one():
 
 
 def _random_case(seed: int, n_img: int = 12):
-    rng = np.random.default_rng(seed)
-    preds, gts = [], []
-    for i in range(n_img):
-        m = int(rng.integers(0, 4)) if i % 4 else 0
-        g = rng.uniform(0, 200, (m, 2))
-        g = np.hstack([g, g + rng.uniform(10, 80, (m, 2))]).astype(np.float32)
-        k = int(rng.integers(0, 10))
-        c = rng.uniform(0, 200, (k, 2))
-        b = np.hstack([c, c + rng.uniform(4, 80, (k, 2))]).astype(np.float32)
-        j = min(m, k)
-        b[:j] = g[:j] + rng.normal(0, 3, (j, 4)).astype(np.float32)
-        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
-        preds.append((b, rng.uniform(0, 1, k).astype(np.float32)))
-        gts.append(g)
-    return preds, gts
+    return random_detections(seed, n_img, max_gt=3, max_pred=9, extent=200.0, side=(10.0, 80.0),
+                             pred_side=(4.0, 80.0), healthy_every=4, dtype=np.float32)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from _synth import random_detections
 import pytest
 
 from dfudet.config import CompositeWeights
@@ -104,21 +105,7 @@ def test_ground_truth_without_predictions_scores_zero():
 
 
 def _random_data(seed: int, n: int = 30):
-    rng = np.random.default_rng(seed)
-    preds, gts = [], []
-    for i in range(n):
-        m = int(rng.integers(0, 4)) if i % 3 else 0
-        g = rng.uniform(0, 100, (m, 2))
-        g = np.hstack([g, g + rng.uniform(5, 40, (m, 2))])
-        k = int(rng.integers(0, 8))
-        c = rng.uniform(0, 100, (k, 2))
-        b = np.hstack([c, c + rng.uniform(5, 40, (k, 2))])
-        j = min(m, k)
-        b[:j] = g[:j] + rng.normal(0, 4, (j, 4))
-        b[:, 2:] = np.maximum(b[:, 2:], b[:, :2] + 1)
-        preds.append((b, np.round(rng.uniform(0, 1, k), 2)))
-        gts.append(g)
-    return preds, gts
+    return random_detections(seed, n, max_gt=3, max_pred=7, side=(5.0, 40.0), noise=4.0, score_decimals=2)
 
 
 def _reference(preds, gts, t, iou_t=0.5):

@@ -6,44 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from dfudet.config import config_to_dict, load_config
 from dfudet.data.demo import render_sample
-from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
-from dfudet.models.factory import build_detector
 
-MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
-IMG_SIZE = 128
+from _checkpoints import train_demo_checkpoint
 
 
 @pytest.fixture(scope="session")
 def served_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """best_model.pth after 3 SGD steps on demo images (untrained heads tie every score at 0.50), threshold 0.3."""
-    cfg = load_config(None, [f"model.name={MODEL}", "model.pretrained=false", f"data.img_size={IMG_SIZE}",
-                             "model.box_score_thresh=0.05", "model.detections_per_img=30",
-                             "model.rpn_batch_size_per_image=64", "model.box_batch_size_per_image=64"])
-    torch.manual_seed(0)
-    model = build_detector(cfg.model, IMG_SIZE)
-    samples = [render_sample(0, i, IMG_SIZE, healthy=False) for i in range(2)]
-    images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in samples]
-    targets = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.ones(len(s.boxes), dtype=torch.int64)}
-               for s in samples]
-    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    model.train()
-    for _ in range(3):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    payload = build_best_payload(
-        epoch=1, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=float(loss.detach()),
-        val_loss=1.0, f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=MODEL,
-        model_name=MODEL, img_size=IMG_SIZE, num_classes=2, score_threshold=0.5, operating_threshold=0.3,
-        config=config_to_dict(cfg))
-    path = tmp_path_factory.mktemp("serve") / "best_model.pth"
-    atomic_torch_save(payload, path)
-    return path
+    return train_demo_checkpoint(tmp_path_factory.mktemp("serve") / "best_model.pth")
 
 
 @pytest.fixture(scope="session")
