@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx reproduce-fuseg clean
+.PHONY: install demo test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 	  --annotations $(DEMO)/raw/annotations/train.json --annotations $(DEMO)/raw/annotations/val.json \
 	  --annotations $(DEMO)/raw/annotations/test.json --healthy $(DEMO)/raw/healthy --out $(DEMO)/dataset
 	$(DFUDET) data prepare $(DEMO)/dataset --out $(DEMO)/cache --img-size 320
+	$(DFUDET) train --config configs/demo.yaml --baseline
+	$(DFUDET) evaluate --checkpoint $(DEMO)/train/best_model.pth --data $(DEMO)/cache --split test \
+	  --out $(DEMO)/report --bootstrap 1000
+	@echo "demo report: $(DEMO)/report/report.md"
 
 test: $(STAMP)
 	bash scripts/ensure-browser.sh
@@ -34,6 +38,12 @@ test-fast: $(STAMP)
 
 bench-loader: $(STAMP)
 	$(PY) bench/loader.py --out bench/results/loader.json
+
+bench-memory: $(STAMP)
+	$(PY) bench/memory.py --cache $(DEMO)/cache --out bench/results/memory.json
+
+bench-infer: $(STAMP)
+	$(PY) bench/infer.py --out bench/results/infer.json
 
 bench-onnx: $(STAMP)
 	$(PY) bench/onnx_speed.py --out bench/results/onnx_speed.json
