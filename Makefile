@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
+.PHONY: install demo reproduce-fuseg test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -28,6 +28,25 @@ demo: $(STAMP)
 	$(DFUDET) evaluate --checkpoint $(DEMO)/train/best_model.pth --data $(DEMO)/cache --split test \
 	  --out $(DEMO)/report --bootstrap 1000
 	@echo "demo report: $(DEMO)/report/report.md"
+
+# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache -> train from scratch (60 min cap)
+# -> evaluate on val (AP50 against the 60-minute bar) and on test (the reported table, bootstrap CIs).
+FUSEG ?= ../shared/data/fuseg
+FUSEG_RUN := runs/fuseg
+TIMEV := $(shell test -x /usr/bin/time && echo /usr/bin/time -v -o $(FUSEG_RUN)/train-time.txt)  # wall time, peak RSS
+reproduce-fuseg: $(STAMP)
+	test -d $(FUSEG)/images || { echo "FUSeg data not found at $(FUSEG) (set FUSEG=...)"; exit 2; }
+	$(DFUDET) data import --format coco --images $(FUSEG)/images \
+	  --annotations $(FUSEG)/annotations/train.json --annotations $(FUSEG)/annotations/val.json \
+	  --annotations $(FUSEG)/annotations/test.json --out $(FUSEG_RUN)/dataset
+	$(DFUDET) data prepare $(FUSEG_RUN)/dataset --out $(FUSEG_RUN)/cache --img-size 512
+	$(TIMEV) $(DFUDET) train --config configs/fuseg_cpu.yaml --baseline
+	-grep -E "Elapsed|Maximum resident" $(FUSEG_RUN)/train-time.txt
+	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache --split val \
+	  --out $(FUSEG_RUN)/report-val
+	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache --split test \
+	  --out $(FUSEG_RUN)/report-test --bootstrap 1000
+	@echo "FUSeg reports: $(FUSEG_RUN)/report-val/report.md $(FUSEG_RUN)/report-test/report.md"
 
 test: $(STAMP)
 	bash scripts/ensure-browser.sh

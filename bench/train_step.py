@@ -62,10 +62,12 @@ def _batch(size: int, n: int, device: torch.device) -> tuple[list[torch.Tensor],
     return images, targets
 
 
-def bench_one(spec: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device) -> dict[str, Any]:
+def bench_one(
+    spec: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device, fpn_channels: int = 256
+) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
-    cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False)
+    cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels)
     model = build_detector(cfg, size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -109,6 +111,7 @@ def bench_one(spec: str, size: int, batch_size: int, steps: int, warmup: int, de
         "size": size,
         "batch_size": batch_size,
         "steps": steps,
+        "fpn_channels": fpn_channels,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_s_per_step": round(train_s, 4),
         "train_img_per_s": round(batch_size / train_s, 3),
@@ -141,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
+    ap.add_argument("--fpn-channels", type=int, default=256, help="FPN width (fasterrcnn_efficientnet only)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as `dfudet train` does on CPU (denormal floats from random init are slow)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     models = args.models or default_models()
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for spec in models:
         for size in args.sizes:
-            r = bench_one(spec, size, args.batch_size, args.steps, args.warmup, device)
+            r = bench_one(spec, size, args.batch_size, args.steps, args.warmup, device, args.fpn_channels)
             results.append(r)
             print(f"{spec} @ {size}: {r['train_s_per_step']:.3f} s/step ({r['train_img_per_s']:.2f} img/s train), "
                   f"{r['infer_s_per_img']:.3f} s/img inference", flush=True)

@@ -98,7 +98,7 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(self.path)  # every rank calls it; the strategy writes on global rank 0 only
+        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; the strategy writes on global rank 0 only
 
 
 class EpochSummary(L.Callback):
