@@ -2,10 +2,13 @@
 
 Both end with "resize the long side to img_size, pad bottom/right to img_size x img_size", so boxes keep their
 coordinates relative to the top-left corner and a batch has one shape. Boxes are clipped and degenerate ones
-removed BEFORE albumentations sees them (it raises on zero-area boxes). In training, boxes that leave the image
-(less than `min_visibility` of their area left) or end up smaller than `min_box_size` px on a side are dropped; an
-ulcer image whose boxes all vanish comes back with an empty (0, 4) array, i.e. the model sees it as a negative
-for that step. The eval transform never drops a box (evaluation must see every ground-truth box).
+removed BEFORE albumentations sees them (it raises on zero-area boxes). In training, a random draw that would drop a
+box (less than `min_visibility` of its area left in view, or smaller than `min_box_size` px on a side) is redrawn up
+to `MAX_DRAWS` times, then the sample falls back to the plain resize + pad (where only boxes already below `min_box_size` at img_size
+are dropped): a dropped box would leave (part of) an
+ulcer in the picture labelled as background, and an ulcer photo whose boxes all vanish would become a false negative
+example. On FUSeg (many 5-16 px ulcers) 2 of 1,670 boxes were dropped per 2 epochs without the redraw. The eval
+transform never drops a box (evaluation must see every ground-truth box).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np  # noqa: E402
 from dfudet.config import AugmentConfig  # noqa: E402
 
 _LABELS = "labels"
+MAX_DRAWS = 4  # random draws per training sample before falling back to resize + pad
 
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int, min_size: float = 0.0) -> np.ndarray:
@@ -54,6 +58,7 @@ class DetectionTransform:
         self.img_size = int(img_size)
         self.aug = dict(aug) if aug is not None else None  # None = eval (resize + pad only)
         self._pipeline: A.Compose | None = None
+        self._fallback: A.Compose | None = None
 
     @property
     def train(self) -> bool:
@@ -61,14 +66,14 @@ class DetectionTransform:
         return self.aug is not None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"img_size": self.img_size, "aug": self.aug, "_pipeline": None}
+        return {"img_size": self.img_size, "aug": self.aug, "_pipeline": None, "_fallback": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def _build(self) -> A.Compose:
+    def _build(self, eval_only: bool = False) -> A.Compose:
         a = self.aug
-        if a is None:
+        if a is None or eval_only:
             steps = _resize_pad(self.img_size)
             params = A.BboxParams(format="pascal_voc", label_fields=[_LABELS], min_visibility=0.0, clip=True)
         else:
@@ -106,15 +111,28 @@ class DetectionTransform:
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         h, w = image.shape[:2]
         boxes = clean_boxes(boxes, w, h)
-        out = self.pipeline(image=image, bboxes=boxes, labels=np.ones(len(boxes), dtype=np.int64))
-        img = out["image"]
-        oh, ow = img.shape[:2]
-        result = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.ones(len(boxes), dtype=np.int64)
         if self.aug is None:
-            result = clean_boxes(result, ow, oh)
+            img, result = self._apply(self.pipeline, image, boxes, labels, 0.0)
             return img, result, self.img_size / max(h, w)
         # Training: the geometry is random, so no single factor maps back to the input; report 1.0 ("unknown").
-        return img, clean_boxes(result, ow, oh, min_size=float(self.aug["min_box_size"])), 1.0
+        min_size = float(self.aug["min_box_size"])
+        for _ in range(MAX_DRAWS):
+            img, result = self._apply(self.pipeline, image, boxes, labels, min_size)
+            if len(result) == len(boxes):
+                return img, result, 1.0
+        if self._fallback is None:
+            self._fallback = self._build(eval_only=True)
+        img, result = self._apply(self._fallback, image, boxes, labels, min_size)  # drops only boxes already tiny
+        return img, result, 1.0
+
+    @staticmethod
+    def _apply(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+               min_size: float) -> tuple[np.ndarray, np.ndarray]:
+        out = pipeline(image=image, bboxes=boxes, labels=labels)
+        img = out["image"]
+        result = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        return img, clean_boxes(result, img.shape[1], img.shape[0], min_size=min_size)
 
 
 def build_train_transform(aug: AugmentConfig, img_size: int) -> DetectionTransform:
