@@ -55,3 +55,23 @@ def test_save_roundtrip(tmp_path: Path):
     assert load_config(tmp_path / "config.yaml") == cfg
     assert isinstance(cfg, Config)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_validate(path: Path):
+    cfg = load_config(path)
+    assert cfg.train.early_stop_patience >= 1 and cfg.data.img_size >= 64
+
+
+@pytest.mark.parametrize("name", ["dfu_b5.yaml", "dfu_b5_gpu.yaml"])
+def test_reference_gpu_recipes_hold_the_documented_values(name: str):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert (cfg.model.name, cfg.model.backbone, cfg.model.pretrained) == ("fasterrcnn_efficientnet", "efficientnet_b5", True)
+    assert (cfg.data.img_size, cfg.data.positive_fraction) == (512, 0.5)
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.train.early_stop_patience) == ("sgd", 1e-3, 23)
+    assert cfg.train.select_at == "score_threshold" and cfg.train.precision == "16-mixed"
+    w = cfg.train.composite_weights
+    assert (w.f1, w.iou, w.recall, w.precision) == (0.40, 0.25, 0.20, 0.15)
