@@ -27,7 +27,9 @@ demo: $(STAMP)
 	$(DFUDET) train --config configs/demo.yaml --baseline
 	$(DFUDET) evaluate --checkpoint $(DEMO)/train/best_model.pth --data $(DEMO)/cache --split test \
 	  --out $(DEMO)/report --bootstrap 1000
-	@echo "demo report: $(DEMO)/report/report.md"
+	$(DFUDET) evaluate --checkpoint $(DEMO)/train/untrained_model.pth --data $(DEMO)/cache --split test \
+	  --out $(DEMO)/report-untrained
+	@echo "demo report: $(DEMO)/report/report.md (the untrained model for comparison: $(DEMO)/report-untrained)"
 
 # Reference CPU result on real photos (docs/results.md): FUSeg import -> cache -> train from scratch (60 min cap)
 # -> evaluate on val (AP50 against the 60-minute bar) and on test (the reported table, bootstrap CIs).
@@ -46,6 +48,8 @@ reproduce-fuseg: $(STAMP)
 	  --out $(FUSEG_RUN)/report-val
 	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache --split test \
 	  --out $(FUSEG_RUN)/report-test --bootstrap 1000
+	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/untrained_model.pth --data $(FUSEG_RUN)/cache --split test \
+	  --out $(FUSEG_RUN)/report-test-untrained
 	@echo "FUSeg reports: $(FUSEG_RUN)/report-val/report.md $(FUSEG_RUN)/report-test/report.md"
 
 test: $(STAMP)

@@ -182,3 +182,18 @@ def test_selection_at_the_operating_threshold_is_recorded_in_the_checkpoint(tiny
     best = safe_torch_load(tmp_path / "run" / "best_model.pth")
     assert best["score_threshold"] == best["operating_threshold"] == result["best"]["operating_threshold"]
     assert best["composite_score"] >= 0.0
+
+
+def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_path: Path, tiny_config):
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=1")
+    result = run_training(cfg, baseline=True)
+    untrained = safe_torch_load(tmp_path / "run" / "untrained_model.pth")
+    best = safe_torch_load(tmp_path / "run" / "best_model.pth")
+    assert untrained["epoch"] == -1 and best["epoch"] == 0
+    assert untrained["composite_score"] == pytest.approx(result["baseline"]["composite"])
+    assert untrained["optimizer_state_dict"] == {}
+    changed = [k for k, t in best["model_state_dict"].items()
+               if t.is_floating_point() and not torch.equal(t, untrained["model_state_dict"][k])]
+    assert changed  # the kept model was trained, the untrained one was not
+    info = load_for_inference(tmp_path / "run" / "untrained_model.pth")  # what `dfudet evaluate` reads
+    assert info["img_size"] == best["img_size"]

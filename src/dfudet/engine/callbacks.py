@@ -31,6 +31,32 @@ def is_better(score: float, best: float | None) -> bool:
     return best is None or score > best
 
 
+def best_payload(pl_module: Any, v: dict[str, float], epoch: int, optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """The best_model.pth dict (docs/checkpoints.md) of a module with its val scores `v`."""
+    from dfudet.engine.module import backbone_name
+
+    cfg = pl_module.cfg
+    return build_best_payload(
+        epoch=int(epoch),
+        model_state_dict={k: t.detach().cpu() for k, t in pl_module.model.state_dict().items()},
+        optimizer_state_dict=optimizer_state,
+        train_loss=float(v["train_loss"]),
+        val_loss=float(v["val_loss"]),
+        f1_score=float(v["f1"]),
+        mean_iou=float(v["mean_iou"]),
+        precision=float(v["precision"]),
+        recall=float(v["recall"]),
+        composite_score=float(v["composite"]),
+        backbone=backbone_name(cfg),
+        model_name=cfg.model.name,
+        img_size=int(cfg.data.img_size),
+        num_classes=int(cfg.model.num_classes),
+        score_threshold=float(v.get("selection_threshold", cfg.train.score_threshold)),
+        operating_threshold=float(v["operating_threshold"]),
+        config=config_to_dict(cfg),
+    )
+
+
 class CompositeCheckpoint(L.Callback):
     """Keeps best_model.pth = the epoch with the highest val composite score (never chosen on val loss)."""
 
@@ -52,28 +78,8 @@ class CompositeCheckpoint(L.Callback):
             self._write(trainer, pl_module, v)
 
     def _write(self, trainer: L.Trainer, pl_module: Any, v: dict[str, float]) -> None:
-        from dfudet.engine.module import backbone_name
-
-        cfg = pl_module.cfg
-        payload = build_best_payload(
-            epoch=int(trainer.current_epoch),
-            model_state_dict={k: t.detach().cpu() for k, t in pl_module.model.state_dict().items()},
-            optimizer_state_dict=trainer.optimizers[0].state_dict() if trainer.optimizers else {},
-            train_loss=float(v["train_loss"]),
-            val_loss=float(v["val_loss"]),
-            f1_score=float(v["f1"]),
-            mean_iou=float(v["mean_iou"]),
-            precision=float(v["precision"]),
-            recall=float(v["recall"]),
-            composite_score=float(v["composite"]),
-            backbone=backbone_name(cfg),
-            model_name=cfg.model.name,
-            img_size=int(cfg.data.img_size),
-            num_classes=int(cfg.model.num_classes),
-            score_threshold=float(v.get("selection_threshold", cfg.train.score_threshold)),
-            operating_threshold=float(v["operating_threshold"]),
-            config=config_to_dict(cfg),
-        )
+        optimizer_state = trainer.optimizers[0].state_dict() if trainer.optimizers else {}
+        payload = best_payload(pl_module, v, int(trainer.current_epoch), optimizer_state)
         atomic_torch_save(payload, self.run_dir / BEST_NAME)
 
     def state_dict(self) -> dict[str, Any]:

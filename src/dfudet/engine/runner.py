@@ -16,14 +16,15 @@ from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dfudet.config import Config, config_to_dict, save_config
-from dfudet.engine.callbacks import BEST_NAME, CompositeCheckpoint, EpochSummary, LastCheckpoint
-from dfudet.engine.checkpoint import AtomicCheckpointIO, safe_torch_load
+from dfudet.engine.callbacks import BEST_NAME, CompositeCheckpoint, EpochSummary, LastCheckpoint, best_payload
+from dfudet.engine.checkpoint import AtomicCheckpointIO, atomic_torch_save, safe_torch_load
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
 
 log = logging.getLogger("dfudet")
 LAST_NAME = "last.ckpt"
+UNTRAINED_NAME = "untrained_model.pth"  # written by --baseline
 
 
 def _rank() -> int:
@@ -50,7 +51,8 @@ def setup_logging(run_dir: Path) -> Path:
 
 def _archive_previous(run_dir: Path) -> Path | None:
     """--fresh: move the previous run's checkpoints aside (never deleted) so the new run starts clean."""
-    old = [p for p in (run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / "metrics.csv", run_dir / "curves.png")
+    old = [p for p in (run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / UNTRAINED_NAME, run_dir / "metrics.csv",
+                       run_dir / "curves.png")
            if p.exists()]
     if not old:
         return None
@@ -226,6 +228,9 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         base = validation_scores(module, dm, acc)
         log.info("untrained model on val: composite %.4f (F1 %.3f, IoU %.3f)", base["composite"], base["f1"],
                  base["mean_iou"])
+        if _rank() == 0:  # same schema as best_model.pth, so `dfudet evaluate` can score it on any split
+            atomic_torch_save(best_payload(module, base, -1, {}), run_dir / UNTRAINED_NAME)
+            log.info("untrained model written to %s", run_dir / UNTRAINED_NAME)
 
     trainer = build_trainer(cfg, acc, devices, precision)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
