@@ -102,6 +102,7 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
     """Every figure of the report from per-image predictions and ground truth (original coordinates)."""
     from dfudet.metrics.bootstrap import bootstrap_ci
     from dfudet.metrics.coco import coco_map
+    from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
     from dfudet.metrics.curves import froc, pr_curve, threshold_series
     from dfudet.metrics.scores import detection_scores, pick_best, sweep_thresholds
 
@@ -129,6 +130,7 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
     }
     if n_boot > 0:
         ci = bootstrap_ci(preds, gts, threshold, iou_threshold, weights, n_boot=n_boot, seed=seed)
+        ci.update(coco_bootstrap_ci(preds, gts, n_boot=n_boot, seed=seed))
         out["bootstrap"] = {"n": int(n_boot), "alpha": 0.05, "seed": seed, "unit": "image",
                             "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()}}
     out["_curves"] = (pr, fr, sweep)  # full-resolution curves for the PNGs (removed before writing the json)

@@ -1,7 +1,7 @@
 """Bootstrap confidence intervals for the detection scores, resampling whole images.
 
-Each image is matched once (``dfudet.metrics.matching``) and reduced to its counts: TP, FP, FN, kept predictions and
-the sum of their IoUs. A bootstrap replicate draws ``n_images`` images with replacement (a multinomial count per
+Each image is matched once (``dfudet.metrics.matching``) and reduced to its counts: TP, FP, FN, kept predictions,
+the sum of their IoUs, and whether it is an ulcer image with at least one TP (image-level sensitivity). A bootstrap replicate draws ``n_images`` images with replacement (a multinomial count per
 image), sums those counts and applies the same formulas as ``dfudet.metrics.scores`` (zero-division rules
 included). The interval is the percentile interval ``[alpha/2, 1 - alpha/2]`` of the replicates. The random
 generator is ``numpy.random.default_rng(seed)``, so a seed always gives the same interval.
@@ -16,24 +16,25 @@ import numpy as np
 from dfudet.errors import ConfigError
 from dfudet.metrics.scores import prf, rank_dataset, resolve_weights, safe_mean
 
-CI_METRICS: tuple[str, ...] = ("f1", "recall", "precision", "composite", "mean_iou")
+CI_METRICS: tuple[str, ...] = ("f1", "recall", "precision", "composite", "mean_iou", "image_sensitivity")
 _CHUNK = 250  # replicates per batch: bounds memory at _CHUNK x n_images counts
 
 
 def bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_threshold: float,
                  iou_threshold: float, weights: Any = None, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
-    """Percentile CIs of f1, recall, precision, composite and mean_iou, so reports show how much a score could move."""
+    """Percentile CIs of CI_METRICS, so reports show how much a score could move (COCO AP: ``coco_bootstrap``)."""
     if int(n_boot) < 1:
         raise ConfigError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
     if not 0.0 < float(alpha) < 1.0:
         raise ConfigError(f"bootstrap_ci: alpha must be between 0 and 1 (exclusive), got {alpha}")
     w = resolve_weights(weights)
     ranked = rank_dataset(preds, gts, iou_threshold)
-    per_image = np.zeros((len(ranked), 4), dtype=np.float64)  # tp, kept, n_gt, iou sum
+    per_image = np.zeros((len(ranked), 6), dtype=np.float64)  # tp, kept, n_gt, iou sum, ulcer image, found
     for i, r in enumerate(ranked):
         k = r.n_kept(score_threshold)
-        per_image[i] = (r.is_tp[:k].sum(), k, r.n_gt, r.ious[:k].sum())
+        tp_i = r.is_tp[:k].sum()
+        per_image[i] = (tp_i, k, r.n_gt, r.ious[:k].sum(), r.n_gt > 0, r.n_gt > 0 and tp_i > 0)
     n = len(ranked)
     rng = np.random.default_rng(seed)
     sums = []
@@ -42,11 +43,12 @@ def bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_thr
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
         sums.append(counts @ per_image)
     tot = np.concatenate(sums)
-    tp, kept, n_gt, iou_sum = tot.T
+    tp, kept, n_gt, iou_sum, ulcer_images, found = tot.T
     p, r, f1 = prf(tp, kept - tp, n_gt - tp)
     mean_iou = safe_mean(iou_sum, kept)
     values = {
         "f1": f1, "recall": r, "precision": p, "mean_iou": mean_iou,
+        "image_sensitivity": safe_mean(found, ulcer_images),
         "composite": w["f1"] * f1 + w["iou"] * mean_iou + w["recall"] * r + w["precision"] * p,
     }
     q = [alpha / 2, 1 - alpha / 2]
