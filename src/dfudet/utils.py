@@ -8,6 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+_UMASK = os.umask(0)  # read once: mkstemp creates 0600 files, the renamed file gets the usual 0666 & ~umask
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write bytes to `path` via a temp file in the same directory and an atomic rename."""
@@ -25,6 +28,7 @@ def atomic_write_with(path: Path, writer: Callable[[Path], object]) -> None:
         writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
