@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         (Path(a.run_dir) / stale).unlink(missing_ok=True)  # the benchmark's own run dir: always a fresh run
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    torch.set_flush_denormal(True)  # as `dfudet train` does on CPU
     acc, devices, precision = resolve_hardware(cfg)
     trainer = build_trainer(cfg, acc, devices, precision)
     probe = MemoryProbe()
