@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 
 from dfudet.metrics.matching import check_inputs
 
@@ -23,16 +25,10 @@ _CHUNK = 100
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes as COCO computes it for bboxes (areas w*h, no +1)."""
+    """IoU of xyxy boxes (torchvision's box_iou: areas w*h, as COCO computes them for bboxes); 0 for empty unions."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return np.nan_to_num(box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy(), nan=0.0)
 
 
 def coco_matches(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], max_dets: int = 100
