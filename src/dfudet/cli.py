@@ -122,7 +122,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--run-dir", help="run directory (default: run_dir from the config)")
     p.add_argument("--fresh", action="store_true", help="start over (previous checkpoints are moved aside, not deleted)")
-    p.add_argument("--baseline", action="store_true", help="also score the untrained model on val before training")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the untrained model on val before training; saved as RUN_DIR/untrained_model.pth")
     p.add_argument("--devices", help="devices per node (e.g. 2, or auto)")
     p.add_argument("--num-nodes", type=int)
     p.add_argument("--strategy", help="e.g. ddp")
