@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         sheet.paste(tile, ((k % args.cols) * args.tile, (k // args.cols) * args.tile))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_jpeg(sheet, args.out, quality=85)
-    print(f"{args.out}: {len(tiles)} images of {args.report} at score >= {thr:.3f} (green: ground truth, red: detections)")
+    print(f"{args.out}: {len(tiles)} images of {args.report} at score >= {thr:.3f} "
+          "(green: ground truth, red: detections)")
     return 0
 
 

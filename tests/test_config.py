@@ -69,7 +69,8 @@ def test_shipped_configs_validate(path: Path):
 @pytest.mark.parametrize("name", ["dfu_b5.yaml", "dfu_b5_gpu.yaml"])
 def test_reference_gpu_recipes_hold_the_documented_values(name: str):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
-    assert (cfg.model.name, cfg.model.backbone, cfg.model.pretrained) == ("fasterrcnn_efficientnet", "efficientnet_b5", True)
+    model = (cfg.model.name, cfg.model.backbone, cfg.model.pretrained)
+    assert model == ("fasterrcnn_efficientnet", "efficientnet_b5", True)
     assert (cfg.data.img_size, cfg.data.positive_fraction) == (512, 0.5)
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.early_stop_patience) == ("sgd", 1e-3, 23)
     assert cfg.train.select_at == "score_threshold" and cfg.train.precision == "16-mixed"

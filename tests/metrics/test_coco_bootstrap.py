@@ -55,3 +55,13 @@ def test_perfect_detections_give_one_and_a_missed_image_widens_the_interval():
     preds[0] = (E, np.zeros(0))  # one ulcer never found
     lo, hi = coco_bootstrap_ci(preds, gts, n_boot=500)["AP50"]
     assert lo < 1.0 and hi == 1.0
+
+
+def test_bad_arguments_raise_config_error_naming_the_function():
+    from dfudet.errors import ConfigError
+
+    preds, gts = random_detections(0, 5)
+    with pytest.raises(ConfigError, match="coco_bootstrap_ci: n_boot must be >= 1"):
+        coco_bootstrap_ci(preds, gts, n_boot=0)
+    with pytest.raises(ConfigError, match="coco_bootstrap_ci: alpha must be between 0 and 1"):
+        coco_bootstrap_ci(preds, gts, alpha=0.0)

@@ -1,14 +1,14 @@
 """Box-aware albumentations pipelines: random training augmentation and a deterministic eval resize + pad.
 
 Both end with "resize the long side to img_size, pad bottom/right to img_size x img_size", so boxes keep their
-coordinates relative to the top-left corner and a batch has one shape. Boxes are clipped and degenerate ones
-removed BEFORE albumentations sees them (it raises on zero-area boxes). In training, a random draw that would drop a
-box (less than `min_visibility` of its area left in view, or smaller than `min_box_size` px on a side) is redrawn up
-to `MAX_DRAWS` times, then the sample falls back to the plain resize + pad (where only boxes already below `min_box_size` at img_size
-are dropped): a dropped box would leave (part of) an
-ulcer in the picture labelled as background, and an ulcer photo whose boxes all vanish would become a false negative
-example. On FUSeg (many 5-16 px ulcers) 2 of 1,670 boxes were dropped per 2 epochs without the redraw. The eval
-transform never drops a box (evaluation must see every ground-truth box).
+coordinates relative to the top-left corner and a batch has one shape. Boxes are clipped and degenerate ones removed
+BEFORE albumentations sees them (it raises on zero-area boxes). In training, a random draw that would drop a box
+(less than `min_visibility` of its area left in view, or smaller than `min_box_size` px on a side) is redrawn up to
+`MAX_DRAWS` times, then the sample falls back to the plain resize + pad (where only boxes already below
+`min_box_size` at img_size are dropped): a dropped box would leave (part of) an ulcer in the picture labelled as
+background, and an ulcer photo whose boxes all vanish would become a false negative example. On FUSeg (many 5-16 px
+ulcers) 2 of 1,670 boxes were dropped per 2 epochs without the redraw. The eval transform never drops a box
+(evaluation must see every ground-truth box).
 """
 
 from __future__ import annotations

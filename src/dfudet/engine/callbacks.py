@@ -104,7 +104,8 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; the strategy writes on global rank 0 only
+        # every rank calls it; the strategy writes on global rank 0 only. Full state (optimizer, loops) for resume.
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class EpochSummary(L.Callback):

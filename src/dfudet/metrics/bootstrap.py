@@ -1,10 +1,11 @@
 """Bootstrap confidence intervals for the detection scores, resampling whole images.
 
 Each image is matched once (``dfudet.metrics.matching``) and reduced to its counts: TP, FP, FN, kept predictions,
-the sum of their IoUs, and whether it is an ulcer image with at least one TP (image-level sensitivity). A bootstrap replicate draws ``n_images`` images with replacement (a multinomial count per
-image), sums those counts and applies the same formulas as ``dfudet.metrics.scores`` (zero-division rules
-included). The interval is the percentile interval ``[alpha/2, 1 - alpha/2]`` of the replicates. The random
-generator is ``numpy.random.default_rng(seed)``, so a seed always gives the same interval.
+the sum of their IoUs, and whether it is an ulcer image with at least one TP (image-level sensitivity). A bootstrap
+replicate draws ``n_images`` images with replacement (a multinomial count per image), sums those counts and applies
+the same formulas as ``dfudet.metrics.scores`` (zero-division rules included). The interval is the percentile
+interval ``[alpha/2, 1 - alpha/2]`` of the replicates. The random generator is ``numpy.random.default_rng(seed)``,
+so a seed always gives the same interval.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ CI_METRICS: tuple[str, ...] = ("f1", "recall", "precision", "composite", "mean_i
 _CHUNK = 250  # replicates per batch: bounds memory at _CHUNK x n_images counts
 
 
+def check_bootstrap_args(n_boot: int, alpha: float, where: str) -> None:
+    """Shared argument checks of the bootstrap functions (clear ConfigError naming the function)."""
+    if int(n_boot) < 1:
+        raise ConfigError(f"{where}: n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < float(alpha) < 1.0:
+        raise ConfigError(f"{where}: alpha must be between 0 and 1 (exclusive), got {alpha}")
+
+
 def bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_threshold: float,
                  iou_threshold: float, weights: Any = None, n_boot: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile CIs of CI_METRICS, so reports show how much a score could move (COCO AP: ``coco_bootstrap``)."""
-    if int(n_boot) < 1:
-        raise ConfigError(f"bootstrap_ci: n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < float(alpha) < 1.0:
-        raise ConfigError(f"bootstrap_ci: alpha must be between 0 and 1 (exclusive), got {alpha}")
+    check_bootstrap_args(n_boot, alpha, "bootstrap_ci")
     w = resolve_weights(weights)
     ranked = rank_dataset(preds, gts, iou_threshold)
     per_image = np.zeros((len(ranked), 6), dtype=np.float64)  # tp, kept, n_gt, iou sum, ulcer image, found

@@ -1,4 +1,4 @@
-"""Bootstrap intervals for COCO AP50 / AP50:95 (and image-level sensitivity), resampling whole images.
+"""Bootstrap intervals for COCO AP50 / AP50:95, resampling whole images (the other scores: ``bootstrap``).
 
 pycocotools is the reference for the point values (``dfudet.metrics.coco``) but costs ~0.3 s per evaluation, too
 slow for 1,000 replicates. This module replays COCOeval's bbox protocol for one class in numpy: per image, the top
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from dfudet.metrics.bootstrap import check_bootstrap_args
 from dfudet.metrics.matching import check_inputs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -32,8 +33,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def coco_matches(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], max_dets: int = 100
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Ranked detections of the whole set: (image index (D,), TP flags (D, 10), n_gt per image (I,), order (D,))."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranked detections of the whole set: (image index (D,), TP flags (D, 10), n_gt per image (I,))."""
     p, g = check_inputs(preds, gts)
     img, tps, scores = [], [], []
     n_gt = np.array([len(x) for x in g], dtype=np.float64)
@@ -59,7 +60,7 @@ def coco_matches(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], max_dets:
     rank = np.argsort(-s_all, kind="mergesort")
     img_all = np.concatenate(img).astype(np.int64) if img else np.zeros(0, np.int64)
     tp_all = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
-    return img_all[rank], tp_all[rank], n_gt, rank
+    return img_all[rank], tp_all[rank], n_gt
 
 
 def weighted_ap(img: np.ndarray, tp: np.ndarray, n_gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -88,7 +89,7 @@ def weighted_ap(img: np.ndarray, tp: np.ndarray, n_gt: np.ndarray, weights: np.n
 
 def coco_ap(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any]) -> dict[str, float]:
     """AP50 and AP50:95 of the whole set (equal to pycocotools' values)."""
-    img, tp, n_gt, _ = coco_matches(preds, gts)
+    img, tp, n_gt = coco_matches(preds, gts)
     ap = weighted_ap(img, tp, n_gt, np.ones((1, len(n_gt))))[0]
     return {"AP50": float(np.nan_to_num(ap[0])), "AP50_95": float(np.nan_to_num(ap.mean()))}
 
@@ -96,7 +97,8 @@ def coco_ap(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any]) -> dict[str, f
 def coco_bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], n_boot: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile intervals of AP50 and AP50:95 over image resamples (seeded like ``bootstrap_ci``)."""
-    img, tp, n_gt, _ = coco_matches(preds, gts)
+    check_bootstrap_args(n_boot, alpha, "coco_bootstrap_ci")
+    img, tp, n_gt = coco_matches(preds, gts)
     n = len(n_gt)
     rng = np.random.default_rng(seed)
     ap50, ap = [], []
