@@ -5,7 +5,8 @@ Usage:
     python bench/train_step.py --models fasterrcnn_mobilenet_v3_large_320_fpn --sizes 320 --steps 2
     python bench/train_step.py --models fasterrcnn_efficientnet:efficientnet_b3 --threads 2 --out bench.json
 
-A model is `name` or `name:backbone` (the backbone only matters for fasterrcnn_efficientnet). Times are medians
+A model is `name` or `name:backbone` (the backbone only matters for timm-backbone models: fasterrcnn_efficientnet,
+fcos_timm). Times are medians
 over --steps timed steps after --warmup untimed ones; a step is forward + backward + SGD update on --batch-size
 images (one with a box, one without, alternating). On CUDA it uses AMP (fp16 autocast + GradScaler).
 Writes JSON (--out) and prints a markdown table; it never edits docs.
@@ -33,13 +34,14 @@ from dfudet.config import ModelConfig  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
 
 EFFICIENTNET = "fasterrcnn_efficientnet"
+DEFAULT_BACKBONES = {EFFICIENTNET: ["efficientnet_b0", "efficientnet_b5"], "fcos_timm": ["mobilenetv3_large_100"]}
 
 
 def default_models() -> list[str]:
     """Every registry name; the EfficientNet detector twice (B0 the small one, B5 the reference one)."""
     out: list[str] = []
     for name in available_models():
-        out += [f"{EFFICIENTNET}:efficientnet_b0", f"{EFFICIENTNET}:efficientnet_b5"] if name == EFFICIENTNET else [name]
+        out += [f"{name}:{b}" for b in DEFAULT_BACKBONES[name]] if name in DEFAULT_BACKBONES else [name]
     return out
 
 
@@ -63,11 +65,13 @@ def _batch(size: int, n: int, device: torch.device) -> tuple[list[torch.Tensor],
 
 
 def bench_one(
-    spec: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device, fpn_channels: int = 256
+    spec: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device, fpn_channels: int = 256,
+    head_convs: int | None = None,
 ) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
-    cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels)
+    cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
+                      head_convs=head_convs)
     model = build_detector(cfg, size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -112,6 +116,7 @@ def bench_one(
         "batch_size": batch_size,
         "steps": steps,
         "fpn_channels": fpn_channels,
+        "head_convs": head_convs,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_s_per_step": round(train_s, 4),
         "train_img_per_s": round(batch_size / train_s, 3),
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
-    ap.add_argument("--fpn-channels", type=int, default=256, help="FPN width (fasterrcnn_efficientnet only)")
+    ap.add_argument("--fpn-channels", type=int, default=256, help="FPN width (timm-backbone models only)")
+    ap.add_argument("--head-convs", type=int, default=None, help="conv layers per head branch (fcos_timm only)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for spec in models:
         for size in args.sizes:
-            r = bench_one(spec, size, args.batch_size, args.steps, args.warmup, device, args.fpn_channels)
+            r = bench_one(spec, size, args.batch_size, args.steps, args.warmup, device, args.fpn_channels,
+                          args.head_convs)
             results.append(r)
             print(f"{spec} @ {size}: {r['train_s_per_step']:.3f} s/step ({r['train_img_per_s']:.2f} img/s train), "
                   f"{r['infer_s_per_img']:.3f} s/img inference", flush=True)

@@ -9,18 +9,24 @@ import torch
 from dfudet.config import config_to_dict, load_config
 from dfudet.data.demo import render_sample
 from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.engine.module import backbone_name
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 IMG_SIZE = 128
 
 
-def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, threshold: float = 0.3) -> Path:
+FCOS_OVERRIDES = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
+
+
+def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, threshold: float = 0.3,
+                          overrides: tuple[str, ...] = ()) -> Path:
     """A best_model.pth trained for a few SGD steps on demo images: a random-init head gives tied scores
-    (every box 0.50), which makes box order arbitrary; a few steps give distinct, image-dependent scores."""
+    (every box 0.50), which makes box order arbitrary; a few steps give distinct, image-dependent scores.
+    `overrides` (e.g. FCOS_OVERRIDES) change the model."""
     cfg = load_config(None, [f"model.name={MODEL}", "model.pretrained=false", f"data.img_size={img_size}",
                              "model.box_score_thresh=0.05", "model.detections_per_img=30",
-                             "model.rpn_batch_size_per_image=64", "model.box_batch_size_per_image=64"])
+                             "model.rpn_batch_size_per_image=64", "model.box_batch_size_per_image=64", *overrides])
     torch.manual_seed(0)
     model = build_detector(cfg.model, img_size)
     samples = [render_sample(0, i, img_size, healthy=False) for i in range(2)]
@@ -37,8 +43,9 @@ def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, 
     payload = build_best_payload(
         epoch=1, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=float(loss.detach()),
         val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=MODEL,
-        model_name=MODEL, img_size=img_size, num_classes=2, score_threshold=0.5, operating_threshold=threshold,
+        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0,
+        backbone=backbone_name(cfg), model_name=cfg.model.name, img_size=img_size, num_classes=2,
+        score_threshold=0.5, operating_threshold=threshold,
         config=config_to_dict(cfg))
     atomic_torch_save(payload, path)
     return path

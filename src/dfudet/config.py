@@ -76,6 +76,10 @@ class ModelConfig(_Strict):
     detections_per_img: int = Field(100, ge=1)
     rpn_batch_size_per_image: int = Field(256, ge=1)
     box_batch_size_per_image: int = Field(512, ge=1)
+    # one-stage heads (fcos_timm) only: conv layers per head branch (None = 4, torchvision's FCOS) and the best
+    # locations per FPN level kept before NMS
+    head_convs: int | None = Field(None, ge=1, le=8)
+    topk_candidates: int = Field(1000, ge=1)
 
     @field_validator("aspect_ratios")
     @classmethod

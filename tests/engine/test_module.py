@@ -25,8 +25,13 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+FRCNN_LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+FCOS_LOSSES = {"classification", "bbox_regression", "bbox_ctrness"}
+
+
 def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
-    for name in ("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_efficientnet"):
+    for name, keys in (("fasterrcnn_mobilenet_v3_large_320_fpn", FRCNN_LOSSES),
+                       ("fasterrcnn_efficientnet", FRCNN_LOSSES), ("fcos_timm", FCOS_LOSSES)):
         module = _module(name)
         module.eval()
         images, targets = _batch()
@@ -37,11 +42,16 @@ def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
         after = _snapshot(module)
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed == [], f"{name}: validation changed {changed[:5]}"
-        assert set(losses1) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+        assert set(losses1) == keys
         assert all(torch.isfinite(v) for v in losses1.values())
         assert {k: float(v) for k, v in losses1.items()} == {k: float(v) for k, v in losses2.items()}  # repeatable
         assert len(dets) == 2 and all(d["boxes"].shape[1] == 4 for d in dets)
         assert not module.model.training  # mode restored
+        with torch.inference_mode():  # the one-pass detections are exactly the eval-mode forward's
+            plain = module.model(to_float_images(images))
+        for d, p in zip(dets, plain):
+            assert torch.equal(d["boxes"], p["boxes"]) and torch.equal(d["scores"], p["scores"])
+            assert torch.equal(d["labels"], p["labels"])
 
 
 def test_the_naive_way_would_change_bn_buffers():

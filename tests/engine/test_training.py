@@ -197,3 +197,32 @@ def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_pat
     assert changed  # the kept model was trained, the untrained one was not
     info = load_for_inference(tmp_path / "run" / "untrained_model.pth")  # what `dfudet evaluate` reads
     assert info["img_size"] == best["img_size"]
+
+
+FCOS_TINY = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
+
+
+def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tmp_path: Path, tiny_config):
+    from dfudet.inference.predictor import Predictor
+
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=2", "train.select_at=operating", *FCOS_TINY)
+    result = run_training(cfg)
+    best = safe_torch_load(tmp_path / "run" / "best_model.pth")
+    assert set(BEST_KEYS) <= set(best)
+    assert best["backbone"] == "resnet10t" and best["model_name"] == "fcos_timm"
+    assert best["composite_score"] == pytest.approx(result["best"]["composite_score"])
+    rows = _history(tmp_path / "run")
+    assert len(rows) == 2 and all(float(r["val_loss"]) > 0 for r in rows)
+    pred = Predictor.from_checkpoint(tmp_path / "run" / "best_model.pth")
+    assert pred.floor == cfg.model.box_score_thresh and pred.max_detections == cfg.model.detections_per_img
+    out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
+    assert (out["width"], out["height"]) == (120, 80)
+    assert (out["boxes"][:, [0, 2]] <= 120).all() and (out["boxes"][:, [1, 3]] <= 80).all()
+
+
+def test_auto_anchors_with_an_anchor_free_model_stops_with_the_reason(tiny_cache: Path, tmp_path: Path, tiny_config):
+    from dfudet.errors import ConfigError
+
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "model.auto_anchors=true", *FCOS_TINY)
+    with pytest.raises(ConfigError, match="fcos_timm is anchor-free.*remove model.auto_anchors"):
+        run_training(cfg)

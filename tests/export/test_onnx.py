@@ -19,7 +19,7 @@ from dfudet.inference.onnx_predictor import OnnxPredictor, resize_pad
 from dfudet.inference.predictor import Predictor
 from dfudet.utils import sha256_file
 
-from _checkpoints import IMG_SIZE, MODEL, train_demo_checkpoint
+from _checkpoints import FCOS_OVERRIDES, IMG_SIZE, MODEL, train_demo_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,19 @@ def test_preprocessing_matches_the_training_eval_transform():
 
 @pytest.mark.slow
 def test_onnx_matches_pytorch_within_1px_and_1e3(exported: tuple[Path, Path]):
-    ckpt, onnx_path = exported
+    _assert_parity(*exported)
+
+
+@pytest.mark.slow
+def test_fcos_onnx_matches_pytorch_within_1px_and_1e3(tmp_path: Path):
+    ckpt = train_demo_checkpoint(tmp_path / "best_model.pth", overrides=FCOS_OVERRIDES)
+    meta = export_onnx(ckpt, tmp_path / "fcos.onnx")
+    assert meta["model_name"] == "fcos_timm" and meta["backbone"] == "resnet10t"
+    assert meta["score_floor"] == pytest.approx(0.05) and meta["max_detections"] == 30
+    _assert_parity(ckpt, tmp_path / "fcos.onnx")
+
+
+def _assert_parity(ckpt: Path, onnx_path: Path) -> None:
     torch_pred = Predictor.from_checkpoint(ckpt)
     onnx_pred = OnnxPredictor.from_onnx(onnx_path)
     assert onnx_pred.score_threshold == torch_pred.score_threshold

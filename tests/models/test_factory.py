@@ -72,6 +72,7 @@ def test_registry_names() -> None:
         "fasterrcnn_mobilenet_v3_large_320_fpn",
         "fasterrcnn_mobilenet_v3_large_fpn",
         "fasterrcnn_resnet50_fpn_v2",
+        "fcos_timm",
     ]
     assert num_feature_levels("fasterrcnn_efficientnet") == 5
     assert num_feature_levels("fasterrcnn_mobilenet_v3_large_fpn") == 3

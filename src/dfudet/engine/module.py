@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.models.detection import FCOS
 
 from dfudet.config import Config
 from dfudet.metrics.scores import best_threshold, detection_scores
-from dfudet.models.factory import build_detector
+from dfudet.models.factory import build_detector, uses_timm_backbone
 
 log = logging.getLogger("dfudet")
 
@@ -24,8 +25,8 @@ _FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout
 
 
 def backbone_name(cfg: Config) -> str:
-    """The backbone a run uses (timm name for the EfficientNet detector, else the torchvision model name)."""
-    return cfg.model.backbone if cfg.model.name == "fasterrcnn_efficientnet" else cfg.model.name
+    """The backbone a run uses (the timm name for timm-backbone detectors, else the torchvision model name)."""
+    return cfg.model.backbone if uses_timm_backbone(cfg.model.name) else cfg.model.name
 
 
 def _is_stochastic(m: nn.Module) -> bool:
@@ -53,26 +54,46 @@ def losses_and_detections(model: nn.Module, images: list[torch.Tensor], targets:
     """One backbone pass giving both the val losses (train-mode heads) and the detections (eval-mode heads).
 
     BatchNorm and dropout stay in eval mode throughout, so no buffer changes; the RoI/anchor samplers are random
-    in train mode, so they run under a fixed seed to make val loss repeatable.
+    in train mode, so they run under a fixed seed to make val loss repeatable. Two-stage (Faster R-CNN) and FCOS
+    models are supported: the steps are those of their torchvision `forward`, split so the backbone runs once.
     """
     was_training = model.training
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     loss_mode(model)
     tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
     devices = [images[0].device] if images[0].device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        image_list, tgts_t = model.transform(images, tgts)
-        features = model.backbone(image_list.tensors)
-        proposals, rpn_losses = model.rpn(image_list, features, tgts_t)
-        _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, tgts_t)
-    model.rpn.eval()
-    model.roi_heads.eval()
-    proposals, _ = model.rpn(image_list, features)
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-    detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-    model.train(was_training)
-    return {**rpn_losses, **det_losses}, detections
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            image_list, tgts_t = model.transform(images, tgts)
+            features = model.backbone(image_list.tensors)
+            if isinstance(model, FCOS):
+                losses, detections = _fcos_losses_and_detections(model, image_list, tgts_t, list(features.values()))
+            else:
+                proposals, rpn_losses = model.rpn(image_list, features, tgts_t)
+                _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, tgts_t)
+                losses = {**rpn_losses, **det_losses}
+        if not isinstance(model, FCOS):
+            model.rpn.eval()
+            model.roi_heads.eval()
+            proposals, _ = model.rpn(image_list, features)
+            detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+        detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+    finally:
+        model.train(was_training)
+    return losses, detections
+
+
+def _fcos_losses_and_detections(model: FCOS, image_list: Any, targets: list[dict[str, torch.Tensor]],
+                                features: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """FCOS.forward's loss and detection branches on one set of head outputs (the head has no train/eval switch)."""
+    head_outputs = model.head(features)
+    anchors = model.anchor_generator(image_list, features)
+    per_level = [f.size(2) * f.size(3) for f in features]
+    losses = model.compute_loss(targets, head_outputs, anchors, per_level)
+    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 class DetectorModule(L.LightningModule):

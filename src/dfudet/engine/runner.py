@@ -21,6 +21,7 @@ from dfudet.engine.checkpoint import AtomicCheckpointIO, atomic_torch_save, safe
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
+from dfudet.models.factory import is_anchor_free
 
 log = logging.getLogger("dfudet")
 LAST_NAME = "last.ckpt"
@@ -214,7 +215,8 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
-    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume:
+    # anchor-free models refuse auto_anchors when they are built, with the reason
+    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume and not is_anchor_free(cfg.model.name):
         _auto_anchors(cfg, dm)
     if _rank() == 0:
         save_config(cfg, run_dir / "config.yaml")

@@ -116,12 +116,12 @@ class Predictor:
     @property
     def floor(self) -> float:
         """Lowest score the model emits (its box_score_thresh): the start of any threshold sweep."""
-        return float(getattr(getattr(self.model, "roi_heads", None), "score_thresh", 0.0))
+        return float(getattr(getattr(self.model, "roi_heads", self.model), "score_thresh", 0.0))
 
     @property
     def max_detections(self) -> int:
         """Detections per image cap of the model."""
-        return int(getattr(getattr(self.model, "roi_heads", None), "detections_per_img", 100))
+        return int(getattr(getattr(self.model, "roi_heads", self.model), "detections_per_img", 100))
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, float]:
         out, _, scale = self.transform(image, np.zeros((0, 4), np.float32))

@@ -11,14 +11,17 @@ import torch
 from timm.utils.model import freeze
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from dfudet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Stride-4..32 feature maps (index 0 is stride 2, too fine and too costly for an FPN level).
+# Stride-4..32 feature maps (index 0 is stride 2, too fine and too costly for an FPN level): Faster R-CNN's FPN.
 OUT_INDICES: tuple[int, ...] = (1, 2, 3, 4)
+# Stride-8..32 maps: one-stage heads (FCOS) run on every location of every level, so the stride-4 map would cost
+# 4x the stride-8 one; P6/P7 (stride 64/128) are added on top by LastLevelP6P7 instead.
+ONE_STAGE_OUT_INDICES: tuple[int, ...] = (2, 3, 4)
 N_STAGES = 5  # feature stages of a timm CNN: strides 2, 4, 8, 16, 32
 
 
@@ -34,12 +37,17 @@ def weights_unavailable(name: str, exc: BaseException) -> ConfigError:
 
 
 class TimmFpnBackbone(nn.Module):
-    """timm `features_only` body + FPN (+ max-pool level); returns OrderedDict "0".."3","pool" with `out_channels` each."""
+    """timm `features_only` body + FPN + extra levels; returns an OrderedDict of maps with `out_channels` each.
 
-    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int) -> None:
+    Faster R-CNN: strides 4..32 + max-pool level ("0".."3", "pool"). FCOS: strides 8..32 + P6/P7 ("0".."2", "p6", "p7").
+    """
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int,
+                 extra_blocks: ExtraFPNBlock | None = None) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels,
+                                         extra_blocks=extra_blocks if extra_blocks is not None else LastLevelMaxPool())
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -75,9 +83,13 @@ def freeze_stages(body: nn.Module, n_frozen: int) -> list[str]:
 
 
 def build_timm_fpn_backbone(
-    name: str, pretrained: bool, fpn_channels: int = 256, trainable_layers: int = N_STAGES
+    name: str, pretrained: bool, fpn_channels: int = 256, trainable_layers: int = N_STAGES,
+    out_indices: tuple[int, ...] = OUT_INDICES, p6p7: bool = False,
 ) -> TimmFpnBackbone:
     """Create the timm body (optionally with ImageNet weights), freeze early stages when pretrained, and add the FPN.
+
+    `out_indices` picks the feature stages the FPN sees (default: strides 4..32); `p6p7` adds RetinaNet/FCOS-style
+    stride-64/128 levels computed from the top FPN map instead of the max-pool level.
 
     `trainable_layers` counts feature stages from the top (5 = all trainable, 0 = whole body frozen), like
     torchvision's `trainable_backbone_layers`. Frozen stages get `requires_grad=False` and FrozenBatchNorm, so small
@@ -88,7 +100,7 @@ def build_timm_fpn_backbone(
         hint = f" (did you mean: {', '.join(close)}?)" if close else ""
         raise ConfigError(f"model.backbone {name!r} is not a timm model{hint}")
     try:
-        body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=OUT_INDICES)
+        body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=out_indices)
     except OSError as exc:  # huggingface_hub LocalEntryNotFoundError, URLError, connection errors
         if pretrained:
             raise weights_unavailable(name, exc) from exc
@@ -96,7 +108,7 @@ def build_timm_fpn_backbone(
     except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
         raise ConfigError(
             f"model.backbone {name!r} cannot be used: timm could not create it with features_only=True, "
-            f"out_indices={OUT_INDICES} ({type(exc).__name__}: {exc}); use a CNN such as efficientnet_b0..b7"
+            f"out_indices={out_indices} ({type(exc).__name__}: {exc}); use a CNN such as efficientnet_b0..b7"
         ) from exc
     if len(body.feature_info.info) < N_STAGES:  # type: ignore[union-attr,arg-type]
         raise ConfigError(f"model.backbone {name!r} has fewer than {N_STAGES} feature stages; use a CNN such as efficientnet_b5")
@@ -112,7 +124,8 @@ def build_timm_fpn_backbone(
         log.info("backbone %s: froze %d of %d stages (%s)", name, N_STAGES - trainable_layers, N_STAGES, ", ".join(modules))
     elif not pretrained and trainable_layers < N_STAGES:
         log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train", name, trainable_layers)
-    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels)  # type: ignore[union-attr,operator]
+    extra = LastLevelP6P7(fpn_channels, fpn_channels) if p6p7 else None
+    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels, extra)  # type: ignore[union-attr,operator]
 
 
 def backbone_norm_stats(backbone: TimmFpnBackbone) -> tuple[list[float], list[float]]:

@@ -1,37 +1,49 @@
-"""build_detector(cfg): the one registry of detector names -> builders (all torchvision Faster R-CNNs)."""
+"""build_detector(cfg): the one registry of detector names -> builders (torchvision Faster R-CNNs and FCOS)."""
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any, Callable
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
 from torchvision.models.detection import (
+    FCOS,
     FasterRCNN,
     fasterrcnn_mobilenet_v3_large_320_fpn,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models.anchors import default_anchor_sizes, make_anchor_generator
-from dfudet.models.backbones import backbone_norm_stats, build_timm_fpn_backbone, weights_unavailable
+from dfudet.models.backbones import (
+    ONE_STAGE_OUT_INDICES,
+    backbone_norm_stats,
+    build_timm_fpn_backbone,
+    weights_unavailable,
+)
 
 Builder = Callable[[ModelConfig, int], nn.Module]
 
 MODELS: dict[str, Builder] = {}
 FEATURE_LEVELS: dict[str, int] = {}  # feature maps the RPN sees (FPN levels incl. "pool"), i.e. anchor levels
+ANCHOR_FREE: set[str] = set()  # one-stage anchor-free models: no anchor_sizes / auto_anchors / aspect_ratios
+TIMM_BACKBONE: set[str] = set()  # models whose backbone is cfg.backbone (a timm name); the others fix their own
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TORCHVISION_FPN_CHANNELS = 256  # fixed inside torchvision's mobilenet/resnet FPN extractors
 
 
-def register_model(name: str, feature_levels: int = 5) -> Callable[[Builder], Builder]:
+def register_model(name: str, feature_levels: int = 5, anchor_free: bool = False,
+                   timm_backbone: bool = False) -> Callable[[Builder], Builder]:
     """Add a builder to the registry under `name` (with the number of feature maps its anchors must cover)."""
 
     def deco(fn: Builder) -> Builder:
@@ -39,6 +51,10 @@ def register_model(name: str, feature_levels: int = 5) -> Callable[[Builder], Bu
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = fn
         FEATURE_LEVELS[name] = feature_levels
+        if anchor_free:
+            ANCHOR_FREE.add(name)
+        if timm_backbone:
+            TIMM_BACKBONE.add(name)
         return fn
 
     return deco
@@ -55,13 +71,25 @@ def num_feature_levels(name: str) -> int:
     return FEATURE_LEVELS[name]
 
 
+def is_anchor_free(name: str) -> bool:
+    """True for one-stage anchor-free models (FCOS): anchor sizes and auto_anchors do not apply."""
+    _check_name(name)
+    return name in ANCHOR_FREE
+
+
+def uses_timm_backbone(name: str) -> bool:
+    """True when model `name` builds its backbone from cfg.backbone (a timm model name)."""
+    _check_name(name)
+    return name in TIMM_BACKBONE
+
+
 def _check_name(name: str) -> None:
     if name not in MODELS:
         raise ConfigError(f"unknown model.name {name!r}; available models: {', '.join(available_models())}")
 
 
 def build_detector(cfg: ModelConfig, img_size: int) -> nn.Module:
-    """Build the configured detector: a torchvision FasterRCNN taking 0..1 float images of img_size x img_size."""
+    """Build the configured detector: a torchvision detector taking 0..1 float images of img_size x img_size."""
     _check_name(cfg.name)
     return MODELS[cfg.name](cfg, img_size)
 
@@ -89,9 +117,16 @@ def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: li
     )
 
 
-@register_model("fasterrcnn_efficientnet", feature_levels=5)
+def _no_one_stage_settings(cfg: ModelConfig) -> None:
+    if cfg.head_convs is not None:
+        raise ConfigError(f"model.head_convs={cfg.head_convs} applies to one-stage heads (fcos_timm), not {cfg.name}; "
+                          "remove the setting")
+
+
+@register_model("fasterrcnn_efficientnet", feature_levels=5, timm_backbone=True)
 def _fasterrcnn_efficientnet(cfg: ModelConfig, img_size: int) -> nn.Module:
     """Faster R-CNN on a timm backbone (cfg.backbone, EfficientNet-B0..B7 or any features_only CNN) + FPN."""
+    _no_one_stage_settings(cfg)
     anchors = _anchor_generator(cfg, img_size)  # validate before the (possibly slow) backbone build
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers)
     mean, std = backbone_norm_stats(backbone)
@@ -110,6 +145,7 @@ def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: 
     weights_backbone (ImageNet) rather than the COCO detector weights: our heads have cfg.num_classes outputs, so COCO
     heads could not be loaded anyway, and the backbone is what transfers.
     """
+    _no_one_stage_settings(cfg)
     if cfg.fpn_channels != TORCHVISION_FPN_CHANNELS:
         raise ConfigError(
             f"model.fpn_channels={cfg.fpn_channels} is not supported by {cfg.name} (torchvision fixes its FPN at "
@@ -155,3 +191,77 @@ def _fasterrcnn_mobilenet_v3_large_320_fpn(cfg: ModelConfig, img_size: int) -> n
 def _fasterrcnn_resnet50_fpn_v2(cfg: ModelConfig, img_size: int) -> nn.Module:
     """torchvision ResNet-50 FPN v2 Faster R-CNN (the strongest and slowest reference)."""
     return _torchvision_detector(fasterrcnn_resnet50_fpn_v2, ResNet50_Weights.IMAGENET1K_V1, cfg, img_size)
+
+
+# --------------------------------------------------------------------------------------------------- one-stage
+FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
+
+
+class ForegroundFCOS(FCOS):
+    """torchvision FCOS whose sigmoid classifier has one output per foreground class (no background logit).
+
+    torchvision's FCOS/RetinaNet convention is a logit for every label including the unused 0; postprocessing then
+    also emits "background" boxes that take detection slots. Here the head predicts labels 1..num_classes-1 only:
+    targets are shifted down by one for the loss and detections shifted back up, so the outputs keep the dfudet
+    label convention (0 = background, 1 = ulcer) used by the metrics, predict and ONNX.
+    """
+
+    def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                     anchors: list[Tensor], num_anchors_per_level: list[int]) -> dict[str, Tensor]:
+        shifted = [{**t, "labels": t["labels"] - 1} for t in targets]
+        return super().compute_loss(shifted, head_outputs, anchors, num_anchors_per_level)
+
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        detections = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        for det in detections:
+            det["labels"] = det["labels"] + 1
+        return detections
+
+
+def _fcos_head(channels: int, num_foreground: int, num_convs: int) -> FCOSHead:
+    """FCOS head with `num_convs` conv+GroupNorm+ReLU layers per branch.
+
+    GroupNorm groups: gcd(32, channels // 2), i.e. torchvision's 32 for 256 channels, and always >= 2 channels per
+    group (GroupNorm of one channel on the 1x1 P7 map of a small image has a single value and fails in training).
+    """
+    norm = partial(nn.GroupNorm, math.gcd(32, channels // 2))
+    head = FCOSHead(channels, 1, num_foreground, num_convs=0)  # no GroupNorm(32) layers; branches replaced below
+    head.classification_head = FCOSClassificationHead(channels, 1, num_foreground, num_convs, norm_layer=norm)
+    head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
+    return head
+
+
+@register_model("fcos_timm", feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True)
+def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
+    """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
+
+    The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
+    candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
+    """
+    given = [k for k, v in (("anchor_sizes", cfg.anchor_sizes is not None), ("auto_anchors", cfg.auto_anchors),
+                            ("aspect_ratios", cfg.aspect_ratios != ModelConfig().aspect_ratios)) if v]
+    if given:
+        raise ConfigError(
+            f"{cfg.name} is anchor-free: model.anchor_sizes, model.aspect_ratios and model.auto_anchors do not apply "
+            f"(its level sizes are the strides {', '.join(map(str, FCOS_STRIDES))}); remove "
+            f"{', '.join('model.' + k for k in given)}"
+        )
+    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
+                                       out_indices=ONE_STAGE_OUT_INDICES, p6p7=True)
+    mean, std = backbone_norm_stats(backbone)
+    anchors = AnchorGenerator(tuple((s,) for s in FCOS_STRIDES), ((1.0,),) * len(FCOS_STRIDES))
+    return ForegroundFCOS(
+        backbone,
+        num_classes=cfg.num_classes - 1,
+        min_size=img_size,
+        max_size=img_size,
+        image_mean=mean,
+        image_std=std,
+        anchor_generator=anchors,
+        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.head_convs or 4),
+        score_thresh=cfg.box_score_thresh,
+        nms_thresh=cfg.box_nms_thresh,
+        detections_per_img=cfg.detections_per_img,
+        topk_candidates=cfg.topk_candidates,
+    )

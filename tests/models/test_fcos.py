@@ -1,0 +1,126 @@
+"""fcos_timm: the one-stage anchor-free detector (FCOS on a timm backbone) of the CPU recipe (random init, tiny)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.detection import FCOS
+from torchvision.ops import box_iou
+
+from dfudet.config import ModelConfig
+from dfudet.errors import ConfigError
+from dfudet.models import build_detector, num_feature_levels
+from dfudet.models.factory import FCOS_STRIDES, is_anchor_free, uses_timm_backbone
+
+IMG = 128
+LOSS_KEYS = {"classification", "bbox_regression", "bbox_ctrness"}
+
+
+def _cfg(**kw: object) -> ModelConfig:
+    base: dict[str, object] = dict(name="fcos_timm", backbone="resnet10t", pretrained=False, fpn_channels=32,
+                                   head_convs=1)
+    return ModelConfig(**{**base, **kw})
+
+
+def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, IMG, IMG, generator=g) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0], [70.0, 5.0, 120.0, 40.0]]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # healthy image
+    ]
+    return images, targets
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_fcos_is_registered_anchor_free_with_a_timm_backbone() -> None:
+    assert is_anchor_free("fcos_timm") and uses_timm_backbone("fcos_timm")
+    assert not is_anchor_free("fasterrcnn_efficientnet") and uses_timm_backbone("fasterrcnn_efficientnet")
+    assert not uses_timm_backbone("fasterrcnn_mobilenet_v3_large_fpn")
+    assert num_feature_levels("fcos_timm") == len(FCOS_STRIDES) == 5
+
+
+def test_fcos_honours_config_levels_and_head() -> None:
+    model = build_detector(_cfg(box_score_thresh=0.03, box_nms_thresh=0.45, detections_per_img=9,
+                                topk_candidates=50, head_convs=3, fpn_channels=48), IMG)
+    assert isinstance(model, FCOS)
+    assert (model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates) == (0.03, 0.45, 9, 50)
+    assert model.transform.min_size == (IMG,) and model.transform.max_size == IMG
+    cls_head = model.head.classification_head
+    assert cls_head.cls_logits.out_channels == 1  # one sigmoid output for "ulcer": no background logit
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in cls_head.conv) == 3
+    assert all(m.num_groups == 8 for m in cls_head.conv if isinstance(m, torch.nn.GroupNorm))  # gcd(32, 24)
+    assert model.anchor_generator.sizes == tuple((s,) for s in FCOS_STRIDES)
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 3, IMG, IMG))
+    assert list(feats) == ["0", "1", "2", "p6", "p7"]
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [(48, IMG // s, IMG // s) for s in FCOS_STRIDES]
+
+
+def test_fcos_trains_and_predicts_ulcer_labels_in_image_bounds() -> None:
+    model = build_detector(_cfg(), IMG)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and sum(len(d["boxes"]) for d in out) > 0
+    for det in out:
+        boxes = det["boxes"]
+        assert (boxes >= 0).all() and (boxes <= IMG).all()
+        assert (det["labels"] == 1).all()  # dfudet labels (1 = ulcer), not the head's 0-based class index
+        assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+
+
+def test_fcos_learns_a_box_on_one_image() -> None:
+    """A few dozen Adam steps on one image: the top detection lands on the box (catches a wrong label shift,
+    which would train the head on the wrong class or on none)."""
+    model = build_detector(_cfg(fpn_channels=32, head_convs=1), IMG)
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(3, IMG, IMG, generator=g) * 0.3
+    image[:, 40:90, 30:70] = 0.9  # a bright rectangle where the box is
+    gt = torch.tensor([[30.0, 40.0, 70.0, 90.0]])
+    target = {"boxes": gt, "labels": torch.tensor([1])}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(40):
+        loss = sum(model([image], [target]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        det = model([image])[0]
+    assert len(det["boxes"]) > 0 and int(det["labels"][0]) == 1
+    assert float(box_iou(det["boxes"][:1], gt)[0, 0]) > 0.5
+    assert float(det["scores"][0]) > 0.3
+
+
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        (dict(anchor_sizes=[[8.0]] * 5), "model.anchor_sizes"),
+        (dict(auto_anchors=True), "model.auto_anchors"),
+        (dict(aspect_ratios=[1.0]), "model.aspect_ratios"),
+    ],
+)
+def test_anchor_settings_on_an_anchor_free_model_are_config_errors(kw: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match="fcos_timm is anchor-free") as err:
+        build_detector(_cfg(**kw), IMG)
+    assert f"remove {named}" in str(err.value)
+
+
+def test_head_convs_on_a_two_stage_model_is_a_config_error() -> None:
+    for name in ("fasterrcnn_efficientnet", "fasterrcnn_mobilenet_v3_large_fpn"):
+        with pytest.raises(ConfigError, match=f"model.head_convs=2 applies to one-stage heads .*not {name}"):
+            build_detector(ModelConfig(name=name, backbone="efficientnet_b0", pretrained=False, head_convs=2), IMG)
