@@ -3,7 +3,8 @@
 What the graph does and does not contain (the contract OnnxPredictor implements):
 - input `images`: float32 (1, 3, img_size, img_size), RGB, values 0..1, already resized (long side = img_size,
   bilinear) and zero-padded bottom/right to a square: exactly the eval transform of training.
-- inside the graph: ImageNet/backbone normalisation, backbone, RPN, RoI heads, NMS, score floor (box_score_thresh).
+- inside the graph: ImageNet/backbone normalisation, backbone, RPN + RoI heads (Faster R-CNN) or the dense head
+  (FCOS), NMS, score floor (box_score_thresh).
 - outputs: `boxes` (N, 4) xyxy in the padded square's pixels, `labels` (N,) int64, `scores` (N,) float32,
   sorted by score. Dividing boxes by the resize factor and clipping to the photo gives original coordinates.
 
@@ -56,6 +57,26 @@ def _fast_roi_merge() -> Iterator[None]:
         poolers._onnx_merge_levels = original
 
 
+def _named_outputs(model: Any) -> Any:
+    """Wrap a torchvision detector so the traced graph returns (boxes, labels, scores) in that order.
+
+    The exporter flattens the output dict in its insertion order, which differs between detectors (Faster R-CNN:
+    boxes, labels, scores; FCOS: boxes, scores, labels), so the names in OUTPUT_NAMES are bound explicitly here.
+    """
+    import torch
+
+    class NamedOutputs(torch.nn.Module):
+        def __init__(self, detector: torch.nn.Module) -> None:
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            det = self.detector(images)[0]
+            return det["boxes"], det["labels"], det["scores"]
+
+    return NamedOutputs(model).eval()
+
+
 def metadata_path(onnx_path: str | Path) -> Path:
     """The JSON sidecar of an ONNX model: MODEL.onnx -> MODEL.json."""
     return Path(onnx_path).with_suffix(".json")
@@ -97,7 +118,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
     try:
         with warnings.catch_warnings(), torch.no_grad(), _fast_roi_merge():
             warnings.simplefilter("ignore")  # tracer warnings about python values in torchvision are expected
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=int(opset),
+            torch.onnx.export(_named_outputs(model), (example,), str(tmp), dynamo=False, opset_version=int(opset),
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), do_constant_folding=True)
         import onnx
 
