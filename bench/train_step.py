@@ -32,6 +32,7 @@ import torchvision  # noqa: E402
 
 from dfudet.config import ModelConfig  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
+from dfudet.models.factory import is_anchor_free, uses_timm_backbone  # noqa: E402
 
 EFFICIENTNET = "fasterrcnn_efficientnet"
 DEFAULT_BACKBONES = {EFFICIENTNET: ["efficientnet_b0", "efficientnet_b5"], "fcos_timm": ["mobilenetv3_large_100"]}
@@ -70,8 +71,11 @@ def bench_one(
 ) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
+    one_stage = is_anchor_free(name)  # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
+    if not uses_timm_backbone(name):
+        fpn_channels = 256  # torchvision fixes the FPN width of its own backbones
     cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
-                      head_convs=head_convs)
+                      head_convs=head_convs if one_stage else None)
     model = build_detector(cfg, size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -116,7 +120,7 @@ def bench_one(
         "batch_size": batch_size,
         "steps": steps,
         "fpn_channels": fpn_channels,
-        "head_convs": head_convs,
+        "head_convs": head_convs if one_stage else None,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_s_per_step": round(train_s, 4),
         "train_img_per_s": round(batch_size / train_s, 3),

@@ -16,7 +16,9 @@ MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 IMG_SIZE = 128
 
 
-FCOS_OVERRIDES = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
+# the Faster R-CNN sampler sizes below go back to their defaults: fcos_timm refuses non-default ones
+FCOS_OVERRIDES = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1",
+                  "model.rpn_batch_size_per_image=256", "model.box_batch_size_per_image=512")
 
 
 def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, threshold: float = 0.3,

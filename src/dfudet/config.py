@@ -77,9 +77,9 @@ class ModelConfig(_Strict):
     rpn_batch_size_per_image: int = Field(256, ge=1)
     box_batch_size_per_image: int = Field(512, ge=1)
     # one-stage heads (fcos_timm) only: conv layers per head branch (None = 4, torchvision's FCOS) and the best
-    # locations per FPN level kept before NMS
+    # locations per FPN level kept before NMS (None = 1000)
     head_convs: int | None = Field(None, ge=1, le=8)
-    topk_candidates: int = Field(1000, ge=1)
+    topk_candidates: int | None = Field(None, ge=1)
 
     @field_validator("aspect_ratios")
     @classmethod

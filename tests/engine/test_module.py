@@ -1,9 +1,10 @@
 """Validation loss must not change weights, BatchNorm buffers or dropout state, and must be repeatable."""
 
+import pytest
 import torch
 
 from dfudet.config import load_config, config_to_dict
-from dfudet.engine.module import DetectorModule, losses_and_detections, to_float_images
+from dfudet.engine.module import DetectorModule, loss_mode, losses_and_detections, to_float_images
 
 
 def _batch():
@@ -43,6 +44,12 @@ def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed == [], f"{name}: validation changed {changed[:5]}"
         assert set(losses1) == keys
+        with torch.inference_mode(), torch.random.fork_rng():  # the losses are those of the model's own forward
+            torch.manual_seed(5)
+            loss_mode(module.model)
+            direct = module.model(to_float_images(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+            module.model.eval()
+        assert {k: float(v) for k, v in direct.items()} == pytest.approx({k: float(v) for k, v in losses1.items()})
         assert all(torch.isfinite(v) for v in losses1.values())
         assert {k: float(v) for k, v in losses1.items()} == {k: float(v) for k, v in losses2.items()}  # repeatable
         assert len(dets) == 2 and all(d["boxes"].shape[1] == 4 for d in dets)

@@ -197,15 +197,21 @@ def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_pat
     assert changed  # the kept model was trained, the untrained one was not
     info = load_for_inference(tmp_path / "run" / "untrained_model.pth")  # what `dfudet evaluate` reads
     assert info["img_size"] == best["img_size"]
+    # a Lightning last.ckpt names its backbone as best_model.pth does (torchvision model: the model name)
+    last = load_for_inference(tmp_path / "run" / "last.ckpt")
+    assert last["backbone"] == best["backbone"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
-FCOS_TINY = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
+# tiny_config sets Faster R-CNN sampler sizes; fcos_timm refuses non-default ones, so they go back to the defaults
+FCOS_TINY = ("model.rpn_batch_size_per_image=256", "model.box_batch_size_per_image=512", "model.name=fcos_timm",
+             "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
 
 
 def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tmp_path: Path, tiny_config):
     from dfudet.inference.predictor import Predictor
 
-    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=2", "train.select_at=operating", *FCOS_TINY)
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=2", "train.select_at=operating",
+                      "model.detections_per_img=37", *FCOS_TINY)
     result = run_training(cfg)
     best = safe_torch_load(tmp_path / "run" / "best_model.pth")
     assert set(BEST_KEYS) <= set(best)
@@ -218,6 +224,13 @@ def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tm
     out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
     assert (out["width"], out["height"]) == (120, 80)
     assert (out["boxes"][:, [0, 2]] <= 120).all() and (out["boxes"][:, [1, 3]] <= 80).all()
+    assert load_for_inference(tmp_path / "run" / "last.ckpt")["backbone"] == "resnet10t"
+    # resuming the run dir with a different head is refused with the reason (not a raw state_dict error)
+    from dfudet.errors import ConfigError
+
+    other = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", *FCOS_TINY[:-1], "model.head_convs=2")
+    with pytest.raises(ConfigError, match="holds a run of another model.*model.head_convs: 1 -> 2"):
+        run_training(other)
 
 
 def test_auto_anchors_with_an_anchor_free_model_stops_with_the_reason(tiny_cache: Path, tmp_path: Path, tiny_config):

@@ -120,7 +120,22 @@ def test_anchor_settings_on_an_anchor_free_model_are_config_errors(kw: dict[str,
     assert f"remove {named}" in str(err.value)
 
 
-def test_head_convs_on_a_two_stage_model_is_a_config_error() -> None:
+@pytest.mark.parametrize("kw, named", [(dict(head_convs=2), "model.head_convs=2"),
+                                       (dict(topk_candidates=50), "model.topk_candidates=50")])
+def test_one_stage_settings_on_a_two_stage_model_are_config_errors(kw: dict[str, object], named: str) -> None:
     for name in ("fasterrcnn_efficientnet", "fasterrcnn_mobilenet_v3_large_fpn"):
-        with pytest.raises(ConfigError, match=f"model.head_convs=2 applies to one-stage heads .*not {name}"):
-            build_detector(ModelConfig(name=name, backbone="efficientnet_b0", pretrained=False, head_convs=2), IMG)
+        with pytest.raises(ConfigError, match=f"{named} applies to one-stage heads .*not {name}"):
+            build_detector(ModelConfig(name=name, backbone="efficientnet_b0", pretrained=False, **kw), IMG)
+
+
+def test_two_stage_settings_and_bad_widths_on_fcos_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="model.rpn_batch_size_per_image applies to Faster R-CNN, not fcos_timm"):
+        build_detector(_cfg(rpn_batch_size_per_image=64), IMG)
+    with pytest.raises(ConfigError, match="model.fpn_channels=33 must be even for fcos_timm"):
+        build_detector(_cfg(fpn_channels=33), IMG)
+
+
+def test_backbone_with_other_strides_is_a_config_error() -> None:
+    """dla34's stages 2..4 are at strides 4, 8, 16: the FCOS level sizes 8..128 would all be off by 2x."""
+    with pytest.raises(ConfigError, match=r"'dla34' gives feature maps at strides \[4, 8, 16\].*needs strides \[8, 16, 32\]"):
+        build_detector(_cfg(backbone="dla34"), IMG)

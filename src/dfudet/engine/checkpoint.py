@@ -42,6 +42,13 @@ BEST_KEYS = (
 )
 
 
+def _backbone_name(model_cfg: dict[str, Any]) -> Any:
+    """What best_model.pth stores as `backbone` (engine.module.backbone_name) for a config's model section."""
+    from dfudet.models.factory import TIMM_BACKBONE
+
+    return model_cfg.get("backbone") if model_cfg.get("name") in TIMM_BACKBONE else model_cfg.get("name")
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """torch.save to a temp file in the same dir, fsync, then rename: readers never see a partial file."""
     atomic_write_with(Path(path), lambda tmp: torch.save(obj, tmp))
@@ -107,7 +114,7 @@ def load_for_inference(path: str | os.PathLike[str]) -> dict[str, Any]:
             "epoch": ckpt.get("epoch"),
             "model_state_dict": state,
             "config": config,
-            "backbone": config["model"]["backbone"],
+            "backbone": _backbone_name(config["model"]),
             "model_name": config["model"]["name"],
             "img_size": config["data"]["img_size"],
             "num_classes": config["model"]["num_classes"],

@@ -72,7 +72,8 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     new = config_to_dict(cfg)
     diffs = []
-    for section, keys in (("model", ("name", "backbone", "num_classes", "fpn_channels")), ("data", ("img_size",))):
+    for section, keys in (("model", ("name", "backbone", "num_classes", "fpn_channels", "head_convs")),
+                          ("data", ("img_size",))):
         for k in keys:
             if old.get(section, {}).get(k) != new[section][k]:
                 diffs.append(f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {new[section][k]!r}")
@@ -128,7 +129,8 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         f"  classes            : 2 (background, ulcer)",
         f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained})",
         f"  img_size           : {d.img_size}",
-        f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}",
+        (f"  anchors            : none (anchor-free; level sizes = strides)" if is_anchor_free(m.name) else
+         f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
         f"(BalancedBatchSampler, batch {d.batch_size})",
         f"  optimizer          : {t.optimizer} lr={t.lr} momentum={t.momentum} wd={t.weight_decay}",

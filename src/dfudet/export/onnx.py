@@ -100,8 +100,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
     if dynamic_batch:
         raise ConfigError(
-            "--dynamic-batch is not supported: torchvision's Faster R-CNN loops over the images of a batch in "
-            "Python, and the TorchScript exporter unrolls that loop, so the graph takes exactly one image "
+            "--dynamic-batch is not supported: torchvision's detectors (Faster R-CNN, FCOS) loop over the images "
+            "of a batch in Python, and the TorchScript exporter unrolls that loop, so the graph takes exactly one image "
             "(a batch of 2 fails in onnxruntime). Export without it; OnnxPredictor runs images one by one."
         )
     if not MIN_OPSET <= int(opset) <= 21:

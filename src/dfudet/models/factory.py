@@ -118,9 +118,11 @@ def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: li
 
 
 def _no_one_stage_settings(cfg: ModelConfig) -> None:
-    if cfg.head_convs is not None:
-        raise ConfigError(f"model.head_convs={cfg.head_convs} applies to one-stage heads (fcos_timm), not {cfg.name}; "
-                          "remove the setting")
+    for key in ("head_convs", "topk_candidates"):
+        value = getattr(cfg, key)
+        if value is not None:
+            raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm), not {cfg.name}; "
+                              "remove the setting")
 
 
 @register_model("fasterrcnn_efficientnet", feature_levels=5, timm_backbone=True)
@@ -247,8 +249,25 @@ def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
             f"(its level sizes are the strides {', '.join(map(str, FCOS_STRIDES))}); remove "
             f"{', '.join('model.' + k for k in given)}"
         )
+    defaults = ModelConfig()
+    two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image")
+                 if getattr(cfg, k) != getattr(defaults, k)]
+    if two_stage:
+        verb, what = ("apply", "those settings") if len(two_stage) > 1 else ("applies", "the setting")
+        raise ConfigError(f"{', '.join('model.' + k for k in two_stage)} {verb} to Faster R-CNN, not {cfg.name} "
+                          f"(it has no RPN or RoI sampler); remove {what}")
+    if cfg.fpn_channels % 2:
+        raise ConfigError(f"model.fpn_channels={cfg.fpn_channels} must be even for {cfg.name} (its head's GroupNorm "
+                          "uses gcd(32, fpn_channels / 2) groups)")
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        out_indices=ONE_STAGE_OUT_INDICES, p6p7=True)
+    strides = list(backbone.body.feature_info.reduction())  # type: ignore[union-attr,operator]
+    if strides != list(FCOS_STRIDES[:3]):
+        raise ConfigError(
+            f"model.backbone {cfg.backbone!r} gives feature maps at strides {strides} for stages "
+            f"{list(ONE_STAGE_OUT_INDICES)}; {cfg.name} needs strides {list(FCOS_STRIDES[:3])} (its level sizes "
+            "8..128 set the FCOS size ranges); use a CNN such as resnet10t, resnet18, regnetx_004 or efficientnet_b0"
+        )
     mean, std = backbone_norm_stats(backbone)
     anchors = AnchorGenerator(tuple((s,) for s in FCOS_STRIDES), ((1.0,),) * len(FCOS_STRIDES))
     return ForegroundFCOS(
@@ -263,5 +282,5 @@ def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.detections_per_img,
-        topk_candidates=cfg.topk_candidates,
+        topk_candidates=cfg.topk_candidates or 1000,
     )
