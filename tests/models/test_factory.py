@@ -42,11 +42,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-def _train_and_predict(model: torch.nn.Module) -> None:
+def _train_and_predict(model: torch.nn.Module, loss_keys: set[str] = LOSS_KEYS) -> None:
     images, targets = _batch()
     model.train()
     losses = model(images, targets)
-    assert set(losses) == LOSS_KEYS
+    assert set(losses) == loss_keys
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -62,7 +62,7 @@ def _train_and_predict(model: torch.nn.Module) -> None:
         boxes = det["boxes"]
         assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(det["scores"]) == len(boxes) == len(det["labels"])
         assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= IMG).all() and (boxes[:, [1, 3]] <= IMG).all()
-        assert (det["labels"] == 1).all()
+        assert (det["labels"] == 1).all()  # dfudet labels (1 = ulcer); FCOS: not its head's 0-based class index
         assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
 
 
@@ -111,6 +111,11 @@ def test_every_model_trains_and_predicts_and_honours_config(name: str) -> None:
     assert min(min(s) for s in gen.sizes) == pytest.approx(16 * IMG / 512)
     assert max(max(s) for s in gen.sizes) == pytest.approx(256 * IMG / 512)
     _train_and_predict(model)
+
+
+def test_fcos_trains_and_predicts_ulcer_labels_in_image_bounds() -> None:
+    cfg = ModelConfig(name="fcos_timm", backbone="resnet10t", pretrained=False, fpn_channels=32, head_convs=1)
+    _train_and_predict(build_detector(cfg, IMG), {"classification", "bbox_regression", "bbox_ctrness"})
 
 
 def test_efficientnet_backbone_fpn_levels_and_channels() -> None:
