@@ -234,22 +234,17 @@ def _fcos_head(channels: int, num_foreground: int, num_convs: int) -> FCOSHead:
     return head
 
 
-@register_model("fcos_timm", feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True)
-def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
-    """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
-
-    The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
-    candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
-    """
+def _check_one_stage_settings(cfg: ModelConfig) -> None:
+    """Refuse settings an anchor-free one-stage model cannot honour (anchors, Faster R-CNN samplers, odd widths)."""
+    defaults = ModelConfig()
     given = [k for k, v in (("anchor_sizes", cfg.anchor_sizes is not None), ("auto_anchors", cfg.auto_anchors),
-                            ("aspect_ratios", cfg.aspect_ratios != ModelConfig().aspect_ratios)) if v]
+                            ("aspect_ratios", cfg.aspect_ratios != defaults.aspect_ratios)) if v]
     if given:
         raise ConfigError(
             f"{cfg.name} is anchor-free: model.anchor_sizes, model.aspect_ratios and model.auto_anchors do not apply "
             f"(its level sizes are the strides {', '.join(map(str, FCOS_STRIDES))}); remove "
             f"{', '.join('model.' + k for k in given)}"
         )
-    defaults = ModelConfig()
     two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image")
                  if getattr(cfg, k) != getattr(defaults, k)]
     if two_stage:
@@ -259,6 +254,16 @@ def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
     if cfg.fpn_channels % 2:
         raise ConfigError(f"model.fpn_channels={cfg.fpn_channels} must be even for {cfg.name} (its head's GroupNorm "
                           "uses gcd(32, fpn_channels / 2) groups)")
+
+
+@register_model("fcos_timm", feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True)
+def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
+    """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
+
+    The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
+    candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
+    """
+    _check_one_stage_settings(cfg)
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        out_indices=ONE_STAGE_OUT_INDICES, p6p7=True)
     strides = list(backbone.body.feature_info.reduction())  # type: ignore[union-attr,operator]
