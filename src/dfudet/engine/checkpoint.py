@@ -18,6 +18,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from dfudet.errors import CheckpointError
+from dfudet.models.factory import backbone_label
 from dfudet.utils import atomic_write_with
 
 BEST_FORMAT = "dfudet-best-v1"
@@ -40,13 +41,6 @@ BEST_KEYS = (
     "operating_threshold",
     "config",
 )
-
-
-def _backbone_name(model_cfg: dict[str, Any]) -> Any:
-    """What best_model.pth stores as `backbone` (engine.module.backbone_name) for a config's model section."""
-    from dfudet.models.factory import TIMM_BACKBONE
-
-    return model_cfg.get("backbone") if model_cfg.get("name") in TIMM_BACKBONE else model_cfg.get("name")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -114,7 +108,7 @@ def load_for_inference(path: str | os.PathLike[str]) -> dict[str, Any]:
             "epoch": ckpt.get("epoch"),
             "model_state_dict": state,
             "config": config,
-            "backbone": _backbone_name(config["model"]),
+            "backbone": backbone_label(config["model"]["name"], config["model"]["backbone"]),
             "model_name": config["model"]["name"],
             "img_size": config["data"]["img_size"],
             "num_classes": config["model"]["num_classes"],

@@ -15,7 +15,7 @@ from torchvision.models.detection import FCOS
 
 from dfudet.config import Config
 from dfudet.metrics.scores import best_threshold, detection_scores
-from dfudet.models.factory import build_detector, uses_timm_backbone
+from dfudet.models.factory import backbone_label, build_detector
 
 log = logging.getLogger("dfudet")
 
@@ -26,7 +26,7 @@ _FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout
 
 def backbone_name(cfg: Config) -> str:
     """The backbone a run uses (the timm name for timm-backbone detectors, else the torchvision model name)."""
-    return cfg.model.backbone if uses_timm_backbone(cfg.model.name) else cfg.model.name
+    return backbone_label(cfg.model.name, cfg.model.backbone)
 
 
 def _is_stochastic(m: nn.Module) -> bool:

@@ -83,6 +83,11 @@ def uses_timm_backbone(name: str) -> bool:
     return name in TIMM_BACKBONE
 
 
+def backbone_label(name: str, backbone: str) -> str:
+    """The backbone a checkpoint records: the timm name for timm-backbone models, else the model's own name."""
+    return backbone if name in TIMM_BACKBONE else name
+
+
 def _check_name(name: str) -> None:
     if name not in MODELS:
         raise ConfigError(f"unknown model.name {name!r}; available models: {', '.join(available_models())}")
