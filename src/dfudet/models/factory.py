@@ -30,7 +30,9 @@ from dfudet.models.backbones import (
     weights_unavailable,
 )
 
-Builder = Callable[[ModelConfig, int], nn.Module]
+# (model config, image size, load_weights): load_weights=False builds the pretrained structure (frozen stages) without
+# loading ImageNet weights, for rebuilding a trained model from its checkpoint.
+Builder = Callable[[ModelConfig, int, bool], nn.Module]
 
 MODELS: dict[str, Builder] = {}
 FEATURE_LEVELS: dict[str, int] = {}  # feature maps the RPN sees (FPN levels incl. "pool"), i.e. anchor levels
@@ -93,10 +95,20 @@ def _check_name(name: str) -> None:
         raise ConfigError(f"unknown model.name {name!r}; available models: {', '.join(available_models())}")
 
 
-def build_detector(cfg: ModelConfig, img_size: int) -> nn.Module:
-    """Build the configured detector: a torchvision detector taking 0..1 float images of img_size x img_size."""
+def build_detector(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
+    """Build the configured detector: a torchvision detector taking 0..1 float images of img_size x img_size.
+
+    `load_weights=False`: same modules (frozen stages included) but no pretrained weights are looked for; the caller
+    loads a checkpoint's state dict next.
+    """
     _check_name(cfg.name)
-    return MODELS[cfg.name](cfg, img_size)
+    return MODELS[cfg.name](cfg, img_size, load_weights)
+
+
+def weights_source(model: nn.Module) -> str | None:
+    """Where a built detector's pretrained backbone weights came from (None: random init or not a timm backbone)."""
+    source = getattr(getattr(model, "backbone", None), "weights_source", None)
+    return source.describe() if source is not None else None
 
 
 def _anchor_generator(cfg: ModelConfig, img_size: int) -> AnchorGenerator:
@@ -131,11 +143,12 @@ def _no_one_stage_settings(cfg: ModelConfig) -> None:
 
 
 @register_model("fasterrcnn_efficientnet", feature_levels=5, timm_backbone=True)
-def _fasterrcnn_efficientnet(cfg: ModelConfig, img_size: int) -> nn.Module:
+def _fasterrcnn_efficientnet(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """Faster R-CNN on a timm backbone (cfg.backbone, EfficientNet-B0..B7 or any features_only CNN) + FPN."""
     _no_one_stage_settings(cfg)
     anchors = _anchor_generator(cfg, img_size)  # validate before the (possibly slow) backbone build
-    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers)
+    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
+                                       weights_file=cfg.weights, load_weights=load_weights)
     mean, std = backbone_norm_stats(backbone)
     return FasterRCNN(
         backbone,
@@ -146,30 +159,35 @@ def _fasterrcnn_efficientnet(cfg: ModelConfig, img_size: int) -> nn.Module:
     )
 
 
-def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: Any, cfg: ModelConfig, img_size: int) -> nn.Module:
+def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: Any, cfg: ModelConfig, img_size: int,
+                          load_weights: bool = True) -> nn.Module:
     """Call a torchvision Faster R-CNN builder with 2-class heads and ImageNet backbone weights, then set our anchors.
 
     weights_backbone (ImageNet) rather than the COCO detector weights: our heads have cfg.num_classes outputs, so COCO
     heads could not be loaded anyway, and the backbone is what transfers.
     """
     _no_one_stage_settings(cfg)
+    if cfg.weights:
+        raise ConfigError(f"model.weights applies to timm backbones (fasterrcnn_efficientnet, fcos_timm), not "
+                          f"{cfg.name}, which takes torchvision's ImageNet weights; remove the setting")
     if cfg.fpn_channels != TORCHVISION_FPN_CHANNELS:
         raise ConfigError(
             f"model.fpn_channels={cfg.fpn_channels} is not supported by {cfg.name} (torchvision fixes its FPN at "
             f"{TORCHVISION_FPN_CHANNELS} channels); remove the setting or use fasterrcnn_efficientnet"
         )
     anchors = _anchor_generator(cfg, img_size)
+    pretrained = cfg.pretrained and load_weights
     try:
         model = builder(
             weights=None,
-            weights_backbone=backbone_weights if cfg.pretrained else None,
+            weights_backbone=backbone_weights if pretrained else None,
             num_classes=cfg.num_classes,
             # torchvision semantics (mobilenet: 0..6, resnet: 0..5 stages trainable); only meaningful with weights
-            trainable_backbone_layers=cfg.trainable_backbone_layers if cfg.pretrained else None,
+            trainable_backbone_layers=cfg.trainable_backbone_layers if pretrained else None,
             **_detector_kwargs(cfg, img_size, IMAGENET_MEAN, IMAGENET_STD),
         )
     except OSError as exc:  # URLError and friends: no cached file and no network
-        if cfg.pretrained:
+        if pretrained:
             raise weights_unavailable(f"{cfg.name} (torchvision {backbone_weights})", exc) from exc
         raise
     old_head = model.rpn.head
@@ -181,23 +199,24 @@ def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: 
 
 
 @register_model("fasterrcnn_mobilenet_v3_large_fpn", feature_levels=3)
-def _fasterrcnn_mobilenet_v3_large_fpn(cfg: ModelConfig, img_size: int) -> nn.Module:
+def _fasterrcnn_mobilenet_v3_large_fpn(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """torchvision MobileNetV3-Large FPN Faster R-CNN (fast on CPU)."""
-    return _torchvision_detector(fasterrcnn_mobilenet_v3_large_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, cfg, img_size)
+    return _torchvision_detector(fasterrcnn_mobilenet_v3_large_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, cfg, img_size,
+                                 load_weights)
 
 
 @register_model("fasterrcnn_mobilenet_v3_large_320_fpn", feature_levels=3)
-def _fasterrcnn_mobilenet_v3_large_320_fpn(cfg: ModelConfig, img_size: int) -> nn.Module:
+def _fasterrcnn_mobilenet_v3_large_320_fpn(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """The low-resolution MobileNet variant (150 RPN proposals at test time, RPN score threshold 0.05)."""
     return _torchvision_detector(
-        fasterrcnn_mobilenet_v3_large_320_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, cfg, img_size
+        fasterrcnn_mobilenet_v3_large_320_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, cfg, img_size, load_weights
     )
 
 
 @register_model("fasterrcnn_resnet50_fpn_v2", feature_levels=5)
-def _fasterrcnn_resnet50_fpn_v2(cfg: ModelConfig, img_size: int) -> nn.Module:
+def _fasterrcnn_resnet50_fpn_v2(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """torchvision ResNet-50 FPN v2 Faster R-CNN (the strongest and slowest reference)."""
-    return _torchvision_detector(fasterrcnn_resnet50_fpn_v2, ResNet50_Weights.IMAGENET1K_V1, cfg, img_size)
+    return _torchvision_detector(fasterrcnn_resnet50_fpn_v2, ResNet50_Weights.IMAGENET1K_V1, cfg, img_size, load_weights)
 
 
 # --------------------------------------------------------------------------------------------------- one-stage
@@ -262,7 +281,7 @@ def _check_one_stage_settings(cfg: ModelConfig) -> None:
 
 
 @register_model("fcos_timm", feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True)
-def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
+def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
 
     The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
@@ -270,7 +289,8 @@ def _fcos_timm(cfg: ModelConfig, img_size: int) -> nn.Module:
     """
     _check_one_stage_settings(cfg)
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
-                                       out_indices=ONE_STAGE_OUT_INDICES, p6p7=True)
+                                       out_indices=ONE_STAGE_OUT_INDICES, p6p7=True, weights_file=cfg.weights,
+                                       load_weights=load_weights)
     strides = list(backbone.body.feature_info.reduction())  # type: ignore[union-attr,operator]
     if strides != list(FCOS_STRIDES[:3]):
         raise ConfigError(
