@@ -3,6 +3,9 @@
 Layout of a cache dir:
   manifest.json     {"format": "dfudet-lmdb", "version": 1, "img_size", "jpeg_quality", "splits", "content_hash", ...}
   {split}/data.mdb  one LMDB env per split; keys b"00000000".. hold entries, b"__meta__" holds the per-split index
+Integrity: the index records each entry's CRC-32 (checked on every read) and the manifest records each index's
+SHA-256 (checked when a split is opened); `dfudet data verify` checks everything. Caches written before these
+existed are read without the checks.
 An entry is `u32 big-endian header length | JSON header | encoded image bytes` (no pickle: caches may be shared).
 The header holds boxes (xyxy in the stored image, float32 values), healthy flag, source path, original width/height,
 the cache resize factor `scale` and the encoding. The manifest is written last, so a cache without a complete
@@ -14,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,9 @@ import dfudet
 from dfudet.data.checks import decode_image_bytes, load_image
 from dfudet.data.records import ImageRecord, read_dataset, summarize
 from dfudet.errors import DataError
-from dfudet.utils import atomic_write_bytes
+from dfudet.utils import atomic_write_bytes, disk_free_text, is_disk_full
+
+log = logging.getLogger("dfudet")
 
 MANIFEST_FILE = "manifest.json"
 CACHE_FORMAT = "dfudet-lmdb"
@@ -126,17 +133,75 @@ def release_envs(under: Path) -> None:
             env.close()
 
 
-def read_split_meta(cache_dir: Path, split: str) -> dict[str, Any]:
-    """The per-split index (headers of all entries, no image bytes) stored under __meta__."""
+def read_split_meta(cache_dir: Path, split: str, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The per-split index (headers of all entries, no image bytes) stored under __meta__, checked against the
+    manifest's digest of it when the cache has one."""
     split_dir = Path(cache_dir) / split
-    with open_env(split_dir).begin() as txn:
-        raw = txn.get(META_KEY)
+    where = split_dir / "data.mdb"
+    again = "run `dfudet data prepare` again"
+    try:
+        with open_env(split_dir).begin() as txn:
+            raw = txn.get(META_KEY)
+            raw = bytes(raw) if raw is not None else None
+    except lmdb.Error as exc:
+        raise DataError(f"{where}: the LMDB file of split {split!r} is damaged ({type(exc).__name__}: {exc}); "
+                        f"{again}") from None
     if raw is None:
-        raise DataError(f"{split_dir / 'data.mdb'}: index entry is missing (incomplete cache); run `dfudet data prepare` again")
-    meta = json.loads(bytes(raw).decode("utf-8"))
-    if meta.get("count") != len(meta.get("entries", [])):
-        raise DataError(f"{split_dir / 'data.mdb'}: index is inconsistent (count != entries); run `dfudet data prepare` again")
+        raise DataError(f"{where}: index entry is missing (incomplete cache); {again}")
+    if expected_sha256 is not None and hashlib.sha256(raw).hexdigest() != expected_sha256:
+        raise DataError(f"{where}: the index of split {split!r} is damaged (it does not match the digest in "
+                        f"{MANIFEST_FILE}); {again}")
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{where}: the index of split {split!r} is unreadable ({type(exc).__name__}); {again}") from None
+    if not isinstance(meta, dict) or meta.get("count") != len(meta.get("entries", [])):
+        raise DataError(f"{where}: index is inconsistent (count != entries); {again}")
     return meta
+
+
+def read_entry(cache_dir: Path, split: str, i: int, meta_entry: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Entry `i` of a split, checked against the CRC-32 its index recorded (caches written before checksums: not
+    checked). Any damage is a DataError naming the split, the record and its source photo."""
+    split_dir = Path(cache_dir) / split
+    name = f"{split_dir} entry {i} ({meta_entry.get('path', '?')})"
+    try:
+        with open_env(split_dir).begin() as txn:
+            raw = txn.get(entry_key(i))
+            raw = bytes(raw) if raw is not None else None
+    except lmdb.Error as exc:
+        raise DataError(f"{name}: the LMDB file is damaged ({type(exc).__name__}: {exc}); run `dfudet data prepare` "
+                        "again") from None
+    if raw is None:
+        raise DataError(f"{name}: missing from the cache; run `dfudet data prepare` again")
+    crc = meta_entry.get("crc32")
+    if crc is not None and zlib.crc32(raw) != crc:
+        raise DataError(f"{name}: damaged record in split {split!r} (its bytes do not match the checksum written with "
+                        "them); run `dfudet data verify` for the full list and `dfudet data prepare` again")
+    return unpack_entry(raw, name)
+
+
+def verify_cache(cache_dir: Path) -> dict[str, Any]:
+    """Check every record of every split (checksum, header, image decode); returns counts and the damaged records."""
+    cache_dir = Path(cache_dir)
+    manifest = read_manifest(cache_dir)
+    damaged: list[str] = []
+    checked = unchecked = 0
+    for split, info in manifest["splits"].items():
+        try:
+            meta = read_split_meta(cache_dir, split, info.get("index_sha256"))
+        except DataError as exc:
+            damaged.append(str(exc))
+            continue
+        for i, e in enumerate(meta["entries"]):
+            try:
+                _, data = read_entry(cache_dir, split, i, e)
+                decode_image_bytes(data, f"{cache_dir / split} entry {i} ({e.get('path', '?')})")
+            except DataError as exc:
+                damaged.append(str(exc))
+            checked += 1
+            unchecked += "crc32" not in e
+    return {"cache": str(cache_dir), "records": checked, "damaged": damaged, "without_checksum": unchecked}
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -235,8 +300,8 @@ def _put(env: lmdb.Environment, key: bytes, value: bytes) -> None:
 
 
 def _write_split(split_dir: Path, records: list[ImageRecord], img_size: int | None, jpeg_quality: int,
-                 hasher: Any) -> None:
-    """Write one split's env: entries in record order, then the index."""
+                 hasher: Any) -> str:
+    """Write one split's env: entries in record order, then the index; returns the index's SHA-256."""
     split_dir.mkdir(parents=True)
     env = lmdb.open(str(split_dir), map_size=_map_size(records, img_size), subdir=True, lock=True,
                     readahead=False, meminit=False, max_dbs=0)
@@ -246,14 +311,16 @@ def _write_split(split_dir: Path, records: list[ImageRecord], img_size: int | No
             header, data = encode_record(record, img_size, jpeg_quality)
             hasher.update(json.dumps(record.to_dict(), sort_keys=True).encode("utf-8"))
             hasher.update(data)
-            _put(env, entry_key(i), pack_entry(header, data))
-            entries.append(header)
-        meta = {"count": len(entries), "entries": entries}
-        _put(env, META_KEY, json.dumps(meta, separators=(",", ":")).encode("utf-8"))
+            value = pack_entry(header, data)
+            _put(env, entry_key(i), value)
+            entries.append({**header, "crc32": zlib.crc32(value)})  # checked on every read (dataset, verify)
+        meta = json.dumps({"count": len(entries), "entries": entries}, separators=(",", ":")).encode("utf-8")
+        _put(env, META_KEY, meta)
         env.sync(True)
     finally:
         env.close()
     (split_dir / "lock.mdb").unlink(missing_ok=True)  # readers open with lock=False
+    return hashlib.sha256(meta).hexdigest()
 
 
 def _is_cache_dir(path: Path) -> bool:
@@ -282,13 +349,14 @@ def prepare_cache(dataset_dir: Path, out: Path, img_size: int | None = 512, jpeg
     splits = summarize(records)  # ordered train/val/test first
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         hasher = hashlib.sha256()
         hasher.update(json.dumps({"img_size": img_size or 0, "jpeg_quality": jpeg_quality}).encode("utf-8"))
         for split in splits:
             hasher.update(split.encode("utf-8"))
-            _write_split(tmp / split, by_split[split], img_size, jpeg_quality, hasher)
+            splits[split]["index_sha256"] = _write_split(tmp / split, by_split[split], img_size, jpeg_quality, hasher)
         manifest = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -300,10 +368,25 @@ def prepare_cache(dataset_dir: Path, out: Path, img_size: int | None = 512, jpeg
         }
         atomic_write_bytes(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode("utf-8"))
         _swap_into_place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        need = sum(_map_size(r, img_size) for r in by_split.values())
+        # lmdb reports a full disk as ENOSPC, or as an I/O error from its commit: then the free space decides
+        if is_disk_full(exc) or (isinstance(exc, lmdb.Error) and shutil.disk_usage(out.parent).free < need):
+            raise DataError(f"{out}: no space left on the device while writing the cache: "
+                            f"{disk_free_text(out.parent)}, the cache needs up to {need / 1e9:.2f} GB (nothing was "
+                            "written; free some space or choose another --out)") from None
         raise
     return manifest
+
+
+def remove_stale_temp(out: Path) -> list[Path]:
+    """Remove what an interrupted `data prepare` of `out` left beside it (.NAME.tmp-*, .NAME.old-*), with a note."""
+    stale = [p for pat in (f".{out.name}.tmp-*", f".{out.name}.old-*") for p in out.parent.glob(pat) if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+        log.info("removed %s, left by an interrupted `dfudet data prepare`", p)
+    return stale
 
 
 def _swap_into_place(new: Path, out: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dfudet.data.cache import MANIFEST_FILE, entry_key, open_env, read_manifest, read_split_meta, unpack_entry
+from dfudet.data.cache import MANIFEST_FILE, read_entry, read_manifest, read_split_meta
 from dfudet.data.checks import decode_image_bytes, load_image
 from dfudet.data.records import DATASET_FILE, SPLITS, read_dataset, summarize
 from dfudet.errors import DataError
@@ -55,7 +55,7 @@ class DetectionDataset(Dataset):
             counts = {s: int(v.get("images", 0)) for s, v in manifest["splits"].items()}
             if counts.get(split, 0) == 0:
                 raise _split_error(self.source, split, counts)
-            meta = read_split_meta(self.source, split)
+            meta = read_split_meta(self.source, split, manifest["splits"][split].get("index_sha256"))
             self._entries: list[dict[str, Any]] = meta["entries"]
         elif (self.source / DATASET_FILE).is_file():
             self.kind = "folder"
@@ -116,22 +116,12 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _get_env(self) -> Any:
-        # Looked up per read (a dict hit): open_env opens lazily in each process, closes an env inherited through
-        # fork, and shares one env per path between datasets (py-lmdb refuses a second open of the same path).
-        return open_env(self.source / self.split)
-
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, float]:
         """Decoded RGB image, boxes in that image and the cache resize factor."""
         e = self._entries[i]
         if self.kind == "cache":
-            with self._get_env().begin() as txn:
-                raw = txn.get(entry_key(i))
-            name = f"{self.source / self.split} entry {i} ({e['path']})"
-            if raw is None:
-                raise DataError(f"{name}: missing from the cache; run `dfudet data prepare` again")
-            header, data = unpack_entry(raw, name)
-            image = decode_image_bytes(data, name)
+            header, data = read_entry(self.source, self.split, i, e)
+            image = decode_image_bytes(data, f"{self.source / self.split} entry {i} ({e['path']})")
             boxes = np.asarray(header["boxes"], dtype=np.float32).reshape(-1, 4)
             return image, boxes, float(header["scale"])
         image = load_image(e["path"])
