@@ -76,3 +76,29 @@ def test_reference_gpu_recipes_hold_the_documented_values(name: str):
     assert cfg.train.select_at == "score_threshold" and cfg.train.precision == "16-mixed"
     w = cfg.train.composite_weights
     assert (w.f1, w.iou, w.recall, w.precision) == (0.40, 0.25, 0.20, 0.15)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_budget_in_epochs_not_wall_time(path: Path):
+    # a wall-time budget makes results depend on the machine's speed and load
+    assert load_config(path).train.max_time_minutes is None
+
+
+def test_unknown_keys_get_a_did_you_mean():
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["train.lrr=0.1", "model.backbne=x", "data.augment.hflipp=0.2", "foo=1"])
+    msg = str(exc.value)
+    assert "train.lrr: unknown key; did you mean train.lr?" in msg
+    assert "model.backbne: unknown key; did you mean model.backbone?" in msg
+    assert "data.augment.hflipp: unknown key; did you mean data.augment.hflip" in msg
+    assert "foo: unknown key; allowed keys here: data, model, train, run_dir" in msg
+    assert "Extra inputs are not permitted" not in msg
+
+
+def test_pretrained_recipes_find_their_weights_offline():
+    from dfudet.models.weights import package_weights_file
+
+    for name in ("fuseg_cpu_pretrained.yaml", "fuseg_cpu_frcnn_effnet.yaml", "demo.yaml"):
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+        assert cfg.model.pretrained and cfg.model.weights is None
+        assert package_weights_file(cfg.model.backbone) is not None, f"{name}: no installed weight package"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +66,12 @@ class ModelConfig(_Strict):
     name: str = "fasterrcnn_efficientnet"
     backbone: str = "efficientnet_b5"
     pretrained: bool = True
+    # timm backbones: a state-dict file to start from (plain, nested under state_dict/model, or .safetensors),
+    # mapped by name or, in another project's naming, by order with every shape checked. Unset: timm's cache, then
+    # an installed weight package (efficientnet_lite0/1/2), then timm's download (dfudet.models.weights).
+    weights: str | None = None
+    # Written by the run (where the backbone's pretrained weights came from, how many tensors); ignored as input.
+    weights_source: str | None = None
     num_classes: int = Field(2, ge=2)
     anchor_sizes: list[list[float]] | None = None  # one list per FPN level; None = defaults (or `auto`)
     aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
@@ -80,6 +87,13 @@ class ModelConfig(_Strict):
     # locations per FPN level kept before NMS (None = 1000)
     head_convs: int | None = Field(None, ge=1, le=8)
     topk_candidates: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _weights_need_pretrained(self) -> "ModelConfig":
+        if self.weights and not self.pretrained:
+            raise ValueError(f"weights={self.weights!r} is set but pretrained is false; set model.pretrained=true to "
+                             "start from that file, or remove model.weights")
+        return self
 
     @field_validator("aspect_ratios")
     @classmethod
@@ -129,6 +143,9 @@ class TrainConfig(_Strict):
     # Which composite selects the kept model and drives early stopping: at `score_threshold` (default), or at the
     # operating threshold swept on val each epoch (then stored in best_model.pth and used by evaluate/predict).
     select_at: Literal["score_threshold", "operating"] = "score_threshold"
+    # The operating threshold is swept only over thresholds whose val recall reaches this floor (none does: the
+    # highest-recall one), so an early model cannot be kept for a few confident boxes (P 1.0, R 0.006).
+    operating_min_recall: float = Field(0.3, ge=0, le=1)
     iou_threshold: float = Field(0.5, gt=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
@@ -154,10 +171,30 @@ class Config(_Strict):
     run_dir: str = "runs/default"
 
 
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the section holding `loc` (e.g. ("train", "lrr") -> the fields of TrainConfig)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _section_fields(tuple(e["loc"]))
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=3, cutoff=0.6)
+            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            names = [f"{prefix}.{c}" if prefix else c for c in close]
+            hint = f"; did you mean {' or '.join(names)}?" if names else (
+                f"; allowed keys here: {', '.join(known)}" if known else "")
+            lines.append(f"  - {loc}: unknown key{hint}")
+            continue
         given = e.get("input")
         given_s = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"  - {loc}: {e['msg']}{given_s}")

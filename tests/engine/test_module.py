@@ -94,3 +94,21 @@ def test_a_non_finite_batch_loss_is_counted_not_averaged_in():
     module._accumulate("val", torch.tensor(1.5), 2)
     assert module.epoch_loss("val") == 1.0
     assert module._nonfinite["val"] == 1
+
+
+def test_validation_metrics_report_coco_ap50_and_apply_the_recall_floor():
+    import numpy as np
+
+    from dfudet.metrics.coco import coco_map
+
+    module = _module("fasterrcnn_mobilenet_v3_large_320_fpn", **{"train.select_at": "operating",
+                                                                 "train.operating_min_recall": 0.5})
+    gt = np.array([[10.0, 10.0, 50.0, 50.0]])
+    fps = np.array([[100.0, 100, 140, 140], [150, 150, 190, 190], [200, 10, 240, 50]])
+    preds = [(0, gt.copy(), np.array([0.95]), gt)]
+    preds += [(i, np.vstack([[[10.0, 10, 50, 34]], fps]), np.full(4, 0.3), gt) for i in range(1, 10)]
+    v = module.validation_metrics(preds)
+    ref = coco_map([(b, s) for _, b, s, _ in preds], [g for *_, g in preds])
+    assert v["ap50"] == pytest.approx(ref["AP50"]) and 0 < v["ap50"] < 1
+    assert v["ap50_95"] == pytest.approx(ref["AP50_95"])
+    assert v["recall"] >= 0.5 and v["operating_threshold"] <= 0.3

@@ -69,6 +69,11 @@ def test_best_model_is_chosen_on_composite_not_val_loss(tiny_cache: Path, tmp_pa
     model.load_state_dict(ckpt["model_state_dict"])
     rows = _history(tmp_path / "run")
     assert [r["new_best"] for r in rows] == ["1", "1", "0", "0"]
+    # per-epoch COCO AP50 and the wall clock so far (time-to-quality), both from the real val pass
+    assert all(0.0 <= float(r["ap50"]) <= 1.0 for r in rows)
+    elapsed = [float(r["elapsed_seconds"]) for r in rows]
+    assert elapsed[0] > 0 and all(b > a for a, b in zip(elapsed, elapsed[1:]))
+    assert float(rows[-1]["elapsed_seconds"]) == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.05)
     assert (tmp_path / "run" / "last.ckpt").is_file() and (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 

@@ -186,3 +186,36 @@ def test_input_errors_name_the_image():
         detection_scores([(E, [])], [[[0, 0, 1]]])
     with pytest.raises(DataError, match="no images to score"):
         detection_scores([], [])
+
+
+def _few_confident_boxes_case():
+    """10 ulcers: one found exactly at score 0.95; the other nine found (IoU 0.6) at 0.3 among 3 false alarms each."""
+    gt = [[10, 10, 50, 50]]
+    preds = [([[10, 10, 50, 50]], [0.95])]
+    fps = [[100, 100, 140, 140], [150, 150, 190, 190], [200, 10, 240, 50]]
+    preds += [([[10, 10, 50, 34]] + fps, [0.3] * 4) for _ in range(9)]
+    return preds, [gt] * 10
+
+
+def test_recall_floor_keeps_the_operating_point_from_a_few_confident_boxes():
+    from dfudet.config import TrainConfig
+
+    preds, gts = _few_confident_boxes_case()
+    ts = [0.3, 0.95]
+    # without a floor the composite prefers the one confident box: P 1.0, R 0.1
+    thr, row = best_threshold(preds, gts, ts, min_recall=0.0)
+    assert thr == 0.95 and row["precision"] == 1.0 and row["recall"] == pytest.approx(0.1)
+    # the training default keeps a floor, so the point that finds the ulcers is chosen
+    floor = TrainConfig().operating_min_recall
+    assert floor > 0.1
+    thr, row = best_threshold(preds, gts, ts, min_recall=floor)
+    assert thr == 0.3 and row["recall"] == pytest.approx(1.0)
+
+
+def test_recall_floor_out_of_reach_takes_the_highest_recall_point():
+    preds, gts = _few_confident_boxes_case()
+    preds = [preds[0]] + [(E, []) for _ in range(9)]  # only the confident box exists: recall 0.1 at best
+    thr, row = best_threshold(preds, gts, [0.3, 0.95, 0.99], min_recall=0.5)
+    assert row["recall"] == pytest.approx(0.1) and thr == 0.95  # ties on recall: higher composite, then threshold
+    with pytest.raises(ConfigError, match="min_recall must be in"):
+        best_threshold(preds, gts, min_recall=1.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
 from dfudet.config import config_to_dict
 from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
@@ -21,7 +21,8 @@ log = logging.getLogger("dfudet")
 
 BEST_NAME = "best_model.pth"
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "precision", "recall", "f1", "mean_iou", "composite",
-                  "operating_threshold", "composite_at_operating", "lr", "new_best", "seconds")
+                  "operating_threshold", "composite_at_operating", "ap50", "ap50_95", "lr", "new_best", "seconds",
+                  "elapsed_seconds")
 
 
 def is_better(score: float, best: float | None) -> bool:
@@ -124,15 +125,21 @@ class EpochSummary(L.Callback):
         if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.last_val:
             return
         v = pl_module.last_val
+        seconds = round(time.monotonic() - self._t0, 2)
+        earlier = [h for h in self.history if h["epoch"] < int(trainer.current_epoch)]
+        # wall clock of training so far (train + val of every epoch, across resumes): time-to-quality plots
+        elapsed = round(sum(float(h.get("seconds", 0.0)) for h in earlier) + seconds, 2)
         row = {"epoch": int(trainer.current_epoch), **{k: float(v[k]) for k in HISTORY_FIELDS if k in v},
-               "new_best": int(self.best.improved), "seconds": round(time.monotonic() - self._t0, 2)}
-        self.history = [h for h in self.history if h["epoch"] < row["epoch"]] + [row]
+               "new_best": int(self.best.improved), "seconds": seconds, "elapsed_seconds": elapsed}
+        self.history = earlier + [row]
         if not trainer.is_global_zero:
             return
         log.info(
-            "epoch %3d | train loss %.4f | val loss %.4f | P %.3f R %.3f F1 %.3f IoU %.3f | composite %.4f | lr %.2e%s",
+            "epoch %3d | train loss %.4f | val loss %.4f | P %.3f R %.3f F1 %.3f IoU %.3f | composite %.4f | AP50 %.3f"
+            " | lr %.2e%s",
             row["epoch"], row["train_loss"], row["val_loss"], row["precision"], row["recall"], row["f1"],
-            row["mean_iou"], row["composite"], row["lr"], "  << new best" if self.best.improved else "",
+            row["mean_iou"], row["composite"], row.get("ap50", float("nan")), row["lr"],
+            "  << new best" if self.best.improved else "",
         )
         self.write_csv()
         self.write_curves()
@@ -154,21 +161,26 @@ class EpochSummary(L.Callback):
         h = self.history
         ep = [r["epoch"] for r in h]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        axes[0].plot(ep, [r["train_loss"] for r in h], label="train loss")
-        axes[0].plot(ep, [r["val_loss"] for r in h], label="val loss")
+        axes[0].plot(ep, [r["train_loss"] for r in h], label="train loss", marker="o", markersize=3)
+        axes[0].plot(ep, [r["val_loss"] for r in h], label="val loss", marker="o", markersize=3)
         axes[0].set_title("loss")
-        for key in ("composite", "f1", "mean_iou", "recall", "precision"):
-            axes[1].plot(ep, [r[key] for r in h], label=key, linewidth=2.5 if key == "composite" else 1)
+        for key in ("composite", "ap50", "f1", "mean_iou", "recall", "precision"):
+            if all(key in r for r in h):
+                axes[1].plot(ep, [r[key] for r in h], label=key, marker="o", markersize=3,
+                             linewidth=2.5 if key == "composite" else 1)
         best = [r for r in h if r.get("new_best")]
         if best:
             axes[1].scatter([best[-1]["epoch"]], [best[-1]["composite"]], color="red", zorder=5, label="kept model")
         axes[1].set_ylim(0, 1)
         axes[1].set_title("validation scores")
-        axes[2].plot(ep, [r["lr"] for r in h])
+        axes[2].plot(ep, [r["lr"] for r in h], marker="o", markersize=3)
         axes[2].set_yscale("log")
         axes[2].set_title("learning rate")
+        from matplotlib.ticker import MaxNLocator
+
         for ax in axes:
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         axes[0].legend()
         axes[1].legend(fontsize=8)
@@ -183,3 +195,68 @@ class EpochSummary(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+class PlainProgress(ProgressBar):
+    """Progress as plain log lines (about every 10% of an epoch) when stdout is not a terminal: logs stay readable."""
+
+    def __init__(self, every_fraction: float = 0.1) -> None:
+        super().__init__()
+        self.every_fraction = every_fraction
+        self._enabled = True
+        self._t0 = time.monotonic()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._t0 = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        total = self.total_train_batches
+        n = batch_idx + 1
+        if not self._enabled or not trainer.is_global_zero or not isinstance(total, (int, float)) or not total:
+            return
+        step = max(1, int(math.ceil(total * self.every_fraction)))
+        if n % step and n != total:
+            return
+        elapsed = time.monotonic() - self._t0
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss_s = f" | loss {float(loss):.4f}" if loss is not None else ""
+        log.info("epoch %d: %d/%d steps | %.1f s/step | %s elapsed%s", trainer.current_epoch, n, int(total),
+                 elapsed / n, _mmss(elapsed), loss_s)
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+# Messages from third-party libraries that a dfudet user cannot act on. Each is matched exactly enough to leave
+# every other warning visible.
+_QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",             # Lightning <-> torch pytree (internal)
+    r"The number of training batches \(\d+\) is smaller than the logging interval.*",  # short epochs log per epoch
+)
+
+
+class _DropLightningTips(logging.Filter):
+    """Lightning's "💡 Tip: try installing litlogger / litmodels" advertisements."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("Tip:" in msg and ("litlogger" in msg or "litmodels" in msg))
+
+
+def quiet_third_party() -> None:
+    """Silence third-party tips and deprecation notices a user cannot act on (real warnings stay visible)."""
+    import warnings
+
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in lg.filters):
+            lg.addFilter(_DropLightningTips())

@@ -14,6 +14,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.detection import FCOS
 
 from dfudet.config import Config
+from dfudet.engine.checkpoint import state_digest
+from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
 from dfudet.models.factory import backbone_label, build_detector
 
@@ -213,10 +215,14 @@ class DetectorModule(L.LightningModule):
         g = [gt for *_, gt in preds]
         m = detection_scores(p, g, score_threshold=t.score_threshold, iou_threshold=t.iou_threshold,
                              weights=t.composite_weights)
-        op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights)
+        op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights,
+                                    min_recall=t.operating_min_recall)
         if t.select_at == "operating":
             m = op  # every reported score (and the selection) at the val-swept operating threshold
+        # COCO AP50 (pycocotools, every detection): threshold-free, so time-to-quality is comparable across runs
+        ap = coco_map(p, g)
         return {
+            "ap50": ap["AP50"], "ap50_95": ap["AP50_95"],
             "selection_threshold": op_thr if t.select_at == "operating" else t.score_threshold,
             "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "mean_iou": m["mean_iou"],
             "composite": m["composite"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
@@ -235,7 +241,7 @@ class DetectorModule(L.LightningModule):
             # resumed run continues exactly (Lightning's own plateau step comes after the checkpoint is saved).
             self.plateau.step(v["val_loss"])
         v["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else 0.0
-        for k in ("precision", "recall", "f1", "mean_iou", "composite", "operating_threshold", "lr"):
+        for k in ("precision", "recall", "f1", "mean_iou", "composite", "operating_threshold", "ap50", "lr"):
             self.log(f"val/{k}" if k != "lr" else "lr", v[k], on_step=False, on_epoch=True, sync_dist=False)
         self.last_val = v
 
@@ -258,6 +264,7 @@ class DetectorModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dfudet"] = {
+            "weights_sha256": state_digest(checkpoint["state_dict"]),  # checked when resuming or loading
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "operating_threshold": float(self.last_val.get("operating_threshold", self.cfg.train.score_threshold)),
         }

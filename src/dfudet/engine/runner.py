@@ -16,12 +16,20 @@ from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dfudet.config import Config, config_to_dict, save_config
-from dfudet.engine.callbacks import BEST_NAME, CompositeCheckpoint, EpochSummary, LastCheckpoint, best_payload
+from dfudet.engine.callbacks import (
+    BEST_NAME,
+    CompositeCheckpoint,
+    EpochSummary,
+    LastCheckpoint,
+    PlainProgress,
+    best_payload,
+    quiet_third_party,
+)
 from dfudet.engine.checkpoint import AtomicCheckpointIO, atomic_torch_save, safe_torch_load
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
-from dfudet.models.factory import is_anchor_free
+from dfudet.models.factory import is_anchor_free, weights_source
 
 log = logging.getLogger("dfudet")
 LAST_NAME = "last.ckpt"
@@ -62,6 +70,20 @@ def _archive_previous(run_dir: Path) -> Path | None:
     for p in old:
         p.rename(dest / p.name)
     return dest
+
+
+# what an atomic write killed half-way leaves behind (utils.atomic_write_with: ".NAME.<random>.tmp")
+_RUN_FILES = (LAST_NAME, BEST_NAME, UNTRAINED_NAME, "metrics.csv", "curves.png", "config.yaml")
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Remove temp files of this program's atomic writes that a killed run left in its run dir (with a log line)."""
+    stale = [p for name in _RUN_FILES for p in run_dir.glob(f".{name}.*.tmp") if p.is_file()]
+    for p in stale:
+        size = p.stat().st_size
+        p.unlink(missing_ok=True)
+        log.info("removed %s (%.1f MB), left by an interrupted write", p, size / 1e6)
+    return stale
 
 
 def _check_resume_config(run_dir: Path, cfg: Config) -> None:
@@ -127,13 +149,15 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         "=" * 78,
         "dfudet train",
         f"  classes            : 2 (background, ulcer)",
-        f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained})",
+        f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained}"
+        + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
         f"  img_size           : {d.img_size}",
         (f"  anchors            : none (anchor-free; level sizes = strides)" if is_anchor_free(m.name) else
          f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
         f"(BalancedBatchSampler, batch {d.batch_size})",
-        f"  optimizer          : {t.optimizer} lr={t.lr} momentum={t.momentum} wd={t.weight_decay}",
+        f"  optimizer          : {t.optimizer} lr={t.lr}" + (f" momentum={t.momentum}" if t.optimizer == "sgd" else "")
+        + f" weight_decay={t.weight_decay} warmup={t.warmup_steps} steps",
         f"  scheduler          : ReduceLROnPlateau(val loss) factor={t.plateau_factor} patience={t.plateau_patience}",
         f"  selection          : composite = {w.f1}*F1 + {w.iou}*IoU + {w.recall}*Recall + {w.precision}*Precision"
         + (f" @ score>={t.score_threshold}" if t.select_at == "score_threshold"
@@ -168,7 +192,8 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: str) -> L.Trai
         EarlyStopping(monitor="val/composite", mode="max", patience=cfg.train.early_stop_patience,
                       check_on_train_epoch_end=False, check_finite=False),
         LastCheckpoint(run_dir, LAST_NAME),
-        TQDMProgressBar(refresh_rate=1),
+        # a live bar on a terminal; plain lines in a log file or CI (tqdm's carriage returns make one huge line)
+        TQDMProgressBar(refresh_rate=1) if sys.stdout.isatty() else PlainProgress(),
     ]
     t = cfg.train
     return L.Trainer(
@@ -198,6 +223,8 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(run_dir)
+    if _rank() == 0:
+        remove_stale_temp_files(run_dir)
     if fresh and _rank() == 0:
         moved = _archive_previous(run_dir)
         if moved:
@@ -209,6 +236,7 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         saved = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
         cfg.model.anchor_sizes, cfg.model.aspect_ratios = saved.model.anchor_sizes, saved.model.aspect_ratios
+    quiet_third_party()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     # Denormal floats (weights/activations decaying towards 0 in from-scratch training) make CPU kernels many times
@@ -220,13 +248,18 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     # anchor-free models refuse auto_anchors when they are built, with the reason
     if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume and not is_anchor_free(cfg.model.name):
         _auto_anchors(cfg, dm)
-    if _rank() == 0:
-        save_config(cfg, run_dir / "config.yaml")
     acc, devices, precision = resolve_hardware(cfg)
     log.info(header(cfg, dm, acc, devices, precision, resume))
     log.info("log file: %s", log_path)
 
     module = DetectorModule(config_to_dict(cfg))
+    # where the pretrained backbone came from goes into config.yaml and every checkpoint's config
+    cfg.model.weights_source = module.cfg.model.weights_source = weights_source(module.model)
+    module.hparams["config"] = config_to_dict(cfg)
+    if cfg.model.pretrained:
+        log.info("pretrained weights: %s", cfg.model.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
+    if _rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
     base: dict[str, float] = {}
     if baseline and not resume:
         base = validation_scores(module, dm, acc)
@@ -235,6 +268,10 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         if _rank() == 0:  # same schema as best_model.pth, so `dfudet evaluate` can score it on any split
             atomic_torch_save(best_payload(module, base, -1, {}), run_dir / UNTRAINED_NAME)
             log.info("untrained model written to %s", run_dir / UNTRAINED_NAME)
+    elif baseline and (run_dir / UNTRAINED_NAME).is_file():  # resumed: the baseline scored when the run began
+        untrained = safe_torch_load(run_dir / UNTRAINED_NAME)
+        base = {"composite": float(untrained["composite_score"]), "f1": float(untrained["f1_score"]),
+                "mean_iou": float(untrained["mean_iou"])}
 
     trainer = build_trainer(cfg, acc, devices, precision)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
@@ -255,4 +292,25 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         if base:
             log.info("untrained baseline composite %.4f -> kept model composite %.4f",
                      base["composite"], best["composite_score"])
+            result["learned"] = bool(best["composite_score"] > base["composite"])
+            if not result["learned"]:
+                log.warning(did_not_learn(base["composite"], best["composite_score"], result["epochs_run"]))
+    elif base and trainer.is_global_zero:
+        result["learned"] = False
+        log.warning(did_not_learn(base["composite"], None, result["epochs_run"]))
     return result
+
+
+def did_not_learn(untrained: float, kept: float | None, epochs: int) -> str:
+    """The loud end-of-run warning when training did not beat the untrained model on val."""
+    kept_s = f"{kept:.4f}" if kept is not None else "none (no epoch finished with a finite composite)"
+    bar = "!" * 78
+    return "\n".join([
+        bar,
+        f"WARNING: the kept model does NOT beat the untrained model on val (composite {kept_s} vs untrained "
+        f"{untrained:.4f}) after {epochs} epoch(s).",
+        "What to try: train longer (train.epochs), check the lr (train.lr; watch curves.png for a val loss that",
+        "rises from the start), check the data (dfudet data import report, boxes on the right objects), or start",
+        "from pretrained weights (model.pretrained=true with a weight source, see README).",
+        bar,
+    ])

@@ -16,7 +16,8 @@ Definitions (the one place they live; training, evaluation, bootstrap and curves
   ``image_sensitivity`` = share of ulcer images with at least one TP. Each is 0 when there is no image of its kind
   (``n_healthy_images`` / ``n_ulcer_images`` tell that case apart).
 - ``best_threshold`` maximises the composite over a threshold sweep; ties (within 1e-12) go to the HIGHER threshold,
-  which keeps fewer false alarms for the same score.
+  which keeps fewer false alarms for the same score. With ``min_recall`` only thresholds reaching that recall
+  compete (none does: the highest-recall threshold is taken), so a few confident boxes cannot win.
 
 The sweep ranks every image once and then reads any threshold off cumulative sums of the pooled ranked predictions,
 so ``detection_scores`` (a one-threshold sweep) and ``sweep_thresholds`` give bit-identical numbers.
@@ -185,8 +186,22 @@ def sweep_thresholds(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], thres
     return scores_from_ranked(ranked, ts, iou_threshold, weights)
 
 
-def pick_best(sweep: Sequence[Mapping[str, float]]) -> tuple[float, dict[str, float]]:
-    """Row with the highest composite; ties (within 1e-12) go to the higher threshold."""
+def pick_best(sweep: Sequence[Mapping[str, float]], min_recall: float = 0.0) -> tuple[float, dict[str, float]]:
+    """Row with the highest composite among those with recall >= min_recall; ties go to the higher threshold.
+
+    The recall floor keeps an early, barely trained model from being "best" at a threshold where it reports a few
+    confident boxes and misses nearly every ulcer (composite rewards precision and IoU too). When no threshold
+    reaches the floor, the row with the highest recall is taken (ties: higher composite, then higher threshold), so
+    such a model scores what it really finds.
+    """
+    if not 0.0 <= min_recall <= 1.0:
+        raise ConfigError(f"min_recall must be in [0, 1], got {min_recall}")
+    eligible = [s for s in sweep if s["recall"] >= min_recall - _TIE_TOL]
+    if not eligible:
+        top = max(s["recall"] for s in sweep)
+        sweep = [s for s in sweep if s["recall"] >= top - _TIE_TOL]
+    else:
+        sweep = eligible
     best = max(s["composite"] for s in sweep)
     tied = [s for s in sweep if s["composite"] >= best - _TIE_TOL]
     row = max(tied, key=lambda s: s["score_threshold"])
@@ -194,6 +209,7 @@ def pick_best(sweep: Sequence[Mapping[str, float]]) -> tuple[float, dict[str, fl
 
 
 def best_threshold(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], thresholds: Sequence[float] | None = None,
-                   iou_threshold: float = 0.5, weights: Any = None) -> tuple[float, dict[str, float]]:
-    """Operating score threshold that maximises the composite (ties -> the higher threshold, fewer false alarms)."""
-    return pick_best(sweep_thresholds(preds, gts, thresholds, iou_threshold, weights))
+                   iou_threshold: float = 0.5, weights: Any = None, min_recall: float = 0.0
+                   ) -> tuple[float, dict[str, float]]:
+    """Operating score threshold that maximises the composite at recall >= min_recall (ties -> higher threshold)."""
+    return pick_best(sweep_thresholds(preds, gts, thresholds, iou_threshold, weights), min_recall)
