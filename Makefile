@@ -24,9 +24,9 @@ demo: $(STAMP)
 	  --annotations $(DEMO)/raw/annotations/train.json --annotations $(DEMO)/raw/annotations/val.json \
 	  --annotations $(DEMO)/raw/annotations/test.json --healthy $(DEMO)/raw/healthy --out $(DEMO)/dataset
 	$(DFUDET) data prepare $(DEMO)/dataset --out $(DEMO)/cache --img-size 320
-	$(DFUDET) train --config configs/demo.yaml --baseline
+	$(DFUDET) train --config configs/demo.yaml --baseline --require-improvement
 	$(DFUDET) evaluate --checkpoint $(DEMO)/train/best_model.pth --data $(DEMO)/cache --split test \
-	  --out $(DEMO)/report --bootstrap 1000
+	  --out $(DEMO)/report --bootstrap 1000 --compare $(DEMO)/train/untrained_model.pth
 	$(DFUDET) evaluate --checkpoint $(DEMO)/train/untrained_model.pth --data $(DEMO)/cache --split test \
 	  --out $(DEMO)/report-untrained
 	@echo "demo report: $(DEMO)/report/report.md (the untrained model for comparison: $(DEMO)/report-untrained)"

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 from dfudet.errors import DfudetError
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless it has none, or the help already says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text
+                and "default:" not in text and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _subparsers(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
+    return parser.add_subparsers(dest=dest, required=True,
+                                 parser_class=partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -52,6 +69,19 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_verify(a: argparse.Namespace) -> int:
+    from dfudet.data.cache import verify_cache
+
+    r = verify_cache(Path(a.cache))
+    print(f"{r['cache']}: {r['records']} record(s) checked, {len(r['damaged'])} damaged")
+    if r["without_checksum"]:
+        print(f"  {r['without_checksum']} record(s) were written before per-record checksums: only decoded, "
+              "not compared (run `dfudet data prepare` again to add them)")
+    for problem in r["damaged"]:
+        print(f"  - {problem}")
+    return 1 if r["damaged"] else 0
+
+
 def cmd_data_demo(a: argparse.Namespace) -> int:
     from dfudet.data.demo import generate_demo
 
@@ -64,7 +94,7 @@ def cmd_data_demo(a: argparse.Namespace) -> int:
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="import annotations, build LMDB caches, generate demo data")
-    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    dsub = _subparsers(data, "data_cmd")
 
     p = dsub.add_parser("import", help="turn COCO/VOC/YOLO/DFUC CSV/masks + healthy folders into a dataset dir")
     p.add_argument("--format", required=True, choices=["coco", "voc", "yolo", "dfuc-csv", "masks"])
@@ -88,15 +118,20 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("prepare", help="write a dataset dir into an LMDB cache (one per split)")
     p.add_argument("dataset_dir")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="cache dir to write (one LMDB env per split + manifest.json)")
     p.add_argument("--img-size", type=int, default=512, help="resize so the long side is at most this (0 = keep)")
-    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
     p.set_defaults(func=cmd_data_prepare)
 
+    p = dsub.add_parser("verify", help="check every record of an LMDB cache (checksums, index, images); exit 1 "
+                                       "when any is damaged, listing them")
+    p.add_argument("cache", help="cache dir written by `dfudet data prepare`")
+    p.set_defaults(func=cmd_data_verify)
+
     p = dsub.add_parser("demo", help="generate synthetic feet with ulcer-like lesions and healthy feet (COCO)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder to write (images/, healthy/, annotations/*.json)")
     p.add_argument("--n", type=int, default=300, help="number of images (about half ulcer, half healthy)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator (same seed, same photos)")
     p.add_argument("--size", type=int, default=320, help="image side in pixels")
     p.set_defaults(func=cmd_data_demo)
 
@@ -104,7 +139,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------- train
 def cmd_train(a: argparse.Namespace) -> int:
     from dfudet.config import load_config
-    from dfudet.engine.runner import run_training
 
     overrides = list(a.overrides)
     if a.run_dir:
@@ -112,8 +146,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     for flag, key in ((a.devices, "train.devices"), (a.num_nodes, "train.num_nodes"), (a.strategy, "train.strategy")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    cfg = load_config(a.config, overrides)
-    run_training(cfg, fresh=a.fresh, baseline=a.baseline)
+    cfg = load_config(a.config, overrides)  # config errors answer before torch and Lightning are imported
+    from dfudet.engine.runner import run_training
+
+    result = run_training(cfg, fresh=a.fresh, baseline=a.baseline)
+    if a.require_improvement and result.get("learned") is False:
+        return 3
     return 0
 
 
@@ -124,9 +162,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="start over (previous checkpoints are moved aside, not deleted)")
     p.add_argument("--baseline", action="store_true",
                    help="also score the untrained model on val before training; saved as RUN_DIR/untrained_model.pth")
+    p.add_argument("--require-improvement", action="store_true",
+                   help="with --baseline: exit with status 3 when the kept model does not beat the untrained one on val")
     p.add_argument("--devices", help="devices per node (e.g. 2, or auto)")
-    p.add_argument("--num-nodes", type=int)
-    p.add_argument("--strategy", help="e.g. ddp")
+    p.add_argument("--num-nodes", type=int, help="machines taking part (DDP); default: train.num_nodes of the config")
+    p.add_argument("--strategy", help="Lightning strategy, e.g. ddp; default: train.strategy of the config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
     p.set_defaults(func=cmd_train)
 
@@ -138,7 +178,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     m = run_evaluation(
         checkpoint=a.checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
         score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
-        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device,
+        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare,
     )
     at = m["at_threshold"]
     print(f"evaluated {m['counts']['images']} images of split {m['data']['split']!r} at score threshold "
@@ -158,11 +198,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md, PNGs and gallery/")
     p.add_argument("--images", help="image folder of a COCO json given as --data")
     p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold (tuned on val)")
-    p.add_argument("--iou-threshold", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU a predicted box needs to count as found")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (0 = none)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip + weighted boxes fusion")
     p.add_argument("--config", help="fail unless the checkpoint is of the model this config describes")
+    p.add_argument("--compare", metavar="CHECKPOINT",
+                   help="also score this checkpoint (e.g. RUN_DIR/untrained_model.pth) on the same photos, side by side")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -185,16 +227,23 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
     model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder for predictions.json/.csv and annotated copies")
     p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold")
     p.add_argument("--tta", action="store_true", help="horizontal flip + weighted boxes fusion")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_predict)
 
 
 # ----------------------------------------------------------------------------------------------- export
 def cmd_export(a: argparse.Namespace) -> int:
+    if a.format == "pth":
+        from dfudet.export.slim import export_slim
+
+        info = export_slim(a.checkpoint, a.out)
+        print(f"deployable checkpoint written to {info['out']} ({info['bytes_out'] / 1e6:.1f} MB, from "
+              f"{info['bytes_in'] / 1e6:.1f} MB: no optimizer state); predict, evaluate, export and serve read it")
+        return 0
     from dfudet.export.onnx import export_onnx, metadata_path
 
     meta = export_onnx(a.checkpoint, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch)
@@ -204,10 +253,12 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ MODEL.json) for onnxruntime without PyTorch")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ MODEL.json) for onnxruntime without PyTorch, "
+                                      "or to a deployable .pth without optimizer state")
     p.add_argument("--checkpoint", required=True, help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", required=True, help="MODEL.onnx to write (MODEL.json is written beside it)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "pth"],
+                   help="onnx: MODEL.onnx + MODEL.json; pth: the checkpoint without optimizer state (ship this one)")
+    p.add_argument("--out", required=True, help="file to write (onnx: MODEL.json is written beside it)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (11..21)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="not supported for torchvision detectors (explains why); images run one per call")
@@ -232,7 +283,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", help="best_model.pth (PyTorch)")
     src.add_argument("--onnx", help="MODEL.onnx written by `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 = all)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--token", help="require this API token (Authorization: Bearer T); default: env DFUDET_TOKEN")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (413 above)")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image width*height (413 above)")
@@ -249,23 +300,37 @@ _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands registered by each layer's `add_*` function)."""
-    parser = argparse.ArgumentParser(prog="dfudet", description="Diabetic foot ulcer detection: data, train, evaluate, deploy.")
+    parser = argparse.ArgumentParser(prog="dfudet", description="Diabetic foot ulcer detection: data, train, evaluate, deploy.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dfudet {__import__('dfudet').__version__}")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = _subparsers(parser, "cmd")
     _add_data(sub)
     for add in _EXTRA_PARSERS:
         add(sub)
     return parser
 
 
+def user_message(exc: DfudetError) -> str:
+    """The error's own message, also when it crossed a DataLoader worker (torch re-raises it wrapped in a traceback)."""
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = f"{type(exc).__module__}.{type(exc).__name__}: "
+        if name in text:
+            return text.rsplit(name, 1)[1].strip()
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors are printed without a stack trace and exit with status 2."""
+    """Entry point: user errors are printed without a stack trace (unless --debug) and exit with status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DfudetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -140,3 +140,62 @@ def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) 
     assert np.concatenate([b for b, _ in preds]).max() > 128  # 512-px originals, not the 128-px model input
     for name in EXPECTED_FILES:
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
+    import re
+
+    from PIL import Image
+
+    from dfudet.export.slim import export_slim
+    from dfudet.inference.report import GLOSSARY
+
+    other = tmp_path / "other.pth"  # a second model to set beside: the same weights, slim, at threshold 0.9
+    export_slim(tiny_ckpt, other)
+    out = tmp_path / "out"
+    m = run_evaluation(tiny_ckpt, demo_data["cache"], out, split="test", bootstrap=0, progress=False,
+                       compare=other, score_threshold=0.3)
+    report = (out / "report.md").read_text()
+    c = m["counts"]
+    # the summary in words, with the real counts
+    assert f"Found **{c['tp']} of {c['gt_boxes']} ulcers**" in report and f"missed {c['fn']}" in report
+    assert f"**{c['fp']} false alarm(s)** on {c['images']} photos" in report
+    # every metric the table prints is defined in "How to read this"
+    printed = re.findall(r"^\| ([^|]+?) \| [-\d.]+ \|", report, flags=re.M)
+    assert len(printed) >= 13
+    glossary = report.split("## How to read this", 1)[1]
+    for name in printed + ["TP / FP / FN", "95% CI"]:
+        assert f"- **{name}**:" in glossary, name
+        assert name in GLOSSARY
+    assert "0.4*F1 + 0.25*mean IoU + 0.2*recall + 0.15*precision" in glossary
+    # the compared model stands beside this one, at its own threshold and with its own numbers
+    assert m["compare"]["checkpoint"]["path"] == str(other)
+    assert "| metric | this model | 95% CI | compared model |" in report
+    cmp_row = re.search(r"^\| recall \| ([\d.]+) \|  \| ([\d.]+) \|", report, flags=re.M)
+    assert cmp_row and float(cmp_row.group(2)) == pytest.approx(m["compare"]["at_threshold"]["recall"], abs=1e-3)
+    assert m["compare"]["score_threshold"] == pytest.approx(0.5)  # the checkpoint's own operating threshold
+    # the threshold's true source
+    assert "(--score-threshold)" in report and m["compare"]["score_threshold_source"].startswith("checkpoint")
+    # every gallery image carries a legend strip below the photo
+    files = [e["file"] for g in m["gallery"].values() for e in g]
+    assert files
+    for f in files[:3]:
+        im = np.asarray(Image.open(out / f).convert("RGB"))
+        strip = im[-12:]
+        assert (strip > 240).all(axis=2).mean() > 0.5  # white legend strip at the bottom
+        assert ((strip[..., 1] > 150) & (strip[..., 0] < 80)).any()  # the green "truth" swatch
+
+
+def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Path, demo_data: dict[str, Path]) -> None:
+    import torch
+
+    from dfudet.engine.checkpoint import safe_torch_load
+
+    ckpt = safe_torch_load(tiny_ckpt)
+    ckpt["epoch"] = -1
+    torch.save(ckpt, tmp_path / "untrained_model.pth")
+    m = run_evaluation(tmp_path / "untrained_model.pth", demo_data["cache"], tmp_path / "out", split="test",
+                       bootstrap=0, progress=False)
+    assert "untrained model, before any training" in m["score_threshold_source"]
+    assert "during training" not in m["score_threshold_source"]
+    assert "(untrained)" in (tmp_path / "out" / "report.md").read_text().splitlines()[0]

@@ -105,10 +105,15 @@ def test_page_uploads_draws_boxes_and_filters_with_the_slider(server: str, brows
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    photo = tmp_path / "demo_foot.png"
-    Image.fromarray(render_sample(5, 0, 320, healthy=False).image).save(photo)
+    # DFUDET_E2E_PHOTO: a real photo for the README screenshot (see README, "Regenerating the screenshot")
+    photo = Path(os.environ.get("DFUDET_E2E_PHOTO") or tmp_path / "demo_foot.png")
+    if not os.environ.get("DFUDET_E2E_PHOTO"):
+        Image.fromarray(render_sample(5, 0, 320, healthy=False).image).save(photo)
+    with Image.open(photo) as im:
+        photo_size = im.size
     api = httpx.post(f"{server}/v1/detect", params={"min_score": 0}, timeout=60,
-                     files={"file": (photo.name, photo.read_bytes(), "image/png")}).json()
+                     files={"file": (photo.name, photo.read_bytes(),
+                                     "image/png" if photo.suffix.lower() == ".png" else "image/jpeg")}).json()
     assert len(api["scores"]) >= 3, "the demo model should propose several boxes"
 
     browser.get(server + "/")
@@ -120,7 +125,7 @@ def test_page_uploads_draws_boxes_and_filters_with_the_slider(server: str, brows
     page = browser.execute_script("return window.dfudet.result")
     assert page == api, "the page must show exactly what the API returns for the same image"
     canvas = browser.find_element(By.ID, "canvas")
-    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == (320, 320)
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == photo_size
 
     scores = np.array(api["scores"])
     threshold = browser.execute_script("return window.dfudet.threshold")

@@ -30,7 +30,7 @@ def _as_boxes(x: Any) -> np.ndarray:
 
 def draw_detections(image: np.ndarray | Image.Image, boxes: Any = None, scores: Any = None, threshold: float = 0.0,
                     gt_boxes: Any = None, low_threshold: float | None = None, max_low: int = 5,
-                    min_size: int = 0) -> Image.Image:
+                    min_size: int = 0, legend: bool = False) -> Image.Image:
     """An RGB copy of `image` with GT boxes (green) and predictions (red >= threshold, orange >= low_threshold).
 
     Boxes are xyxy pixels of `image`. With `min_size`, small images are enlarged so the long side is at least that
@@ -62,7 +62,31 @@ def draw_detections(image: np.ndarray | Image.Image, boxes: Any = None, scores: 
             b = [float(v) for v in pred[i]]
             draw.rectangle(b, outline=colour, width=width)
             _label(draw, f"{sc[i]:.2f}", b, colour, font, im.size)
+    if legend:
+        items = [("truth", GT_COLOUR), (f"model, score >= {threshold:.2f}", PRED_COLOUR)]
+        if low_threshold is not None:
+            items.append((f"near miss, score {low_threshold:.2f}-{threshold:.2f}", LOW_COLOUR))
+        im = _with_legend(im, items, font, width)
     return im
+
+
+def _with_legend(im: Image.Image, items: list[tuple[str, tuple[int, int, int]]], font: Any, width: int) -> Image.Image:
+    """The image with a strip below it naming each box colour (galleries are read without the code)."""
+    probe = ImageDraw.Draw(im)
+    th = max(probe.textbbox((0, 0), "Ag", font=font)[3], 10)
+    pad = max(4, th // 3)
+    strip = Image.new("RGB", (im.width, th + 2 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x = pad
+    for text, colour in items:
+        draw.rectangle([x, pad, x + th, pad + th], outline=colour, width=max(2, width))
+        x += th + pad
+        draw.text((x, pad), text, fill=(0, 0, 0), font=font)
+        x += int(draw.textlength(text, font=font)) + 3 * pad
+    out = Image.new("RGB", (im.width, im.height + strip.height), (255, 255, 255))
+    out.paste(im, (0, 0))
+    out.paste(strip, (0, im.height))
+    return out
 
 
 def _label(draw: ImageDraw.ImageDraw, text: str, box: list[float], colour: tuple[int, int, int], font: Any,

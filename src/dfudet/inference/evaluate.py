@@ -137,11 +137,29 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
     return out
 
 
+def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch_size: int, progress: bool,
+             iou_threshold: float, weights: Any) -> dict[str, Any]:
+    """The headline figures of another checkpoint (e.g. the untrained model) on the same photos, at its own threshold."""
+    from dfudet.metrics.coco import coco_map
+    from dfudet.metrics.curves import froc
+    from dfudet.metrics.scores import detection_scores
+
+    other = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+    rows = predict_split(other, dataset, batch_size, progress)
+    preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
+    gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+    return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.get("epoch"),
+                           "model_name": other.info.get("model_name"), "backbone": other.info.get("backbone")},
+            "score_threshold": other.score_threshold, "score_threshold_source": other.threshold_source,
+            "at_threshold": detection_scores(preds, gts, other.score_threshold, iou_threshold, weights),
+            "coco": coco_map(preds, gts), "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]}}
+
+
 def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test",
                    images: str | Path | None = None, score_threshold: float | None = None,
                    iou_threshold: float = 0.5, batch_size: int = 8, bootstrap: int = 1000, tta: bool = False,
                    config: str | Path | None = None, device: str = "cpu", gallery_size: int = 12,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, compare: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on one split of a cache, dataset dir or COCO json and write the report files to `out`."""
     from dfudet.data.dataset import DetectionDataset
     from dfudet.inference.report import write_galleries, write_plots, write_report_md
@@ -182,6 +200,8 @@ def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, sp
         out.mkdir(parents=True, exist_ok=True)
         files = write_plots(out, pr, fr, sweep)
         gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
+        compared = (_compare(compare, dataset, device, tta, batch_size, progress, iou_threshold, weights)
+                    if compare is not None else None)
     info = predictor.info
     at = m["at_threshold"]
     metrics: dict[str, Any] = {
@@ -201,6 +221,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, sp
                    "tp": at["tp"], "fp": at["fp"], "fn": at["fn"]},
         **m,
         "gallery": gallery,
+        "compare": compared,
     }
     det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores")} for r in rows]
     atomic_write_bytes(out / "detections.json", json.dumps(

@@ -82,7 +82,8 @@ def write_galleries(root: Path, rows: Sequence[dict[str, Any]], load: Callable[[
             drawn = draw_detections(
                 image, np.asarray(r["boxes"], np.float64).reshape(-1, 4) * f, r["scores"], threshold,
                 gt_boxes=np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) * f,
-                low_threshold=threshold / 2 if name == "missed_ulcers" else None, min_size=GALLERY_MIN_SIZE)
+                low_threshold=threshold / 2 if name == "missed_ulcers" else None, min_size=GALLERY_MIN_SIZE,
+                legend=True)
             fname = f"{rank:02d}_{Path(r['path']).stem}.jpg"
             save_jpeg(drawn, folder / fname)
             out[name].append({"file": f"gallery/{name}/{fname}", "image": r["path"], "reason": entry["reason"]})
@@ -93,16 +94,65 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def write_report_md(path: Path, m: dict[str, Any]) -> None:
-    """A short human summary of metrics.json: one table, the threshold and its source, the oracle, the figures."""
-    at, ci = m["at_threshold"], (m.get("bootstrap") or {}).get("ci95", {})
-    rows = [("precision", at["precision"]), ("recall", at["recall"]), ("f1", at["f1"]), ("mean_iou", at["mean_iou"]),
+# One line per figure the report prints (tests check every printed metric is here): for readers who never saw the code.
+GLOSSARY: dict[str, str] = {
+    "precision": "share of the model's boxes (at the threshold) that hit a true ulcer (IoU >= the IoU threshold)",
+    "recall": "share of the true ulcers that some box found",
+    "f1": "harmonic mean of precision and recall: high only when both are",
+    "mean_iou": "mean overlap (IoU, 0-1) of every kept box with the ulcer it matched; a false alarm counts 0",
+    "composite": "{f1}*F1 + {iou}*mean IoU + {recall}*recall + {precision}*precision: one number rewarding "
+                 "ulcers found (F1, recall), outlined well (IoU) and few false alarms (precision); training keeps "
+                 "the epoch with the highest val composite",
+    "mean_iou_tp": "mean IoU over correct boxes only: how tight the boxes are when they are right",
+    "image_sensitivity": "share of photos with ulcers where at least one ulcer was found",
+    "image_specificity": "share of ulcer-free photos with no box at all",
+    "fp_per_healthy_image": "false alarms per ulcer-free photo",
+    "AP50": "COCO average precision at IoU 0.5: area under the precision-recall curve over every threshold "
+            "(threshold-free; the figure papers report)",
+    "AP50_95": "COCO average precision averaged over IoU 0.50-0.95: also rewards tight boxes",
+    "AR100": "COCO average recall with up to 100 boxes per photo, averaged over IoU 0.50-0.95",
+    "FROC score": "mean share of ulcers found at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false alarms per photo",
+    "TP / FP / FN": "true ulcers found / boxes on no ulcer (false alarms) / true ulcers missed",
+    "95% CI": "range holding the true value with 95% confidence: percentile bootstrap over photos",
+}
+
+
+def _table_rows(m: dict[str, Any]) -> list[tuple[str, float]]:
+    at = m["at_threshold"]
+    return [("precision", at["precision"]), ("recall", at["recall"]), ("f1", at["f1"]), ("mean_iou", at["mean_iou"]),
             ("composite", at["composite"]), ("mean_iou_tp", at["mean_iou_tp"]),
             ("image_sensitivity", at["image_sensitivity"]), ("image_specificity", at["image_specificity"]),
             ("fp_per_healthy_image", at["fp_per_healthy_image"]), ("AP50", m["coco"]["AP50"]),
             ("AP50_95", m["coco"]["AP50_95"]), ("AR100", m["coco"]["AR100"]), ("FROC score", m["froc"]["froc_score"])]
+
+
+def plain_summary(m: dict[str, Any]) -> str:
+    """One paragraph in words: what was found, what was missed, how many false alarms, on how many photos."""
+    c, at = m["counts"], m["at_threshold"]
+    healthy_fp = round(at["fp_per_healthy_image"] * c["healthy_images"])
+    parts = [f"Found **{c['tp']} of {c['gt_boxes']} ulcers** ({at['recall']:.0%}) and missed {c['fn']}",
+             f"**{c['fp']} false alarm(s)** on {c['images']} photos"
+             + (f" ({healthy_fp} of them on the {c['healthy_images']} ulcer-free photos)" if c["healthy_images"] else ""),
+             f"{at['precision']:.0%} of the boxes shown were on an ulcer"]
+    if c["ulcer_images"]:
+        parts.append(f"at least one ulcer was found in {at['image_sensitivity']:.0%} of the {c['ulcer_images']} "
+                     "photos with ulcers")
+    return "; ".join(parts) + f" (score threshold {m['score_threshold']:.2f})."
+
+
+def write_report_md(path: Path, m: dict[str, Any]) -> None:
+    """report.md: a summary in words, one table (with a compared model when given), the threshold's source, a
+    glossary of every figure, the oracle, the figures and the galleries."""
+    ci = (m.get("bootstrap") or {}).get("ci95", {})
+    cmp_m = m.get("compare")
+    rows = _table_rows(m)
+    cmp_rows = dict(_table_rows(cmp_m)) if cmp_m else {}
+    epoch = m["checkpoint"]["epoch"]
+    epoch_s = "untrained" if epoch == -1 else f"epoch {epoch}"
     lines = [
-        f"# Evaluation of `{m['checkpoint']['path']}` (epoch {m['checkpoint']['epoch']})",
+        f"# Evaluation of `{m['checkpoint']['path']}` ({epoch_s})",
+        "",
+        plain_summary(m),
         "",
         f"Data `{m['data']['path']}`, split **{m['data']['split']}**: {m['counts']['images']} images "
         f"({m['counts']['ulcer_images']} with ulcers, {m['counts']['healthy_images']} without), "
@@ -111,12 +161,21 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         f"Score threshold **{m['score_threshold']:.3f}** ({m['score_threshold_source']}), IoU threshold "
         f"{m['iou_threshold']:.2f}{', test-time augmentation (flip + WBF)' if m['tta'] else ''}.",
         "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
     ]
+    if cmp_m:
+        ce = cmp_m["checkpoint"]["epoch"]
+        lines += [f"Compared with `{cmp_m['checkpoint']['path']}` ({'untrained' if ce == -1 else f'epoch {ce}'}), "
+                  f"same photos, at its own threshold {cmp_m['score_threshold']:.3f} "
+                  f"({cmp_m['score_threshold_source']}).", ""]
+        lines += ["| metric | this model | 95% CI | compared model |", "|---|---|---|---|"]
+    else:
+        lines += ["| metric | value | 95% CI |", "|---|---|---|"]
     for name, v in rows:
         c = ci.get(name)
-        lines.append(f"| {name} | {_fmt(float(v))} | {f'{c[0]:.3f} - {c[1]:.3f}' if c else ''} |")
+        row = f"| {name} | {_fmt(float(v))} | {f'{c[0]:.3f} - {c[1]:.3f}' if c else ''} |"
+        if cmp_m:
+            row += f" {_fmt(float(cmp_rows[name]))} |"
+        lines.append(row)
     cnt = m["counts"]
     lines += [
         "",
@@ -125,6 +184,9 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
     ]
     if m.get("bootstrap"):
         lines.append(f"CIs: percentile bootstrap over images, {m['bootstrap']['n']} replicates.")
+    w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}
+    lines += ["", "## How to read this", ""]
+    lines += [f"- **{k}**: {v.format(**w) if k == 'composite' else v}" for k, v in GLOSSARY.items()]
     o = m["oracle"]
     lines += [
         "",
@@ -133,7 +195,8 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         "",
         "Figures: [PR curve](pr_curve.png) · [FROC](froc.png) · [composite vs threshold](threshold_sweep.png)",
         "",
-        "Galleries: " + " · ".join(f"[{k}](gallery/{k}/) ({len(v)})" for k, v in m["gallery"].items()),
+        "Galleries (green: truth; red: the model's boxes with their score; orange: near misses below the "
+        "threshold): " + " · ".join(f"[{k}](gallery/{k}/) ({len(v)})" for k, v in m["gallery"].items()),
         "",
     ]
     atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
