@@ -189,9 +189,19 @@ def test_selection_at_the_operating_threshold_is_recorded_in_the_checkpoint(tiny
     assert best["composite_score"] >= 0.0
 
 
-def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_path: Path, tiny_config):
-    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=1")
+def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_path: Path, tiny_config, capsys):
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=1", "train.optimizer=adamw")
     result = run_training(cfg, baseline=True)
+    # a quiet, readable console and log: plain progress lines (stdout is no terminal here), no third-party tips,
+    # the learned/not-learned verdict against the untrained model, no momentum in an AdamW banner
+    out = capsys.readouterr().out
+    log_text = next((tmp_path / "run").glob("train-*.log")).read_text()
+    assert "\r" not in out and "\r" not in log_text and "litlogger" not in out
+    assert "epoch 0: 2/2 steps" in log_text
+    assert "optimizer          : adamw lr=" in log_text and "momentum" not in log_text
+    assert result["learned"] == (result["best"]["composite_score"] > result["baseline"]["composite"])
+    if not result["learned"]:
+        assert "does NOT beat the untrained model" in log_text
     untrained = safe_torch_load(tmp_path / "run" / "untrained_model.pth")
     best = safe_torch_load(tmp_path / "run" / "best_model.pth")
     assert untrained["epoch"] == -1 and best["epoch"] == 0

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dfudet.data.transforms import build_eval_transform
-from dfudet.engine.checkpoint import atomic_torch_save, safe_torch_load
+from dfudet.engine.checkpoint import atomic_torch_save, config_digest, safe_torch_load, state_digest
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference import Predictor, boxes_to_original
 from dfudet.inference.tta import fuse_views, unflip_boxes
@@ -134,10 +134,15 @@ def test_checkpoint_errors(tiny_ckpt: Path, tmp_path: Path) -> None:
     ckpt = safe_torch_load(tiny_ckpt)
     ckpt["model_state_dict"].pop(next(iter(ckpt["model_state_dict"])))
     broken = tmp_path / "broken.pth"
+    atomic_torch_save(ckpt, broken)  # changed after it was written: the digest no longer matches
+    with pytest.raises(CheckpointError, match=r"broken\.pth: the checkpoint is damaged"):
+        Predictor.from_checkpoint(broken)
+    ckpt["weights_sha256"] = state_digest(ckpt["model_state_dict"])  # intact file, weights of another model
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match=r"broken\.pth: weights do not fit"):
         Predictor.from_checkpoint(broken)
     ckpt["config"]["model"]["name"] = "no_such_model"
+    ckpt["config_sha256"] = config_digest(ckpt["config"])
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match="no_such_model"):
         Predictor.from_checkpoint(broken)
