@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -68,8 +70,6 @@ def torch_load_reason(exc: BaseException, head: bytes | None = None) -> str:
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for the ways a full disk shows up: OSError ENOSPC, lmdb's DiskError, torch's failed zip write."""
-    import errno
-
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc)
@@ -78,8 +78,6 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def disk_free_text(path: Path) -> str:
     """'1.23 GB free on /mount' for the file system holding `path` (its nearest existing parent)."""
-    import shutil
-
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent

@@ -107,8 +107,6 @@ class Predictor:
                 source = "checkpoint operating_threshold (swept on val at the checkpoint's epoch)"
             elif ckpt.get("epoch") == -1:  # untrained_model.pth of `dfudet train --baseline`
                 source = "checkpoint operating_threshold (swept on val for the untrained model, before any training)"
-            elif ckpt.get("slim") and ckpt.get("epoch") is None:
-                source = "checkpoint operating_threshold"
             else:
                 source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.get('epoch')} of training)"
         else:

