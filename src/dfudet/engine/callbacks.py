@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
@@ -92,29 +92,40 @@ class CompositeCheckpoint(L.Callback):
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes last.ckpt (Lightning's full state, for exact resume) after every validation epoch.
+    """Writes last.ckpt (Lightning's full state, for exact resume) after every validation epoch, then the files
+    that describe it (metrics.csv, curves.png through `after_save`), so those never list an epoch whose checkpoint
+    is not on disk.
 
     A `Checkpoint` subclass so Lightning runs it after the other callbacks: early-stopping counter, best score and
     history are already updated when the state is saved. (ModelCheckpoint(save_top_k=0, save_last=True) writes
     last.ckpt only when a top-k checkpoint was saved in the same step, i.e. not every epoch.)
     """
 
-    def __init__(self, run_dir: Path, name: str = "last.ckpt") -> None:
+    def __init__(self, run_dir: Path, name: str = "last.ckpt",
+                 after_save: list[Callable[[L.Trainer], None]] | None = None) -> None:
         self.path = Path(run_dir) / name
+        self.after_save = list(after_save or [])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         # every rank calls it; the strategy writes on global rank 0 only. Full state (optimizer, loops) for resume.
         trainer.save_checkpoint(self.path, weights_only=False)
+        for fn in self.after_save:
+            fn(trainer)
 
 
 class EpochSummary(L.Callback):
-    """Prints one line per epoch and rewrites metrics.csv and curves.png from the (checkpointed) history."""
+    """Prints one line per epoch and rewrites metrics.csv and curves.png from the (checkpointed) history.
 
-    def __init__(self, run_dir: Path, best: CompositeCheckpoint) -> None:
+    With `defer_files=True` the files are written by `write_files`, which the trainer's LastCheckpoint calls once
+    last.ckpt of the epoch is on disk (build_trainer wires it).
+    """
+
+    def __init__(self, run_dir: Path, best: CompositeCheckpoint, defer_files: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.best = best
+        self.defer_files = defer_files
         self.history: list[dict[str, float]] = []
         self._t0 = time.monotonic()
 
@@ -141,6 +152,13 @@ class EpochSummary(L.Callback):
             row["mean_iou"], row["composite"], row.get("ap50", float("nan")), row["lr"],
             "  << new best" if self.best.improved else "",
         )
+        if not self.defer_files:
+            self.write_files(trainer)
+
+    def write_files(self, trainer: L.Trainer) -> None:
+        """metrics.csv and curves.png of the history so far (rank 0)."""
+        if not trainer.is_global_zero or not self.history:
+            return
         self.write_csv()
         self.write_curves()
 

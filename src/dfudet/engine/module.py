@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.detection import FCOS
 
 from dfudet.config import Config
+from dfudet.engine import rng
 from dfudet.engine.checkpoint import state_digest
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
@@ -112,6 +113,7 @@ class DetectorModule(L.LightningModule):
         self.last_val: dict[str, float] = {}
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._pending_plateau_state: dict[str, Any] | None = None
+        self._pending_rng_state: dict[str, Any] | None = None
         self._seen_ids: list[int] = []
 
     # ------------------------------------------------------------------ train
@@ -133,6 +135,11 @@ class DetectorModule(L.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        if self._pending_rng_state is not None:
+            # resumed: the generators continue from where the checkpointed epoch left them, so this epoch draws
+            # what the uninterrupted run drew (restored here, after Lightning's restore, before the first batch)
+            rng.restore(self._pending_rng_state)
+            self._pending_rng_state = None
         self._loss_sums["train"] = [0.0, 0]
         self._nonfinite["train"] = 0
         dm = getattr(self.trainer, "datamodule", None)
@@ -267,11 +274,13 @@ class DetectorModule(L.LightningModule):
             "weights_sha256": state_digest(checkpoint["state_dict"]),  # checked when resuming or loading
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "operating_threshold": float(self.last_val.get("operating_threshold", self.cfg.train.score_threshold)),
+            "rng": rng.capture(),  # exact resume: the generators' state at the end of this epoch
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint.get("dfudet") or {}
         self._pending_plateau_state = extra.get("plateau")
+        self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau changes the lr.

@@ -186,12 +186,13 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: str) -> L.Trai
     """The Lightning Trainer of a run: composite best-model export, early stopping, last.ckpt, atomic IO."""
     run_dir = Path(cfg.run_dir)
     best_cb = CompositeCheckpoint(run_dir)
+    summary = EpochSummary(run_dir, best_cb, defer_files=True)
     callbacks: list[L.Callback] = [
         best_cb,
-        EpochSummary(run_dir, best_cb),
+        summary,
         EarlyStopping(monitor="val/composite", mode="max", patience=cfg.train.early_stop_patience,
                       check_on_train_epoch_end=False, check_finite=False),
-        LastCheckpoint(run_dir, LAST_NAME),
+        LastCheckpoint(run_dir, LAST_NAME, after_save=[summary.write_files]),  # metrics.csv after its checkpoint
         # a live bar on a terminal; plain lines in a log file or CI (tqdm's carriage returns make one huge line)
         TQDMProgressBar(refresh_rate=1) if sys.stdout.isatty() else PlainProgress(),
     ]
