@@ -20,3 +20,13 @@ def fuseg_dir() -> Path:
     if not (d / "annotations" / "train.json").is_file():
         pytest.skip(f"real FUSeg data not found at {d}")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _restore_pixel_limit():
+    """`dfudet ... --max-pixels N` sets the process-wide limit; each test starts from the same one."""
+    from dfudet.data import checks
+
+    before = checks.max_pixels()
+    yield
+    checks.set_max_pixels(before)

@@ -22,6 +22,14 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
+def _add_max_pixels(p: argparse.ArgumentParser) -> None:
+    """The one pixel limit (width*height) of every command that decodes photos; checked from the header first."""
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="refuse images of more than N pixels (width*height), before decoding; default 50000000 "
+                        "(50 MP) or env DFUDET_MAX_PIXELS; the same limit for import, prepare, evaluate, predict, "
+                        "serve")
+
+
 def _subparsers(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
     return parser.add_subparsers(dest=dest, required=True,
                                  parser_class=partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
@@ -114,6 +122,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument("--patient-regex", help="regex with one group extracting a patient id from the file name")
     p.add_argument("--patient-column", help="dfuc-csv: name of the column holding a patient id")
+    _add_max_pixels(p)
     p.set_defaults(func=cmd_data_import)
 
     p = dsub.add_parser("prepare", help="write a dataset dir into an LMDB cache (one per split)")
@@ -121,6 +130,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="cache dir to write (one LMDB env per split + manifest.json)")
     p.add_argument("--img-size", type=int, default=512, help="resize so the long side is at most this (0 = keep)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the cached images")
+    _add_max_pixels(p)
     p.set_defaults(func=cmd_data_prepare)
 
     p = dsub.add_parser("verify", help="check every record of an LMDB cache (checksums, index, images); exit 1 "
@@ -206,6 +216,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", metavar="CHECKPOINT",
                    help="also score this checkpoint (e.g. RUN_DIR/untrained_model.pth) on the same photos, side by side")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    _add_max_pixels(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -223,7 +234,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect ulcers in image files/folders: predictions.json/.csv + annotated copies")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                   help="image files and folders (searched recursively for JPEG/PNG/WebP/BMP/TIFF)")
+                   help="image files and folders (searched recursively for JPEG/PNG/WebP/BMP/TIFF/GIF; every "
+                        "other file is listed as skipped with the reason)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
     model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
@@ -232,6 +244,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="horizontal flip + weighted boxes fusion")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _add_max_pixels(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -267,13 +280,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- serve
 def cmd_serve(a: argparse.Namespace) -> int:
-    import os
+    from dfudet.serve.app import read_token, serve
 
-    from dfudet.serve.app import serve
-
-    serve(checkpoint=a.checkpoint, onnx=a.onnx, host=a.host, port=a.port,
-          token=a.token or os.environ.get("DFUDET_TOKEN") or None, max_upload_mb=a.max_upload_mb,
-          max_pixels=a.max_pixels, device=a.device, score_threshold=a.score_threshold)
+    if a.token:
+        print("warning: --token is visible to every user of this machine (ps, /proc); use --token-file FILE or "
+              "the DFUDET_TOKEN environment variable", file=sys.stderr)
+    token = a.token or read_token(a.token_file)
+    serve(checkpoint=a.checkpoint, onnx=a.onnx, host=a.host, port=a.port, token=token,
+          max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, device=a.device, score_threshold=a.score_threshold,
+          pixels_in_flight=a.pixels_in_flight, busy_timeout=a.busy_timeout, body_timeout=a.body_timeout,
+          max_connections=a.max_connections)
     return 0
 
 
@@ -284,9 +300,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--onnx", help="MODEL.onnx written by `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 = all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    p.add_argument("--token", help="require this API token (Authorization: Bearer T); default: env DFUDET_TOKEN")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--token-file", metavar="FILE",
+                      help="require the API token in FILE's first line (Authorization: Bearer T); default: env "
+                           "DFUDET_TOKEN, else no token")
+    auth.add_argument("--token", help="the token itself (discouraged: visible to every user in `ps`)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (413 above)")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest accepted image width*height (413 above)")
+    _add_max_pixels(p)
+    p.add_argument("--pixels-in-flight", type=int, metavar="N",
+                   help="memory bound: decoded pixels of all requests at once (default 2 x --max-pixels); "
+                        "requests over it wait, then get 503 + Retry-After")
+    p.add_argument("--busy-timeout", type=float, default=30.0,
+                   help="seconds a request waits for room in --pixels-in-flight before 503")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds an upload may take to arrive (408 after; stops half-sent uploads holding memory)")
+    p.add_argument("--max-connections", type=int, default=32, help="open connections at once (503 above)")
     p.add_argument("--score-threshold", type=float, help="default: the model's operating threshold")
     p.add_argument("--device", default="cpu", help="--checkpoint only: cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_serve)
@@ -326,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "max_pixels", None) is not None:
+            from dfudet.data.checks import set_max_pixels
+
+            set_max_pixels(args.max_pixels)
         return int(args.func(args) or 0)
     except DfudetError as exc:
         if args.debug:

@@ -37,22 +37,44 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_collect_images_recurses_and_filters_extensions(folder: Path) -> None:
-    found, missing = collect_images([folder, folder / "notes.txt", folder / "nope.jpg"])
+    found, skipped = collect_images([folder, folder / "notes.txt", folder / "nope.jpg"])
     names = [f.name for f, _ in found]
     assert names == ["a.jpg", "broken.jpg", "c.jpg", "b.PNG", "notes.txt"]  # a named file is always tried
     assert [str(n) for _, n in found][3] == "photos/sub/b.PNG"
-    assert missing == [{"file": str(folder / "nope.jpg"), "error": f"{folder / 'nope.jpg'}: no such file or folder"}]
+    # nothing in a folder is ignored silently: the text file found there is listed with the reason
+    assert skipped[0]["file"] == str(folder / "notes.txt") and "not an image file" in skipped[0]["error"]
+    assert skipped[1] == {"file": str(folder / "nope.jpg"), "error": f"{folder / 'nope.jpg'}: no such file or folder"}
+
+
+def test_every_file_not_read_is_reported_with_its_reason(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """GIF and JFIF are read; HEIC, other files, broken links and photos over the pixel limit are listed."""
+    d = tmp_path / "visit"
+    _photo(d / "a.jpg", 120, 80, 1)
+    _photo(d / "b.gif", 90, 70, 2)
+    _photo(d / "c.jfif", 80, 80, 3, format="JPEG")
+    _photo(d / "big.png", 400, 300, 4)
+    (d / "d.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    (d / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", str(d), "--checkpoint", str(tiny_ckpt), "--out", str(out), "--max-pixels", "100000"]) == 0
+    data = json.loads((out / "predictions.json").read_text())
+    assert sorted(Path(im["file"]).name for im in data["images"]) == ["a.jpg", "b.gif", "c.jfif"]
+    reasons = {Path(x["file"]).name: x["error"] for x in data["skipped"]}
+    assert set(reasons) == {"big.png", "d.heic", "gone.jpg"}
+    assert "over the pixel limit of 0.1 MP" in reasons["big.png"] and "400x300" in reasons["big.png"]
+    assert "HEIC images are not supported" in reasons["d.heic"]
+    assert "broken link" in reasons["gone.jpg"]
 
 
 def test_corrupt_file_is_reported_and_the_rest_predicted(tiny_ckpt: Path, folder: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     s = run_predict([folder], tiny_ckpt, out, progress=False)
-    assert s["images"] == 3 and s["skipped"] == 1
+    assert s["images"] == 3 and s["skipped"] == 2
     assert "broken.jpg" in capsys.readouterr().err
     data = json.loads((out / "predictions.json").read_text())
-    assert [Path(x["file"]).name for x in data["skipped"]] == ["broken.jpg"]
-    assert "broken.jpg" in data["skipped"][0]["error"]
+    assert [Path(x["file"]).name for x in data["skipped"]] == ["notes.txt", "broken.jpg"]
+    assert "broken.jpg" in data["skipped"][1]["error"]
     by_name = {Path(im["file"]).name: im for im in data["images"]}
     assert set(by_name) == {"a.jpg", "b.PNG", "c.jpg"}
     assert (by_name["c.jpg"]["width"], by_name["c.jpg"]["height"]) == (60, 100)  # EXIF orientation applied

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 import dfudet
-from dfudet.data.checks import decode_image_bytes, load_image
+from dfudet.data.checks import decode_image_bytes, load_image, open_image
 from dfudet.data.records import ImageRecord, read_dataset, summarize
 from dfudet.errors import DataError
 from dfudet.utils import atomic_write_bytes, disk_free_text, is_disk_full
@@ -218,7 +218,7 @@ def _reusable_original(path: Path, record: ImageRecord) -> bytes | None:
     Keeping them avoids a second lossy JPEG pass, so cache and folder decode to identical pixels.
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return None
             if im.getexif().get(0x0112, 1) != 1 or im.size != (record.width, record.height):

@@ -2,18 +2,92 @@
 
 from __future__ import annotations
 
+import io
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dfudet.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# photo formats PIL cannot read without extra plugins: named in the reason a file is skipped
+UNSUPPORTED_FORMATS = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".dng": "DNG raw", ".cr2": "Canon raw",
+                       ".cr3": "Canon raw", ".nef": "Nikon raw", ".arw": "Sony raw", ".raf": "Fujifilm raw",
+                       ".orf": "Olympus raw", ".rw2": "Panasonic raw", ".jp2": "JPEG 2000", ".svg": "SVG",
+                       ".psd": "Photoshop"}
 
-# A foot photo is never this large; the guard stops decompression bombs without blocking 100 MP camera files.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+
+def unsupported_reason(path: Path) -> str:
+    """Why a file found in a folder is not read as an image (its extension is not one of IMAGE_EXTENSIONS)."""
+    ext = path.suffix.lower()
+    if ext in UNSUPPORTED_FORMATS:
+        return (f"{path}: {UNSUPPORTED_FORMATS[ext]} images are not supported; convert the photo to JPEG or PNG "
+                "(e.g. with the phone's export or any image viewer)")
+    return f"{path}: not an image file this tool reads ({ext or 'no extension'}; reads {', '.join(IMAGE_EXTENSIONS)})"
+
+# One pixel limit for every command that decodes an image (import, prepare, train, evaluate, predict, serve): a
+# foot photo is never this large (phones save 12 MP by default), so it stops decompression bombs (a 6 KB PNG can
+# declare 50 MP; decoding one costs ~0.4 GB) while 48-50 MP phone photos pass. It is checked from the header, before decoding; `--max-pixels` or DFUDET_MAX_PIXELS change it.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+def _env_max_pixels() -> int:
+    raw = os.environ.get("DFUDET_MAX_PIXELS", "")
+    try:
+        value = int(float(raw)) if raw else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"DFUDET_MAX_PIXELS must be a number of pixels, got {raw!r}") from None
+    return value if value > 0 else DEFAULT_MAX_PIXELS
+
+
+_max_pixels = _env_max_pixels()
+
+
+def max_pixels() -> int:
+    """The pixel limit in force (width x height)."""
+    return _max_pixels
+
+
+def set_max_pixels(limit: int) -> None:
+    """Change the pixel limit for this process (the CLI's --max-pixels)."""
+    global _max_pixels
+    if int(limit) < 1:
+        raise DataError(f"the pixel limit must be a positive number of pixels, got {limit}")
+    _max_pixels = int(limit)
+
+
+# PIL's own guard only warns between its limit and twice it (225 MP passed a "200 MP" guard) and raises from inside
+# Image.open with a message naming neither file nor option; every image this tool reads goes through open_image,
+# which applies the limit itself, so PIL's guard is switched off instead of half-applied.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class TooManyPixels(DataError):
+    """An image over the pixel limit (refused from its header, before decoding)."""
+
+
+def check_pixels(width: int, height: int, name: str | Path, limit: int | None = None) -> None:
+    """Refuse an image whose header declares more pixels than the limit, naming it."""
+    limit = max_pixels() if limit is None else limit
+    if width * height > limit:
+        raise TooManyPixels(f"{name}: image is {width}x{height} = {width * height / 1e6:.1f} MP, over the pixel limit "
+                            f"of {limit / 1e6:g} MP (raise it with --max-pixels or DFUDET_MAX_PIXELS if the photo is "
+                            "genuine)")
+
+
+@contextmanager
+def open_image(source: str | Path | bytes, name: str | Path | None = None, limit: int | None = None
+               ) -> Iterator[Image.Image]:
+    """PIL's Image.open (lazy: header only) with the pixel limit checked before anything is decoded."""
+    label = name if name is not None else source if not isinstance(source, bytes) else "<bytes>"
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        check_pixels(im.size[0], im.size[1], label, limit)
+        yield im
 
 
 def _to_rgb8(img: Image.Image, path: Path) -> Image.Image:
@@ -47,14 +121,16 @@ def load_pil(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise DataError(f"{path}: image file does not exist")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im) or im
             return _to_rgb8(im, path)
+    except DataError:
+        raise
     except UnidentifiedImageError as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image has too many pixels ({exc})") from exc
+        raise TooManyPixels(f"{path}: image has too many pixels ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from exc
 
@@ -64,14 +140,20 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.asarray(load_pil(path), dtype=np.uint8).copy()
 
 
-def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes (as stored in the cache) to an (H, W, 3) uint8 RGB array."""
-    import io
-
+def decode_image_bytes(data: bytes, name: str = "<bytes>", exif: bool = False, limit: int | None = None
+                       ) -> np.ndarray:
+    """Decode encoded image bytes to an (H, W, 3) uint8 RGB array (in display orientation with `exif=True`; the
+    cache stores images already turned). `limit`: pixel limit, default the tool-wide one."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name, limit) as im:
             im.load()
+            if exif:
+                im = ImageOps.exif_transpose(im) or im
             return np.asarray(_to_rgb8(im, Path(name)), dtype=np.uint8).copy()
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixels(f"{name}: image has too many pixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: cannot decode image bytes ({exc})") from exc
 

@@ -148,11 +148,11 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
     lines = [
         "=" * 78,
         "dfudet train",
-        f"  classes            : 2 (background, ulcer)",
+        "  classes            : 2 (background, ulcer)",
         f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained}"
         + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
         f"  img_size           : {d.img_size}",
-        (f"  anchors            : none (anchor-free; level sizes = strides)" if is_anchor_free(m.name) else
+        ("  anchors            : none (anchor-free; level sizes = strides)" if is_anchor_free(m.name) else
          f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
         f"(BalancedBatchSampler, batch {d.batch_size})",

@@ -1,7 +1,9 @@
 """`dfudet predict`: detections for image files and folders -> predictions.json, predictions.csv, annotated copies.
 
-- Folders are searched recursively for JPEG/PNG/WebP/BMP/TIFF files (case-insensitive extensions); files named
-  directly are always tried, whatever their extension.
+- Folders are searched recursively for JPEG/PNG/WebP/BMP/TIFF/GIF files (case-insensitive extensions); files named
+  directly are always tried, whatever their extension. Every other file found, every broken link and every image
+  over the pixel limit (`--max-pixels`, the same limit as import, evaluate and serve) is listed in "skipped" with
+  the reason: nothing in a folder is ignored silently.
 - Images are decoded with `dfudet.data.checks.load_image`, which applies the EXIF orientation: boxes are in the
   orientation the photo is displayed in (width/height in the outputs are the displayed ones).
 - An unreadable or missing file is reported on stderr and in the json's "skipped" list, and the run goes on; the
@@ -21,26 +23,36 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from dfudet.data.checks import IMAGE_EXTENSIONS, load_image
+from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.draw import draw_detections, save_jpeg
 from dfudet.utils import atomic_write_bytes
 
 
 def collect_images(inputs: Sequence[str | Path]) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
-    """(file, name under annotated/) for every input file and image in input folders, plus missing inputs."""
+    """(file, name under annotated/) for every input file and image in input folders, plus what is not read:
+    missing inputs, broken links and folder files of other formats, each with the reason."""
     found: list[tuple[Path, Path]] = []
-    missing: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = []
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            found += [(f, Path(p.resolve().name or "root") / f.relative_to(p)) for f in files]
+            for f in sorted(p.rglob("*")):
+                if f.is_symlink() and not f.exists():
+                    skipped.append({"file": str(f), "error": f"{f}: broken link (its target does not exist)"})
+                elif not f.is_file():
+                    continue
+                elif f.suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append((f, Path(p.resolve().name or "root") / f.relative_to(p)))
+                else:
+                    skipped.append({"file": str(f), "error": unsupported_reason(f)})
         elif p.is_file():
             found.append((p, Path(p.name)))
+        elif p.is_symlink():
+            skipped.append({"file": str(p), "error": f"{p}: broken link (its target does not exist)"})
         else:
-            missing.append({"file": str(p), "error": f"{p}: no such file or folder"})
-    return found, missing
+            skipped.append({"file": str(p), "error": f"{p}: no such file or folder"})
+    return found, skipped
 
 
 def _unique(name: Path, used: set[str]) -> Path:

@@ -3,9 +3,15 @@
 Safety decisions (see docs/deploy.md):
 - uploads are read from the request stream with a running byte count and refused (413) as soon as they pass the
   limit, so an oversized upload is never buffered whole; only the `file` part is kept, in memory;
-- the image header is read first and images over `max_pixels` are refused (413) before decoding (decompression
-  bombs); non-images get 415, corrupt images 422; every error is `{"error": ...}` JSON, never a stack trace;
-- nothing from the request is written to disk; the optional token is compared with hmac.compare_digest.
+- the body must arrive within `body_timeout` seconds (408 otherwise), so half-sent uploads do not hold the server;
+- the image header is read first and images over `max_pixels` (the same limit as predict/evaluate/import) are
+  refused (413) before decoding (decompression bombs); non-images get 415, corrupt images 422; every error is
+  `{"error": ...}` JSON, never a stack trace;
+- memory is bounded by a pixel budget: an image is decoded only when its pixels fit in `pixels_in_flight` (decoded
+  and not yet answered, over all requests); a request that cannot get its pixels within `busy_timeout` seconds gets
+  503 with Retry-After;
+- nothing from the request is written to disk; the optional token is compared with hmac.compare_digest and is read
+  from a file or the environment (a command-line token is visible to every user in `ps`).
 Concurrency: handlers only decode; one worker thread owns the model and runs queued images in micro-batches, so N
 concurrent uploads never run N copies of the model.
 """
@@ -31,7 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfudet.errors import DfudetError
+from dfudet.errors import ConfigError, DfudetError
 
 log = logging.getLogger("dfudet.serve")
 
@@ -41,11 +47,57 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file by
 
 
 class ApiError(Exception):
-    """An error answered as JSON {"error": message} with an HTTP status."""
+    """An error answered as JSON {"error": message} with an HTTP status (and optional headers, e.g. Retry-After)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+# ------------------------------------------------------------------------------------------- memory bound
+class PixelBudget:
+    """Pixels of decoded images in flight (decoded, not yet answered), shared by all requests of one app.
+
+    `acquire(n)` waits until n pixels fit in the capacity, first come first served; an image larger than the whole
+    capacity is given the budget alone (it still passed the per-image limit). Waiting longer than `timeout` is a 503.
+    """
+
+    def __init__(self, capacity: int, timeout: float) -> None:
+        self.capacity, self.timeout = int(capacity), float(timeout)
+        self.in_use = 0
+        self.peak = 0
+        self._cond: asyncio.Condition | None = None  # created in the server's event loop
+        self._waiting = 0
+
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    def _fits(self, n: int) -> bool:
+        return self.in_use == 0 or self.in_use + n <= self.capacity
+
+    async def acquire(self, n: int) -> None:
+        cond = self._condition()
+        async with cond:
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(cond.wait_for(lambda: self._fits(n)), self.timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                retry = max(1, int(round(self.timeout / 2)))
+                raise ApiError(503, f"the server is busy (images of {self.in_use / 1e6:.0f} MP being processed, "
+                                    f"{self._waiting - 1} more waiting); retry in {retry} s",
+                               headers={"Retry-After": str(retry)}) from None
+            finally:
+                self._waiting -= 1
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
+
+    async def release(self, n: int) -> None:
+        cond = self._condition()
+        async with cond:
+            self.in_use -= n
+            cond.notify_all()
 
 
 # ------------------------------------------------------------------------------------------- inference queue
@@ -67,7 +119,8 @@ class InferenceQueue:
         try:
             self._q.put_nowait((image, fut))
         except queue.Full:
-            raise ApiError(503, "the server is busy (too many images waiting); retry in a moment") from None
+            raise ApiError(503, "the server is busy (too many images waiting); retry in a moment",
+                           headers={"Retry-After": "5"}) from None
         return fut
 
     def close(self) -> None:
@@ -105,8 +158,10 @@ class InferenceQueue:
 
 
 # ------------------------------------------------------------------------------------------- upload handling
-async def read_upload(request: Request, max_bytes: int, field: str = "file") -> tuple[bytes, str]:
-    """Stream a multipart/form-data body, refusing it once it exceeds max_bytes; return the `field` part's bytes."""
+async def read_upload(request: Request, max_bytes: int, field: str = "file", timeout: float = 60.0
+                      ) -> tuple[bytes, str]:
+    """Stream a multipart/form-data body, refusing it once it exceeds max_bytes or takes longer than `timeout`
+    seconds to arrive; return the `field` part's bytes."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
@@ -149,8 +204,18 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
         "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end})
     total = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    stream = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                break
+            except (asyncio.TimeoutError, TimeoutError):
+                raise ApiError(408, f"the upload did not arrive within {timeout:g} s ({total} bytes received); "
+                                    "send it again on a faster connection") from None
             total += len(chunk)
             if total > limit:
                 raise ApiError(413, f"upload too large: more than {max_bytes // MB} MB (the limit)")
@@ -170,28 +235,36 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file") -> 
     raise ApiError(422, f"no {field!r} field in the form; send the image as multipart field {field!r}")
 
 
-def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode uploaded bytes to HWC uint8 RGB in display orientation, refusing too many pixels before decoding."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from dfudet.data.checks import _to_rgb8
+def upload_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding; 413 over max_pixels, 415 for a non-image."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
-            if w * h > max_pixels:
-                raise ApiError(413, f"image has too many pixels: {w}x{h} = {w * h}, the limit is {max_pixels}")
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return np.asarray(_to_rgb8(im, Path("upload")), dtype=np.uint8).copy()
-    except ApiError:
-        raise
     except UnidentifiedImageError:
-        raise ApiError(415, "the upload is not an image format this server can read (JPEG, PNG, WebP, BMP, TIFF)")
+        raise ApiError(415, "the upload is not an image format this server can read (JPEG, PNG, WebP, BMP, TIFF, "
+                            "GIF)") from None
     except Image.DecompressionBombError:
-        raise ApiError(413, f"image has too many pixels (decompression bomb guard, limit {max_pixels})")
-    except (OSError, SyntaxError, ValueError, DfudetError) as exc:
-        raise ApiError(422, f"the image is corrupt or truncated ({type(exc).__name__})")
+        raise ApiError(413, f"image has too many pixels (decompression bomb guard, limit {max_pixels})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(422, f"the image is corrupt or truncated ({type(exc).__name__})") from None
+    if w * h > max_pixels:
+        raise ApiError(413, f"image has too many pixels: {w}x{h} = {w * h}, the limit is {max_pixels}")
+    return w, h
+
+
+def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode uploaded bytes to HWC uint8 RGB in display orientation, refusing too many pixels before decoding."""
+    from dfudet.data.checks import TooManyPixels, decode_image_bytes
+
+    upload_size(data, max_pixels)
+    try:
+        return decode_image_bytes(data, "upload", exif=True, limit=max_pixels)
+    except TooManyPixels as exc:
+        raise ApiError(413, f"image has too many pixels ({exc})") from None
+    except DfudetError as exc:
+        raise ApiError(422, f"the image is corrupt or truncated ({type(exc.__cause__ or exc).__name__})") from None
 
 
 # ------------------------------------------------------------------------------------------- the app
@@ -209,8 +282,17 @@ def model_id(predictor: Any) -> str:
 
 
 def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 20.0,
-               max_pixels: int = 50_000_000, max_batch: int = 4) -> FastAPI:
-    """The FastAPI app serving `predictor` (Predictor or OnnxPredictor) behind one inference queue."""
+               max_pixels: int | None = None, max_batch: int = 4, pixels_in_flight: int | None = None,
+               busy_timeout: float = 30.0, body_timeout: float = 60.0) -> FastAPI:
+    """The FastAPI app serving `predictor` (Predictor or OnnxPredictor) behind one inference queue.
+
+    max_pixels: per-image limit (default: the tool-wide limit, dfudet.data.checks.max_pixels()); pixels_in_flight:
+    the decoded-pixel budget over all requests (default 2 x max_pixels).
+    """
+    from dfudet.data.checks import max_pixels as default_max_pixels
+
+    max_pixels = int(max_pixels or default_max_pixels())
+    budget = PixelBudget(int(pixels_in_flight or 2 * max_pixels), busy_timeout)
     max_bytes = int(max_upload_mb * MB)
     ident = model_id(predictor)
     backend = getattr(predictor, "backend", "torch")
@@ -227,10 +309,11 @@ def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queue = work
     app.state.predictor = predictor
+    app.state.budget = budget
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -253,7 +336,7 @@ def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model_id": ident, "backend": backend, "threshold": predictor.score_threshold,
                 "score_floor": predictor.floor, "img_size": predictor.img_size, "auth_required": bool(token),
-                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels}
+                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "pixels_in_flight": budget.capacity}
 
     @app.post("/v1/detect")
     async def detect(request: Request) -> dict[str, Any]:
@@ -267,9 +350,15 @@ def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 
             floor = predictor.score_threshold if min_score is None else float(min_score)
         except ValueError:
             raise ApiError(422, f"min_score must be a number, got {min_score!r}") from None
-        data, filename = await read_upload(request, max_bytes)
-        image = await run_in_threadpool(decode_upload, data, max_pixels)
-        result = await asyncio.wrap_future(work.submit(image))
+        data, filename = await read_upload(request, max_bytes, timeout=body_timeout)
+        width, height = upload_size(data, max_pixels)
+        await budget.acquire(width * height)
+        try:
+            image = await run_in_threadpool(decode_upload, data, max_pixels)
+            result = await asyncio.wrap_future(work.submit(image))
+            del image
+        finally:
+            await budget.release(width * height)
         keep = np.asarray(result["scores"]) >= floor
         return {
             "boxes": [[round(float(v), 2) for v in b] for b in np.asarray(result["boxes"])[keep]],
@@ -286,7 +375,6 @@ def load_predictor(checkpoint: str | None = None, onnx: str | None = None, devic
                    score_threshold: float | None = None) -> Any:
     """A Predictor for --checkpoint or an OnnxPredictor for --onnx (exactly one of them)."""
     if bool(checkpoint) == bool(onnx):
-        from dfudet.errors import ConfigError
 
         raise ConfigError("give exactly one of --checkpoint or --onnx")
     if onnx:
@@ -298,16 +386,39 @@ def load_predictor(checkpoint: str | None = None, onnx: str | None = None, devic
     return Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold)
 
 
+def read_token(token_file: str | None = None, env: str = "DFUDET_TOKEN") -> str | None:
+    """The API token from a file (first line, surrounding whitespace removed) or the environment, else None."""
+    import os
+
+    if token_file:
+        path = Path(token_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the token file ({type(exc).__name__}: {exc})") from None
+        lines = text.strip().splitlines()
+        if not lines or not lines[0].strip():
+            raise ConfigError(f"{path}: the token file is empty")
+        return lines[0].strip()
+    return os.environ.get(env) or None
+
+
 def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None, max_upload_mb: float = 20.0, max_pixels: int = 50_000_000,
-          device: str = "cpu", score_threshold: float | None = None) -> None:
+          token: str | None = None, max_upload_mb: float = 20.0, max_pixels: int | None = None,
+          device: str = "cpu", score_threshold: float | None = None, pixels_in_flight: int | None = None,
+          busy_timeout: float = 30.0, body_timeout: float = 60.0, max_connections: int = 32) -> None:
     """Load the model and run uvicorn until interrupted (`dfudet serve`)."""
     import uvicorn
 
     predictor = load_predictor(checkpoint, onnx, device, score_threshold)
-    app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                     pixels_in_flight=pixels_in_flight, busy_timeout=busy_timeout, body_timeout=body_timeout)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding to %s: the service is reachable from other machines%s", host,
-                    "" if token else " WITHOUT an API token (set --token or DFUDET_TOKEN)")
-    print(f"dfudet serving {model_id(predictor)} on http://{host}:{port}/ (Ctrl+C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+                    "" if token else " WITHOUT an API token (set --token-file or DFUDET_TOKEN)")
+    budget = app.state.budget
+    print(f"dfudet serving {model_id(predictor)} on http://{host}:{port}/ (Ctrl+C to stop); limits: "
+          f"{budget.capacity / 1e6:g} MP decoded in flight, {max_connections} connections, body within "
+          f"{body_timeout:g} s")
+    # limit_concurrency: connections over it get 503 from uvicorn before any body is read
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, limit_concurrency=max_connections)

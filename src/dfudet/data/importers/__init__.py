@@ -12,9 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
-from dfudet.data.checks import check_box, describe_clip, load_pil
+from dfudet.data.checks import check_box, describe_clip, load_pil, open_image
 from dfudet.data.importers import masks as masks_mod
 from dfudet.data.importers._common import ParseResult, RawItem, require_dir
 from dfudet.data.importers.coco import parse_coco
@@ -154,7 +153,7 @@ def _validate(item: RawItem, min_area: float) -> None:
         return
     item.width, item.height = width, height
     if item.expected_size is not None and item.expected_size != (width, height):
-        with Image.open(item.path) as im:
+        with open_image(item.path) as im:
             raw = im.size
         hint = (" - it gives the stored size before EXIF rotation; boxes must be given for the rotated image"
                 if raw == item.expected_size else "")

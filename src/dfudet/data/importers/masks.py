@@ -19,10 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
-from dfudet.data.checks import load_pil
+from dfudet.data.checks import load_pil, open_image
 from dfudet.data.importers._common import ParseResult, RawItem, absolute, ignored_note, scan_images, stem_key
 from dfudet.data.importers.splits import split_from_relpath
 from dfudet.data.records import ImageRecord
@@ -68,7 +68,7 @@ def parse_masks(images: Path, masks_dir: Path) -> ParseResult:
 def load_mask(path: Path) -> np.ndarray:
     """Read a mask file as a boolean (H, W) array in display orientation."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im) or im
             arr = np.asarray(im)
