@@ -24,12 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dfudet.config import config_to_dict, load_config  # noqa: E402
 from dfudet.data.demo import render_sample  # noqa: E402
-from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
+from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
 from dfudet.inference.predictor import Predictor  # noqa: E402
 from dfudet.models import build_detector  # noqa: E402
 

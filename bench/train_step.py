@@ -32,7 +32,7 @@ import torchvision  # noqa: E402
 
 from dfudet.config import ModelConfig  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
-from dfudet.models.factory import is_anchor_free, uses_timm_backbone  # noqa: E402
+from dfudet.models.factory import get_spec  # noqa: E402
 
 EFFICIENTNET = "fasterrcnn_efficientnet"
 DEFAULT_BACKBONES = {EFFICIENTNET: ["efficientnet_b0", "efficientnet_b5"], "fcos_timm": ["mobilenetv3_large_100"]}
@@ -71,8 +71,8 @@ def bench_one(
 ) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
-    one_stage = is_anchor_free(name)  # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
-    if not uses_timm_backbone(name):
+    one_stage = get_spec(name).family != "faster_rcnn"  # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
+    if not get_spec(name).timm_backbone:
         fpn_channels = 256  # torchvision fixes the FPN width of its own backbones
     cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
                       head_convs=head_convs if one_stage else None)

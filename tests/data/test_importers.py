@@ -293,4 +293,4 @@ def test_cli_import_ok_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert code == 2
     assert "error: import of coco annotations failed with 1 problem(s)" in err
-    assert f"gone.jpg: image file does not exist" in err and "Traceback" not in err
+    assert "gone.jpg: image file does not exist" in err and "Traceback" not in err

@@ -128,7 +128,7 @@ def tiny_disk(tmp_path: Path):
 
 
 def test_full_disk_is_a_clear_error_naming_the_path_and_space(tiny_disk: Path, tmp_path: Path) -> None:
-    from dfudet.engine.checkpoint import atomic_torch_save
+    from dfudet.checkpoint import atomic_torch_save
 
     ckpt = tiny_disk / "best_model.pth"
     atomic_torch_save({"w": torch.zeros(1000)}, ckpt)  # a previous, intact checkpoint

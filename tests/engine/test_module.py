@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from dfudet.config import load_config, config_to_dict
-from dfudet.engine.module import DetectorModule, loss_mode, losses_and_detections, to_float_images
+from dfudet.engine.module import DetectorModule
+from dfudet.models.passes import loss_mode, losses_and_detections, to_float_images
 
 
 def _batch():
@@ -38,8 +39,8 @@ def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
         images, targets = _batch()
         before = _snapshot(module)
         with torch.inference_mode():
-            losses1, dets = losses_and_detections(module.model, to_float_images(images), targets, seed=5)
-            losses2, _ = losses_and_detections(module.model, to_float_images(images), targets, seed=5)
+            losses1, dets = losses_and_detections(module.model, module.spec, to_float_images(images), targets, seed=5)
+            losses2, _ = losses_and_detections(module.model, module.spec, to_float_images(images), targets, seed=5)
         after = _snapshot(module)
         changed = [k for k in before if not torch.equal(before[k], after[k])]
         assert changed == [], f"{name}: validation changed {changed[:5]}"

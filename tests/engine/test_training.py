@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from dfudet.config import config_to_dict
-from dfudet.engine.checkpoint import BEST_KEYS, load_for_inference, safe_torch_load
+from dfudet.checkpoint import BEST_KEYS, load_for_inference, safe_torch_load
 from dfudet.engine.module import DetectorModule
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.runner import build_trainer, run_training

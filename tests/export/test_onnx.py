@@ -142,7 +142,7 @@ def test_fast_roi_merge_equals_torchvisions_scatter_merge():
     """The export swaps torchvision's ScatterElements RoI merge for a gather; both must give identical tensors."""
     from torchvision.ops.poolers import _onnx_merge_levels
 
-    from dfudet.export.onnx import _merge_levels_by_gather
+    from dfudet.models.fasterrcnn import _merge_levels_by_gather
 
     g = torch.Generator().manual_seed(0)
     levels = torch.randint(0, 4, (50,), generator=g)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dfudet.config import config_to_dict, load_config
-from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.checkpoint import atomic_torch_save, build_best_payload
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"

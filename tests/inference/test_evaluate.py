@@ -189,7 +189,7 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
 def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Path, demo_data: dict[str, Path]) -> None:
     import torch
 
-    from dfudet.engine.checkpoint import safe_torch_load
+    from dfudet.checkpoint import safe_torch_load
 
     ckpt = safe_torch_load(tiny_ckpt)
     ckpt["epoch"] = -1

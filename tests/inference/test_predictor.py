@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dfudet.data.transforms import build_eval_transform
-from dfudet.engine.checkpoint import atomic_torch_save, config_digest, safe_torch_load, state_digest
+from dfudet.checkpoint import atomic_torch_save, config_digest, safe_torch_load, state_digest
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference import Predictor, boxes_to_original
 from dfudet.inference.tta import fuse_views, unflip_boxes

@@ -16,7 +16,7 @@ from torchvision.models.detection import FasterRCNN
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
-from dfudet.models import available_models, build_detector, num_feature_levels
+from dfudet.models import available_models, build_detector, get_spec
 from dfudet.models.backbones import freeze_stages
 
 IMG = 128
@@ -73,9 +73,10 @@ def test_registry_names() -> None:
         "fasterrcnn_mobilenet_v3_large_fpn",
         "fasterrcnn_resnet50_fpn_v2",
         "fcos_timm",
+        "retinanet_timm",
     ]
-    assert num_feature_levels("fasterrcnn_efficientnet") == 5
-    assert num_feature_levels("fasterrcnn_mobilenet_v3_large_fpn") == 3
+    assert get_spec("fasterrcnn_efficientnet").feature_levels == 5
+    assert get_spec("fasterrcnn_mobilenet_v3_large_fpn").feature_levels == 3
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def test_every_model_trains_and_predicts_and_honours_config(name: str) -> None:
     assert rh.box_predictor.cls_score.out_features == 2
     # default anchors: the 512-px ladder 16..256 scaled to the input size
     gen = model.rpn.anchor_generator
-    assert len(gen.sizes) == num_feature_levels(name)
+    assert len(gen.sizes) == get_spec(name).feature_levels
     assert min(min(s) for s in gen.sizes) == pytest.approx(16 * IMG / 512)
     assert max(max(s) for s in gen.sizes) == pytest.approx(256 * IMG / 512)
     _train_and_predict(model)

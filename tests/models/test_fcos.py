@@ -12,8 +12,8 @@ from torchvision.ops import box_iou
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
-from dfudet.models import build_detector, num_feature_levels
-from dfudet.models.factory import FCOS_STRIDES, is_anchor_free, uses_timm_backbone
+from dfudet.models import build_detector, get_spec
+from dfudet.models.fcos import FCOS_STRIDES
 
 IMG = 128
 
@@ -30,10 +30,10 @@ def _seed() -> None:
 
 
 def test_fcos_is_registered_anchor_free_with_a_timm_backbone() -> None:
-    assert is_anchor_free("fcos_timm") and uses_timm_backbone("fcos_timm")
-    assert not is_anchor_free("fasterrcnn_efficientnet") and uses_timm_backbone("fasterrcnn_efficientnet")
-    assert not uses_timm_backbone("fasterrcnn_mobilenet_v3_large_fpn")
-    assert num_feature_levels("fcos_timm") == len(FCOS_STRIDES) == 5
+    assert get_spec("fcos_timm").anchor_free and get_spec("fcos_timm").timm_backbone
+    assert not get_spec("fasterrcnn_efficientnet").anchor_free and get_spec("fasterrcnn_efficientnet").timm_backbone
+    assert not get_spec("fasterrcnn_mobilenet_v3_large_fpn").timm_backbone
+    assert get_spec("fcos_timm").feature_levels == len(FCOS_STRIDES) == 5
 
 
 def test_fcos_honours_config_levels_and_head() -> None:

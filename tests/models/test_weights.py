@@ -269,7 +269,7 @@ def test_timm_cache_is_used_first_without_network(reference: dict[str, torch.Ten
 
 
 def test_no_source_is_a_clear_error_listing_what_was_tried(tmp_path: Path) -> None:
-    out = _run(f"""
+    out = _run("""
         from dfudet.config import ModelConfig
         from dfudet.errors import ConfigError
         from dfudet.models.factory import build_detector

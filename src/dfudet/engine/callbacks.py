@@ -14,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
 from dfudet.config import config_to_dict
-from dfudet.engine.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.checkpoint import atomic_torch_save, build_best_payload
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")

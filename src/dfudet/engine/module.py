@@ -9,94 +9,23 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision.models.detection import FCOS
 
 from dfudet.config import Config
 from dfudet.engine import rng
-from dfudet.engine.checkpoint import state_digest
+from dfudet.checkpoint import state_digest
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
-from dfudet.models.factory import backbone_label, build_detector
+from dfudet.models.factory import backbone_label, get_spec
+from dfudet.models.passes import losses_and_detections, to_float_images
 
 log = logging.getLogger("dfudet")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
 
-_FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-
-
 def backbone_name(cfg: Config) -> str:
     """The backbone a run uses (the timm name for timm-backbone detectors, else the torchvision model name)."""
     return backbone_label(cfg.model.name, cfg.model.backbone)
 
-
-def _is_stochastic(m: nn.Module) -> bool:
-    if isinstance(m, _FROZEN_IN_VAL):
-        return True
-    return type(m).__name__ in ("DropPath", "DropBlock2d", "StochasticDepth")
-
-
-def loss_mode(model: nn.Module) -> None:
-    """Train mode (so torchvision returns losses) with every BatchNorm, dropout and drop-path module in eval mode."""
-    model.train()
-    for m in model.modules():
-        if _is_stochastic(m):
-            m.eval()
-
-
-def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
-    """uint8 CHW -> float 0..1 on the same device (normalisation happens inside the torchvision transform)."""
-    return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
-
-
-@torch.no_grad()
-def losses_and_detections(model: nn.Module, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]],
-                          seed: int = 0) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """One backbone pass giving both the val losses (train-mode heads) and the detections (eval-mode heads).
-
-    BatchNorm and dropout stay in eval mode throughout, so no buffer changes; the RoI/anchor samplers are random
-    in train mode, so they run under a fixed seed to make val loss repeatable. Two-stage (Faster R-CNN) and FCOS
-    models are supported: the steps are those of their torchvision `forward`, split so the backbone runs once.
-    """
-    was_training = model.training
-    original_sizes = [tuple(im.shape[-2:]) for im in images]
-    loss_mode(model)
-    tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-    devices = [images[0].device] if images[0].device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            image_list, tgts_t = model.transform(images, tgts)
-            features = model.backbone(image_list.tensors)
-            if isinstance(model, FCOS):
-                losses, detections = _fcos_losses_and_detections(model, image_list, tgts_t, list(features.values()))
-            else:
-                proposals, rpn_losses = model.rpn(image_list, features, tgts_t)
-                _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, tgts_t)
-                losses = {**rpn_losses, **det_losses}
-        if not isinstance(model, FCOS):
-            model.rpn.eval()
-            model.roi_heads.eval()
-            proposals, _ = model.rpn(image_list, features)
-            detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
-        detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-    finally:
-        model.train(was_training)
-    return losses, detections
-
-
-def _fcos_losses_and_detections(model: FCOS, image_list: Any, targets: list[dict[str, torch.Tensor]],
-                                features: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """FCOS.forward's loss and detection branches on one set of head outputs (the head has no train/eval switch)."""
-    head_outputs = model.head(features)
-    anchors = model.anchor_generator(image_list, features)
-    per_level = [f.size(2) * f.size(3) for f in features]
-    losses = model.compute_loss(targets, head_outputs, anchors, per_level)
-    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-    split_anchors = [list(a.split(per_level)) for a in anchors]
-    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 class DetectorModule(L.LightningModule):
@@ -106,7 +35,8 @@ class DetectorModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.cfg = Config.model_validate(config)
-        self.model = build_detector(self.cfg.model, self.cfg.data.img_size)
+        self.spec = get_spec(self.cfg.model.name)
+        self.model = self.spec.build(self.cfg.model, self.cfg.data.img_size, True)
         self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
         self._nonfinite = {"train": 0, "val": 0}
@@ -187,7 +117,7 @@ class DetectorModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
-        losses, detections = losses_and_detections(self.model, to_float_images(images), targets,
+        losses, detections = losses_and_detections(self.model, self.spec, to_float_images(images), targets,
                                                     seed=self.cfg.train.seed + batch_idx)
         self.model.eval()
         loss = sum(losses.values())

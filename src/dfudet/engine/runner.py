@@ -25,11 +25,12 @@ from dfudet.engine.callbacks import (
     best_payload,
     quiet_third_party,
 )
-from dfudet.engine.checkpoint import AtomicCheckpointIO, atomic_torch_save, safe_torch_load
+from dfudet.checkpoint import atomic_torch_save, safe_torch_load
+from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
-from dfudet.models.factory import is_anchor_free, weights_source
+from dfudet.models.factory import get_spec, weights_source
 
 log = logging.getLogger("dfudet")
 LAST_NAME = "last.ckpt"
@@ -118,9 +119,7 @@ def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> None:
         for b in rec["boxes"]:
             wh.append(((b[2] - b[0]) * scale, (b[3] - b[1]) * scale))
     arr = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
-    from dfudet.models.factory import num_feature_levels
-
-    cfg.model.anchor_sizes = propose_anchor_sizes(arr, n_levels=num_feature_levels(cfg.model.name))
+    cfg.model.anchor_sizes = propose_anchor_sizes(arr, n_levels=get_spec(cfg.model.name).feature_levels)
     cfg.model.aspect_ratios = propose_aspect_ratios(arr, k=3)
     log.info("anchors proposed from %d training boxes: sizes %s, aspect ratios (h/w) %s",
              len(arr), cfg.model.anchor_sizes, cfg.model.aspect_ratios)
@@ -152,7 +151,7 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained}"
         + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
         f"  img_size           : {d.img_size}",
-        ("  anchors            : none (anchor-free; level sizes = strides)" if is_anchor_free(m.name) else
+        ("  anchors            : none (anchor-free; level sizes = strides)" if get_spec(m.name).anchor_free else
          f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
         f"(BalancedBatchSampler, batch {d.batch_size})",
@@ -247,7 +246,7 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
     # anchor-free models refuse auto_anchors when they are built, with the reason
-    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume and not is_anchor_free(cfg.model.name):
+    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume and not get_spec(cfg.model.name).anchor_free:
         _auto_anchors(cfg, dm)
     acc, devices, precision = resolve_hardware(cfg)
     log.info(header(cfg, dm, acc, devices, precision, resume))

@@ -18,43 +18,18 @@ from __future__ import annotations
 
 import json
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dfudet.errors import ConfigError
+from dfudet.inference.onnx_predictor import metadata_path
+from dfudet.models.factory import get_spec
 from dfudet.utils import atomic_write_bytes, sha256_file
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
-
-
-def _merge_levels_by_gather(levels: Any, unmerged_results: list[Any]) -> Any:
-    """Put per-FPN-level RoIAlign outputs back in RoI order with one Gather (same values as torchvision's merge)."""
-    import torch
-
-    index = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
-    return torch.cat(unmerged_results, 0)[torch.argsort(index)]
-
-
-@contextmanager
-def _fast_roi_merge() -> Iterator[None]:
-    """While tracing, swap torchvision's ONNX RoI merge for a gather.
-
-    torchvision scatters every (RoIs, C, 7, 7) element with ScatterElements: on this CPU that op took 54% of
-    onnxruntime's time (388 of 720 ms for mobilenet_v3_large_fpn @ 320, 1000 RoIs), more than PyTorch's whole
-    forward pass. The argsort + gather that replaces it copies whole RoI slices.
-    """
-    from torchvision.ops import poolers
-
-    original = poolers._onnx_merge_levels
-    poolers._onnx_merge_levels = _merge_levels_by_gather
-    try:
-        yield
-    finally:
-        poolers._onnx_merge_levels = original
 
 
 def _named_outputs(model: Any) -> Any:
@@ -75,11 +50,6 @@ def _named_outputs(model: Any) -> Any:
             return det["boxes"], det["labels"], det["scores"]
 
     return NamedOutputs(model).eval()
-
-
-def metadata_path(onnx_path: str | Path) -> Path:
-    """The JSON sidecar of an ONNX model: MODEL.onnx -> MODEL.json."""
-    return Path(onnx_path).with_suffix(".json")
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -112,11 +82,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     model, size, info = predictor.model.eval(), predictor.img_size, predictor.info
+    spec = get_spec(str(info["model_name"]))
     example = torch.zeros(1, 3, size, size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _fast_roi_merge():
+        with warnings.catch_warnings(), torch.no_grad(), spec.export_context():
             warnings.simplefilter("ignore")  # tracer warnings about python values in torchvision are expected
             torch.onnx.export(_named_outputs(model), (example,), str(tmp), dynamo=False, opset_version=int(opset),
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), do_constant_folding=True)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dfudet.engine.checkpoint import BEST_FORMAT, atomic_torch_save, build_best_payload, load_for_inference
+from dfudet.checkpoint import BEST_FORMAT, atomic_torch_save, build_best_payload, load_for_inference
 from dfudet.errors import CheckpointError
 
 _SCORES = ("train_loss", "val_loss", "f1_score", "mean_iou", "precision", "recall", "composite_score")

@@ -49,13 +49,13 @@ def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
 
 def _check_config(config: str | Path, predictor: Predictor) -> None:
     """A --config naming another model than the checkpoint's is an error (img_size may differ: inputs are resized)."""
+    from dfudet.checkpoint import check_compatible
     from dfudet.config import load_config
-    from dfudet.engine.checkpoint import check_compatible
-    from dfudet.engine.module import backbone_name
+    from dfudet.models.factory import backbone_label
 
     cfg = load_config(config)
-    check_compatible(predictor.info, Path(predictor.info["path"]), cfg.model.name, backbone_name(cfg), None,
-                     cfg.model.num_classes)
+    check_compatible(predictor.info, Path(predictor.info["path"]), cfg.model.name,
+                     backbone_label(cfg.model.name, cfg.model.backbone), None, cfg.model.num_classes)
 
 
 def _gallery_image(dataset: Any, i: int) -> np.ndarray:

@@ -20,6 +20,11 @@ from dfudet.errors import CheckpointError, ConfigError, DataError
 Result = dict[str, Any]
 
 
+def metadata_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar of an ONNX model written by `dfudet export`: MODEL.onnx -> MODEL.json."""
+    return Path(onnx_path).with_suffix(".json")
+
+
 def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:
     """Long side to img_size (bilinear) and zero-pad bottom/right to a square: (CHW float32 0..1, scale)."""
     h, w = image.shape[:2]
@@ -47,8 +52,6 @@ class OnnxPredictor:
     def __init__(self, model_path: str | os.PathLike[str], score_threshold: float | None = None,
                  tta: bool = False, threads: int | None = None) -> None:
         import onnxruntime as ort
-
-        from dfudet.export.onnx import metadata_path
 
         path = Path(model_path)
         if not path.is_file():

@@ -19,7 +19,13 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from dfudet.checkpoint import load_for_inference
+from dfudet.config import Config
+from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError, DataError
+from dfudet.models.factory import get_spec
+from dfudet.models.passes import to_float_images
+from dfudet.models.spec import ModelSpec
 
 log = logging.getLogger("dfudet")
 
@@ -63,10 +69,10 @@ def _check_threshold(value: float, what: str) -> float:
 class Predictor:
     """A detector in eval mode plus its input size, device and operating threshold."""
 
-    def __init__(self, model: nn.Module, img_size: int, score_threshold: float, device: str = "cpu",
-                 tta: bool = False, info: dict[str, Any] | None = None, threshold_source: str = "given") -> None:
-        from dfudet.data.transforms import build_eval_transform
-
+    def __init__(self, model: nn.Module, spec: ModelSpec, img_size: int, score_threshold: float,
+                 device: str = "cpu", tta: bool = False, info: dict[str, Any] | None = None,
+                 threshold_source: str = "given") -> None:
+        self.spec = spec
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.img_size = int(img_size)
@@ -80,10 +86,6 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu", score_threshold: float | None = None,
                         tta: bool = False) -> "Predictor":
         """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly."""
-        from dfudet.config import Config
-        from dfudet.engine.checkpoint import load_for_inference
-        from dfudet.models.factory import build_detector
-
         path = Path(path)
         ckpt = load_for_inference(path)
         try:
@@ -92,7 +94,8 @@ class Predictor:
             raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid ({str(exc)[:300]})") from exc
         img_size = int(ckpt.get("img_size") or cfg.data.img_size)
         try:
-            model = build_detector(cfg.model, img_size, load_weights=False)
+            spec = get_spec(cfg.model.name)
+            model = spec.build(cfg.model, img_size, False)
         except ConfigError as exc:
             raise CheckpointError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from exc
         try:
@@ -114,17 +117,17 @@ class Predictor:
             source = "--score-threshold"
         info = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "optimizer_state_dict")}
         info["path"] = str(path)
-        return cls(model, img_size, threshold, device=device, tta=tta, info=info, threshold_source=source)
+        return cls(model, spec, img_size, threshold, device=device, tta=tta, info=info, threshold_source=source)
 
     @property
     def floor(self) -> float:
         """Lowest score the model emits (its box_score_thresh): the start of any threshold sweep."""
-        return float(getattr(getattr(self.model, "roi_heads", self.model), "score_thresh", 0.0))
+        return self.spec.score_floor(self.model)
 
     @property
     def max_detections(self) -> int:
         """Detections per image cap of the model."""
-        return int(getattr(getattr(self.model, "roi_heads", self.model), "detections_per_img", 100))
+        return self.spec.max_detections(self.model)
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, float]:
         out, _, scale = self.transform(image, np.zeros((0, 4), np.float32))
@@ -133,8 +136,6 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One batched forward pass; (boxes, scores) per image in that image's own pixel coordinates."""
-        from dfudet.engine.module import to_float_images
-
         prepared = [self._prepare(im) for im in images]
         tensors = to_float_images([t.to(self.device) for t, _ in prepared])
         outputs = self.model(tensors)

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
+from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
 
 # Default anchor sizes (sqrt(w*h), px) at a 512 px model input, smallest FPN level first. torchvision's
@@ -107,3 +108,9 @@ def propose_aspect_ratios(box_wh: np.ndarray, k: int = 3) -> list[float]:
     wh = _valid_wh(box_wh, "aspect ratio proposal")
     log_r = np.log(wh[:, 1] / wh[:, 0])
     return sorted(round(float(np.exp(c)), 2) for c in _kmeans_1d(log_r, k))
+
+
+def anchor_generator_for(cfg: ModelConfig, img_size: int, n_levels: int) -> AnchorGenerator:
+    """cfg.anchor_sizes (or the img_size-scaled defaults) x cfg.aspect_ratios, checked against the model's levels."""
+    sizes = cfg.anchor_sizes if cfg.anchor_sizes is not None else default_anchor_sizes(img_size, n_levels)
+    return make_anchor_generator(sizes, cfg.aspect_ratios, n_levels, cfg.name)

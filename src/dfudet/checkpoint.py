@@ -1,10 +1,13 @@
-"""Checkpoint schema, atomic saving and safe loading (checkpoints are untrusted input: weights_only=True).
+"""Checkpoint schema, atomic saving, integrity digests and safe loading (checkpoints are untrusted input:
+weights_only=True). No Lightning here: training, inference, export and serve all read checkpoints through this
+module, and deployment must not import the training stack.
 
 `best_model.pth` is a plain dict (documented in docs/checkpoints.md):
     epoch, model_state_dict, optimizer_state_dict, train_loss, val_loss, f1_score, mean_iou, precision, recall,
     composite_score, backbone, model_name, img_size, num_classes, score_threshold, operating_threshold, config,
     dfudet_version, format
-Lightning's own `last.ckpt` (exact resume) is written through `AtomicCheckpointIO` and loaded with weights_only too.
+Lightning's own `last.ckpt` (exact resume) is written through `engine.checkpoint_io.AtomicCheckpointIO`, which
+uses this module, and loaded with weights_only too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from dfudet.errors import CheckpointError
 from dfudet.models.factory import backbone_label
@@ -74,22 +76,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             f"{path}: could not write the checkpoint, no space left on the device ({disk_free_text(path.parent)}; it "
             f"needs about {_tensor_bytes(obj) / 1e6:.0f} MB); the previous {path.name}, if any, is intact"
         ) from None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes atomically (temp + rename) and loads with weights_only=True."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO does not take storage_options")
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        ckpt = safe_torch_load(Path(path), map_location=map_location or "cpu")
-        extra = ckpt.get("dfudet") if isinstance(ckpt.get("dfudet"), dict) else {}
-        if isinstance(ckpt.get("state_dict"), dict):  # resume: refuse a damaged last.ckpt instead of training on it
-            verify_weights(ckpt["state_dict"], Path(path), extra.get("weights_sha256"))
-        return ckpt
 
 
 def safe_torch_load(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfudet.engine.checkpoint import (
-    AtomicCheckpointIO, BEST_KEYS, atomic_torch_save, build_best_payload, check_compatible, load_for_inference,
-    safe_torch_load, state_digest,
+from dfudet.checkpoint import (
+    BEST_KEYS, atomic_torch_save, build_best_payload, check_compatible, load_for_inference, safe_torch_load,
+    state_digest,
 )
+from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.errors import CheckpointError
 
 

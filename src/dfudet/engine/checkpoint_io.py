@@ -1,0 +1,26 @@
+"""Lightning's checkpoint IO for last.ckpt: atomic writes and safe, verified loading (dfudet.checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from dfudet.checkpoint import atomic_torch_save, safe_torch_load, verify_weights
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes atomically (temp + rename) and loads with weights_only=True."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO does not take storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        ckpt = safe_torch_load(Path(path), map_location=map_location or "cpu")
+        extra = ckpt.get("dfudet") if isinstance(ckpt.get("dfudet"), dict) else {}
+        if isinstance(ckpt.get("state_dict"), dict):  # resume: refuse a damaged last.ckpt instead of training on it
+            verify_weights(ckpt["state_dict"], Path(path), extra.get("weights_sha256"))
+        return ckpt

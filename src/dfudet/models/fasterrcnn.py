@@ -1,0 +1,173 @@
+"""Faster R-CNN family: torchvision's two-stage detector on a timm backbone + FPN (the seed system's design) and
+torchvision's own MobileNet/ResNet variants."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from torch import Tensor, nn
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
+from torchvision.models.detection import (
+    FasterRCNN,
+    fasterrcnn_mobilenet_v3_large_320_fpn,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn_v2,
+)
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from dfudet.config import ModelConfig
+from dfudet.errors import ConfigError
+from dfudet.models.anchors import anchor_generator_for
+from dfudet.models.backbones import backbone_norm_stats, build_timm_fpn_backbone, weights_unavailable
+from dfudet.models.spec import ModelSpec, Targets, register
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+TORCHVISION_FPN_CHANNELS = 256  # fixed inside torchvision's mobilenet/resnet FPN extractors
+
+
+def two_stage_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
+                         ) -> tuple[dict[str, Tensor], Targets]:
+    """RPN + RoI heads in train mode for the losses, then in eval mode for the detections (features reused)."""
+    proposals, rpn_losses = model.rpn(image_list, features, targets)
+    _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, targets)
+    model.rpn.eval()
+    model.roi_heads.eval()
+    proposals, _ = model.rpn(image_list, features)
+    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    return {**rpn_losses, **det_losses}, detections
+
+
+def _merge_levels_by_gather(levels: Any, unmerged_results: list[Any]) -> Any:
+    """Put per-FPN-level RoIAlign outputs back in RoI order with one Gather (same values as torchvision's merge)."""
+    import torch
+
+    index = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
+    return torch.cat(unmerged_results, 0)[torch.argsort(index)]
+
+
+@contextmanager
+def fast_roi_merge() -> Iterator[None]:
+    """While tracing for ONNX, swap torchvision's RoI merge for a gather.
+
+    torchvision scatters every (RoIs, C, 7, 7) element with ScatterElements: on this CPU that op took 54% of
+    onnxruntime's time (388 of 720 ms for mobilenet_v3_large_fpn @ 320, 1000 RoIs), more than PyTorch's whole
+    forward pass. The argsort + gather that replaces it copies whole RoI slices.
+    """
+    from torchvision.ops import poolers
+
+    original = poolers._onnx_merge_levels
+    poolers._onnx_merge_levels = _merge_levels_by_gather
+    try:
+        yield
+    finally:
+        poolers._onnx_merge_levels = original
+
+
+def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: list[float]) -> dict[str, Any]:
+    # min_size=max_size=img_size: the data pipeline already resized/padded to img_size, so the internal
+    # GeneralizedRCNNTransform only normalises (and pads to a multiple of 32 if img_size is not one).
+    return dict(
+        min_size=img_size,
+        max_size=img_size,
+        image_mean=mean,
+        image_std=std,
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.detections_per_img,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+    )
+
+
+def _no_one_stage_settings(cfg: ModelConfig) -> None:
+    for key in ("head_convs", "topk_candidates"):
+        value = getattr(cfg, key)
+        if value is not None:
+            raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm, retinanet_timm), not "
+                              f"{cfg.name}; remove the setting")
+
+
+def _fasterrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
+    """Faster R-CNN on a timm backbone (cfg.backbone, EfficientNet-B0..B7 or any features_only CNN) + FPN."""
+    _no_one_stage_settings(cfg)
+    anchors = anchor_generator_for(cfg, img_size, 5)  # validate before the (possibly slow) backbone build
+    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
+                                       weights_file=cfg.weights, load_weights=load_weights)
+    mean, std = backbone_norm_stats(backbone)
+    return FasterRCNN(
+        backbone,
+        num_classes=cfg.num_classes,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        **_detector_kwargs(cfg, img_size, mean, std),
+    )
+
+
+def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: Any, levels: int
+                          ) -> Callable[[ModelConfig, int, bool], nn.Module]:
+    """A builder calling a torchvision Faster R-CNN constructor with 2-class heads and ImageNet backbone weights.
+
+    weights_backbone (ImageNet) rather than the COCO detector weights: our heads have cfg.num_classes outputs, so COCO
+    heads could not be loaded anyway, and the backbone is what transfers.
+    """
+
+    def build(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
+        _no_one_stage_settings(cfg)
+        if cfg.weights:
+            raise ConfigError(f"model.weights applies to timm backbones (fasterrcnn_efficientnet, fcos_timm, "
+                              f"retinanet_timm), not {cfg.name}, which takes torchvision's ImageNet weights; remove "
+                              "the setting")
+        if cfg.fpn_channels != TORCHVISION_FPN_CHANNELS:
+            raise ConfigError(
+                f"model.fpn_channels={cfg.fpn_channels} is not supported by {cfg.name} (torchvision fixes its FPN at "
+                f"{TORCHVISION_FPN_CHANNELS} channels); remove the setting or use fasterrcnn_efficientnet"
+            )
+        anchors = anchor_generator_for(cfg, img_size, levels)
+        pretrained = cfg.pretrained and load_weights
+        try:
+            model = builder(
+                weights=None,
+                weights_backbone=backbone_weights if pretrained else None,
+                num_classes=cfg.num_classes,
+                # torchvision semantics (mobilenet: 0..6, resnet: 0..5 stages trainable); only meaningful with weights
+                trainable_backbone_layers=cfg.trainable_backbone_layers if pretrained else None,
+                **_detector_kwargs(cfg, img_size, IMAGENET_MEAN, IMAGENET_STD),
+            )
+        except OSError as exc:  # URLError and friends: no cached file and no network
+            if pretrained:
+                raise weights_unavailable(f"{cfg.name} (torchvision {backbone_weights})", exc) from exc
+            raise
+        old_head = model.rpn.head
+        model.rpn.anchor_generator = anchors
+        n_anchors = anchors.num_anchors_per_location()[0]
+        if n_anchors != old_head.cls_logits.out_channels:
+            model.rpn.head = RPNHead(old_head.cls_logits.in_channels, n_anchors, conv_depth=len(old_head.conv))
+        return model
+
+    return build
+
+
+def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], levels: int, timm: bool = False
+          ) -> ModelSpec:
+    return register(ModelSpec(
+        name=name, family="faster_rcnn", build=build, heads_pass=two_stage_heads_pass,
+        score_floor=lambda m: float(m.roi_heads.score_thresh),
+        max_detections=lambda m: int(m.roi_heads.detections_per_img),
+        feature_levels=levels, timm_backbone=timm, export_context=fast_roi_merge,
+    ))
+
+
+# strides 4..32 + the FPN's pool level; the RoI pool reads the four conv levels
+_spec("fasterrcnn_efficientnet", _fasterrcnn_timm, 5, timm=True)
+# torchvision MobileNetV3-Large FPN Faster R-CNN (fast on CPU)
+_spec("fasterrcnn_mobilenet_v3_large_fpn",
+      _torchvision_detector(fasterrcnn_mobilenet_v3_large_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, 3), 3)
+# the low-resolution MobileNet variant (150 RPN proposals at test time, RPN score threshold 0.05)
+_spec("fasterrcnn_mobilenet_v3_large_320_fpn",
+      _torchvision_detector(fasterrcnn_mobilenet_v3_large_320_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, 3), 3)
+# torchvision ResNet-50 FPN v2 Faster R-CNN (the strongest and slowest reference)
+_spec("fasterrcnn_resnet50_fpn_v2",
+      _torchvision_detector(fasterrcnn_resnet50_fpn_v2, ResNet50_Weights.IMAGENET1K_V1, 5), 5)

@@ -1,0 +1,144 @@
+"""FCOS family: torchvision's anchor-free one-stage detector on a timm backbone (P3-P7), with a light head."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+
+from dfudet.config import ModelConfig
+from dfudet.errors import ConfigError
+from dfudet.models.backbones import ONE_STAGE_OUT_INDICES, backbone_norm_stats, build_timm_fpn_backbone
+from dfudet.models.spec import ModelSpec, Targets, register
+
+FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
+
+
+class ForegroundFCOS(FCOS):
+    """torchvision FCOS whose sigmoid classifier has one output per foreground class (no background logit).
+
+    torchvision's FCOS/RetinaNet convention is a logit for every label including the unused 0; postprocessing then
+    also emits "background" boxes that take detection slots. Here the head predicts labels 1..num_classes-1 only:
+    targets are shifted down by one for the loss and detections shifted back up, so the outputs keep the dfudet
+    label convention (0 = background, 1 = ulcer) used by the metrics, predict and ONNX.
+    """
+
+    def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                     anchors: list[Tensor], num_anchors_per_level: list[int]) -> dict[str, Tensor]:
+        shifted = [{**t, "labels": t["labels"] - 1} for t in targets]
+        return super().compute_loss(shifted, head_outputs, anchors, num_anchors_per_level)
+
+    def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        detections = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        for det in detections:
+            det["labels"] = det["labels"] + 1
+        return detections
+
+
+def group_norm(channels: int) -> Any:
+    """GroupNorm with gcd(32, channels // 2) groups: torchvision's 32 for 256 channels, and always >= 2 channels per
+    group (GroupNorm of one channel on the 1x1 P7 map of a small image has a single value and fails in training)."""
+    return partial(nn.GroupNorm, math.gcd(32, channels // 2))
+
+
+def _fcos_head(channels: int, num_foreground: int, num_convs: int) -> FCOSHead:
+    """FCOS head with `num_convs` conv+GroupNorm+ReLU layers per branch."""
+    norm = group_norm(channels)
+    head = FCOSHead(channels, 1, num_foreground, num_convs=0)  # no GroupNorm(32) layers; branches replaced below
+    head.classification_head = FCOSClassificationHead(channels, 1, num_foreground, num_convs, norm_layer=norm)
+    head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
+    return head
+
+
+def refuse_two_stage_settings(cfg: ModelConfig) -> None:
+    """One-stage models have no RPN or RoI sampler; their GroupNorm heads need an even FPN width."""
+    defaults = ModelConfig()
+    two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image")
+                 if getattr(cfg, k) != getattr(defaults, k)]
+    if two_stage:
+        verb, what = ("apply", "those settings") if len(two_stage) > 1 else ("applies", "the setting")
+        raise ConfigError(f"{', '.join('model.' + k for k in two_stage)} {verb} to Faster R-CNN, not {cfg.name} "
+                          f"(it has no RPN or RoI sampler); remove {what}")
+    if cfg.fpn_channels % 2:
+        raise ConfigError(f"model.fpn_channels={cfg.fpn_channels} must be even for {cfg.name} (its head's GroupNorm "
+                          "uses gcd(32, fpn_channels / 2) groups)")
+
+
+def _refuse_anchor_settings(cfg: ModelConfig) -> None:
+    defaults = ModelConfig()
+    given = [k for k, v in (("anchor_sizes", cfg.anchor_sizes is not None), ("auto_anchors", cfg.auto_anchors),
+                            ("aspect_ratios", cfg.aspect_ratios != defaults.aspect_ratios)) if v]
+    if given:
+        raise ConfigError(
+            f"{cfg.name} is anchor-free: model.anchor_sizes, model.aspect_ratios and model.auto_anchors do not apply "
+            f"(its level sizes are the strides {', '.join(map(str, FCOS_STRIDES))}); remove "
+            f"{', '.join('model.' + k for k in given)}"
+        )
+
+
+def one_stage_backbone(cfg: ModelConfig, load_weights: bool) -> Any:
+    """timm backbone at strides 8/16/32 + FPN + P6/P7 (the P3-P7 pyramid of FCOS and RetinaNet)."""
+    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
+                                       out_indices=ONE_STAGE_OUT_INDICES, p6p7=True, weights_file=cfg.weights,
+                                       load_weights=load_weights)
+    strides = list(backbone.body.feature_info.reduction())  # type: ignore[union-attr,operator]
+    if strides != list(FCOS_STRIDES[:3]):
+        raise ConfigError(
+            f"model.backbone {cfg.backbone!r} gives feature maps at strides {strides} for stages "
+            f"{list(ONE_STAGE_OUT_INDICES)}; {cfg.name} needs strides {list(FCOS_STRIDES[:3])} (P3-P7 at strides "
+            "8..128); use a CNN such as resnet10t, resnet18, regnetx_004 or efficientnet_b0"
+        )
+    return backbone
+
+
+def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
+    """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
+
+    The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
+    candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
+    """
+    _refuse_anchor_settings(cfg)
+    refuse_two_stage_settings(cfg)
+    backbone = one_stage_backbone(cfg, load_weights)
+    mean, std = backbone_norm_stats(backbone)
+    anchors = AnchorGenerator(tuple((s,) for s in FCOS_STRIDES), ((1.0,),) * len(FCOS_STRIDES))
+    return ForegroundFCOS(
+        backbone,
+        num_classes=cfg.num_classes - 1,
+        min_size=img_size,
+        max_size=img_size,
+        image_mean=mean,
+        image_std=std,
+        anchor_generator=anchors,
+        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.head_convs or 4),
+        score_thresh=cfg.box_score_thresh,
+        nms_thresh=cfg.box_nms_thresh,
+        detections_per_img=cfg.detections_per_img,
+        topk_candidates=cfg.topk_candidates or 1000,
+    )
+
+
+def fcos_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
+                    ) -> tuple[dict[str, Tensor], Targets]:
+    """FCOS.forward's loss and detection branches on one set of head outputs (the head has no train/eval switch)."""
+    feats = list(features.values())
+    head_outputs = model.head(feats)
+    anchors = model.anchor_generator(image_list, feats)
+    per_level = [f.size(2) * f.size(3) for f in feats]
+    losses = model.compute_loss(targets, head_outputs, anchors, per_level)
+    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+
+
+register(ModelSpec(
+    name="fcos_timm", family="fcos", build=_fcos_timm, heads_pass=fcos_heads_pass,
+    score_floor=lambda m: float(m.score_thresh), max_detections=lambda m: int(m.detections_per_img),
+    feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True,
+))

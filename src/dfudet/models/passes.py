@@ -1,0 +1,56 @@
+"""Model passes shared by training, evaluation and inference: input conversion and the one-pass val step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from dfudet.models.spec import ModelSpec, Targets
+
+_FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 CHW -> float 0..1 on the same device (normalisation happens inside the torchvision transform)."""
+    return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
+
+
+def _is_stochastic(m: nn.Module) -> bool:
+    if isinstance(m, _FROZEN_IN_VAL):
+        return True
+    return type(m).__name__ in ("DropPath", "DropBlock2d", "StochasticDepth")
+
+
+def loss_mode(model: nn.Module) -> None:
+    """Train mode (so torchvision returns losses) with every BatchNorm, dropout and drop-path module in eval mode."""
+    model.train()
+    for m in model.modules():
+        if _is_stochastic(m):
+            m.eval()
+
+
+@torch.no_grad()
+def losses_and_detections(model: nn.Module, spec: ModelSpec, images: list[torch.Tensor], targets: Targets,
+                          seed: int = 0) -> tuple[dict[str, torch.Tensor], Targets]:
+    """One backbone pass giving both the val losses (train-mode heads) and the detections (eval-mode heads).
+
+    BatchNorm and dropout stay in eval mode throughout, so no buffer changes; samplers that are random in train mode
+    (Faster R-CNN's RoI/anchor samplers) run under a fixed seed so val loss is repeatable. The family's
+    `spec.heads_pass` runs the heads the way its torchvision `forward` does, split so the backbone runs once.
+    """
+    was_training = model.training
+    original_sizes = [tuple(im.shape[-2:]) for im in images]
+    loss_mode(model)
+    tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    devices = [images[0].device] if images[0].device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            image_list, tgts_t = model.transform(images, tgts)
+            features = model.backbone(image_list.tensors)
+            losses, detections = spec.heads_pass(model, image_list, features, tgts_t)
+        detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+    finally:
+        model.train(was_training)
+    return losses, detections

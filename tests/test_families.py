@@ -1,0 +1,157 @@
+"""The same checks for every registered detector family (parametrised over the registry, so a new family is tested
+by registering it): build, train step, the one-pass val step, checkpoint -> Predictor (with TTA), resume, ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfudet.checkpoint import atomic_torch_save, build_best_payload, safe_torch_load
+from dfudet.config import Config, config_to_dict, load_config
+from dfudet.inference.predictor import Predictor
+from dfudet.models.factory import available_models, backbone_label, get_spec
+from dfudet.models.passes import loss_mode, losses_and_detections
+
+IMG = 96
+MODELS = available_models()
+
+
+def tiny_overrides(name: str) -> list[str]:
+    """The smallest configuration of a registered model, chosen from its spec (not from its name)."""
+    spec = get_spec(name)
+    out = [f"model.name={name}", "model.pretrained=false", f"data.img_size={IMG}", "model.box_score_thresh=0.0",
+           "model.detections_per_img=20"]
+    if spec.timm_backbone:
+        out += ["model.backbone=resnet10t", "model.fpn_channels=32"]
+    if spec.family == "faster_rcnn":
+        out += ["model.rpn_batch_size_per_image=32", "model.box_batch_size_per_image=32"]
+    else:
+        out += ["model.head_convs=1"]
+    return out
+
+
+def _cfg(name: str, *extra: str) -> Config:
+    return load_config(None, [*tiny_overrides(name), *extra])
+
+
+def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, IMG, IMG, generator=g) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0], [60.0, 5.0, 90.0, 30.0]]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # healthy image
+    ]
+    return images, targets
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = _cfg(name)
+    return get_spec(name).build(cfg.model, IMG, True)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_train_step_and_detections(name: str):
+    model = _model(name)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    for det in out:
+        assert det["boxes"].shape[1:] == (4,) and len(det["scores"]) == len(det["labels"]) == len(det["boxes"])
+        assert (det["labels"] == 1).all()  # dfudet labels (1 = ulcer) for every family
+        assert ((det["boxes"] >= 0) & (det["boxes"] <= IMG)).all()
+    spec = get_spec(name)
+    assert 0.0 <= spec.score_floor(model) <= 1.0 and spec.max_detections(model) == 20
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_pass_val_step_equals_the_models_own_passes(name: str):
+    """spec.heads_pass gives the losses of the train-mode forward and the detections of the eval forward."""
+    model = _model(name)
+    spec = get_spec(name)
+    images, targets = _batch()
+    losses, detections = losses_and_detections(model, spec, images, targets, seed=3)
+    again, _ = losses_and_detections(model, spec, images, targets, seed=3)
+    assert all(torch.equal(losses[k], again[k]) for k in losses)  # repeatable (random samplers under a fixed seed)
+    loss_mode(model)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        direct = model(images, targets)
+    assert set(direct) == set(losses)
+    for k in losses:
+        torch.testing.assert_close(losses[k], direct[k])
+    model.eval()
+    with torch.no_grad():
+        plain = model(images)
+    for a, b in zip(detections, plain):
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+
+
+def _checkpoint(name: str, path: Path) -> Path:
+    cfg = _cfg(name)
+    model = _model(name)
+    atomic_torch_save(build_best_payload(
+        epoch=0, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=1.0, val_loss=1.0,
+        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0,
+        backbone=backbone_label(name, cfg.model.backbone), model_name=name, img_size=IMG, num_classes=2,
+        score_threshold=0.5, operating_threshold=0.5, config=config_to_dict(cfg)), path)
+    return path
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_checkpoint_to_predictor_with_and_without_tta(name: str, tmp_path: Path):
+    ckpt = _checkpoint(name, tmp_path / "best_model.pth")
+    photo = (np.random.default_rng(0).random((150, 200, 3)) * 255).astype(np.uint8)
+    pred = Predictor.from_checkpoint(ckpt)
+    assert pred.spec is get_spec(name)
+    res = pred.predict_arrays([photo])[0]
+    assert (res["width"], res["height"]) == (200, 150) and len(res["boxes"]) > 0
+    assert (res["boxes"][:, [0, 2]] <= 200).all() and (res["boxes"][:, [1, 3]] <= 150).all()
+    tta = Predictor.from_checkpoint(ckpt, tta=True).predict_arrays([photo])[0]
+    assert len(tta["boxes"]) > 0 and (tta["scores"] <= 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_train_and_resume(name: str, tiny_cache: Path, tmp_path: Path):
+    from dfudet.engine.runner import run_training
+
+    run = tmp_path / "run"
+    extra = [f"data.cache={tiny_cache}", f"run_dir={run}", "data.batch_size=2", "train.accelerator=cpu",
+             "train.limit_train_batches=2", "train.limit_val_batches=2", "train.threads=1"]
+    run_training(_cfg(name, *extra, "train.epochs=1"))
+    assert safe_torch_load(run / "last.ckpt")["epoch"] == 0
+    result = run_training(_cfg(name, *extra, "train.epochs=2"))  # resumes from last.ckpt
+    assert safe_torch_load(run / "last.ckpt")["epoch"] == 1 and result["epochs_run"] == 2
+    pred = Predictor.from_checkpoint(run / "best_model.pth")
+    assert pred.spec.name == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_matches_pytorch(name: str, tmp_path: Path):
+    from dfudet.export.onnx import export_onnx
+    from dfudet.inference.onnx_predictor import OnnxPredictor
+
+    ckpt = _checkpoint(name, tmp_path / "best_model.pth")
+    export_onnx(ckpt, tmp_path / "model.onnx")
+    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt), OnnxPredictor.from_onnx(tmp_path / "model.onnx")
+    rng = np.random.default_rng(1)
+    for shape in ((96, 96, 3), (120, 80, 3)):
+        photo = (rng.random(shape) * 255).astype(np.uint8)
+        a, b = torch_pred.predict_arrays([photo])[0], onnx_pred.predict_arrays([photo])[0]
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1.0)
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-3)
+    assert onnx_pred.floor == torch_pred.floor
