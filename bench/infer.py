@@ -26,9 +26,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
+from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
 from dfudet.config import config_to_dict, load_config  # noqa: E402
 from dfudet.data.demo import render_sample  # noqa: E402
-from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
 from dfudet.inference.predictor import Predictor  # noqa: E402
 from dfudet.models import build_detector  # noqa: E402
 
@@ -79,10 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                         times.append(time.perf_counter() - t0)
                     per_img = statistics.median(times) / len(images)
                     row = {"model": spec, "img_size": size, "batch": bs, "ms_per_img": round(per_img * 1000, 1),
-                           "img_per_s": round(1 / per_img, 2), "device": str(pred.device) if hasattr(pred, "device") else a.device}
+                           "img_per_s": round(1 / per_img, 2),
+                           "device": str(pred.device) if hasattr(pred, "device") else a.device}
                     rows.append(row)
-                    print(f"{spec:45s} {size:4d}  batch {bs:2d}  {row['ms_per_img']:8.1f} ms/img  {row['img_per_s']:6.2f} img/s",
-                          flush=True)
+                    print(f"{spec:45s} {size:4d}  batch {bs:2d}  {row['ms_per_img']:8.1f} ms/img  "
+                          f"{row['img_per_s']:6.2f} img/s", flush=True)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}, "results": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ import cv2  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
+from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
 from dfudet.config import config_to_dict, load_config  # noqa: E402
 from dfudet.data.demo import render_sample  # noqa: E402
-from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
 from dfudet.export.onnx import export_onnx  # noqa: E402
 from dfudet.inference.onnx_predictor import OnnxPredictor  # noqa: E402
 from dfudet.inference.predictor import Predictor  # noqa: E402

@@ -62,9 +62,9 @@ def run(checkpoint: str, max_pixels: int, pixels_in_flight: int | None, n: int) 
             try:
                 health = httpx.get(f"{url}/healthz", timeout=2).json()
                 break
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start")
+                    raise RuntimeError("server did not start") from exc
                 time.sleep(0.3)
         body, w, h = near_limit_png(max_pixels)
         post = lambda k: httpx.post(f"{url}/v1/detect", files={"file": (f"p{k}.png", body)}, timeout=1200)  # noqa: E731

@@ -71,7 +71,8 @@ def bench_one(
 ) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
-    one_stage = get_spec(name).family != "faster_rcnn"  # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
+    # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
+    one_stage = get_spec(name).family != "faster_rcnn"
     if not get_spec(name).timm_backbone:
         fpn_channels = 256  # torchvision fixes the FPN width of its own backbones
     cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
@@ -147,7 +148,8 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every (model, size) pair, write JSON and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=None, help="name or name:backbone (default: all, EfficientNet B0 and B5)")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help="name or name:backbone (default: all, EfficientNet B0 and B5)")
     ap.add_argument("--sizes", nargs="+", type=int, default=[320, 512])
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5, help="timed steps (the median is reported)")

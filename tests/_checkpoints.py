@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
+from dfudet.checkpoint import atomic_torch_save, build_best_payload
 from dfudet.config import config_to_dict, load_config
 from dfudet.data.demo import render_sample
-from dfudet.checkpoint import atomic_torch_save, build_best_payload
 from dfudet.engine.module import backbone_name
 from dfudet.models.factory import build_detector
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from dfudet.checkpoint import (
-    BEST_KEYS, atomic_torch_save, build_best_payload, check_compatible, load_for_inference, safe_torch_load,
+    BEST_KEYS,
+    atomic_torch_save,
+    build_best_payload,
+    check_compatible,
+    load_for_inference,
+    safe_torch_load,
     state_digest,
 )
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
@@ -38,7 +43,8 @@ def test_untrusted_pickle_is_refused(tmp_path: Path):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as fh:
         pickle.dump({"x": Path("/etc/passwd")}, fh)  # arbitrary class: weights_only must refuse it
-    with pytest.raises(CheckpointError, match="evil.pth: not a dfudet checkpoint, or a damaged one: it holds objects a safe load refuses"):
+    with pytest.raises(CheckpointError, match="evil.pth: not a dfudet checkpoint, or a damaged one: "
+                                              "it holds objects a safe load refuses"):
         safe_torch_load(evil)
 
 
@@ -67,7 +73,8 @@ def test_schema_is_enforced_and_compatibility_checked(tmp_path: Path):
     atomic_torch_save(_payload(), path)
     ckpt = load_for_inference(path)
     check_compatible(ckpt, path, "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
-    with pytest.raises(CheckpointError, match="backbone: checkpoint has 'efficientnet_b0', config asks for 'efficientnet_b5'"):
+    with pytest.raises(CheckpointError,
+                       match="backbone: checkpoint has 'efficientnet_b0', config asks for 'efficientnet_b5'"):
         check_compatible(ckpt, path, "fasterrcnn_efficientnet", "efficientnet_b5", 512, 2)
     atomic_torch_save({"weights": torch.ones(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a dfudet checkpoint"):
@@ -144,7 +151,8 @@ def test_non_finite_weights_and_a_changed_config_are_refused_and_old_files_still
 def test_a_damaged_last_ckpt_is_refused_on_resume(tmp_path: Path):
     state = {"model.w": torch.randn(4096)}
     io_ = AtomicCheckpointIO()
-    io_.save_checkpoint({"state_dict": state, "dfudet": {"weights_sha256": state_digest(state)}}, tmp_path / "last.ckpt")
+    io_.save_checkpoint({"state_dict": state, "dfudet": {"weights_sha256": state_digest(state)}},
+                        tmp_path / "last.ckpt")
     assert io_.load_checkpoint(tmp_path / "last.ckpt")["dfudet"]["weights_sha256"]
     raw = bytearray((tmp_path / "last.ckpt").read_bytes())
     start = bytes(raw).find(state["model.w"][:8].numpy().tobytes())

@@ -116,10 +116,10 @@ def test_checkpoint_to_predictor_with_and_without_tta(name: str, tmp_path: Path)
     pred = Predictor.from_checkpoint(ckpt)
     assert pred.spec is get_spec(name)
     res = pred.predict_arrays([photo])[0]
-    assert (res["width"], res["height"]) == (200, 150) and len(res["boxes"]) > 0
-    assert (res["boxes"][:, [0, 2]] <= 200).all() and (res["boxes"][:, [1, 3]] <= 150).all()
+    assert (res.width, res.height) == (200, 150) and len(res.boxes) > 0
+    assert (res.boxes[:, [0, 2]] <= 200).all() and (res.boxes[:, [1, 3]] <= 150).all()
     tta = Predictor.from_checkpoint(ckpt, tta=True).predict_arrays([photo])[0]
-    assert len(tta["boxes"]) > 0 and (tta["scores"] <= 1).all()
+    assert len(tta.boxes) > 0 and (tta.scores <= 1).all()
 
 
 @pytest.mark.slow
@@ -151,7 +151,7 @@ def test_onnx_export_matches_pytorch(name: str, tmp_path: Path):
     for shape in ((96, 96, 3), (120, 80, 3)):
         photo = (rng.random(shape) * 255).astype(np.uint8)
         a, b = torch_pred.predict_arrays([photo])[0], onnx_pred.predict_arrays([photo])[0]
-        assert len(a["boxes"]) == len(b["boxes"]) > 0
-        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1.0)
-        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-3)
+        assert len(a.boxes) == len(b.boxes) > 0
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1.0)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
     assert onnx_pred.floor == torch_pred.floor

@@ -22,7 +22,8 @@ TRAINING = ("lightning", "pytorch_lightning", "lightning_fabric", "dfudet.engine
 PROBE = """
 import json, sys
 {body}
-print("MODULES=" + json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {roots!r} or m.startswith('dfudet.engine'))))
+print("MODULES=" + json.dumps(sorted(m for m in sys.modules
+                                     if m.split('.')[0] in {roots!r} or m.startswith('dfudet.engine'))))
 """
 
 
@@ -60,8 +61,9 @@ def test_predict_from_a_checkpoint_imports_no_training_code(deployed, tmp_path: 
 def test_serve_start_up_imports_no_training_code(deployed):
     ckpt, photo = deployed
     body = (f"from fastapi.testclient import TestClient\n"
-            f"from dfudet.serve.app import create_app, load_predictor\n"
-            f"with TestClient(create_app(load_predictor(checkpoint={str(ckpt)!r}))) as c:\n"
+            f"from dfudet.inference.backend import load_backend\n"
+            f"from dfudet.serve.app import create_app\n"
+            f"with TestClient(create_app(load_backend(checkpoint={str(ckpt)!r}))) as c:\n"
             f"    assert c.get('/healthz').json()['status'] == 'ok'\n"
             f"    r = c.post('/v1/detect', files={{'file': ('f.jpg', open({str(photo)!r}, 'rb').read())}})\n"
             f"    assert r.status_code == 200, r.text")

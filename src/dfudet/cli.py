@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dfudet.errors import DfudetError
 
@@ -105,19 +105,24 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     dsub = _subparsers(data, "data_cmd")
 
     p = dsub.add_parser("import", help="turn COCO/VOC/YOLO/DFUC CSV/masks + healthy folders into a dataset dir")
-    p.add_argument("--format", required=True, choices=["coco", "voc", "yolo", "dfuc-csv", "masks"])
+    from dfudet.data.importers import FORMATS
+
+    p.add_argument("--format", required=True, choices=list(FORMATS),
+                   help="; ".join(f"{f.name}: {f.help}" for f in FORMATS.values()))
     p.add_argument("--images", help="folder of the images the annotations refer to")
     p.add_argument("--annotations", action="append", default=[], metavar="PATH",
                    help="annotation file or folder (repeatable; COCO/CSV file named train/val/test sets the split)")
     p.add_argument("--healthy", action="append", default=[], metavar="DIR",
                    help="folder of healthy-foot images (hard negatives; train/val/test subfolders set the split)")
     p.add_argument("--out", required=True, help="dataset dir to write")
-    p.add_argument("--skip-bad", action="store_true", help="skip bad items and list them in the report instead of stopping")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip bad items and list them in the report instead of stopping")
     p.add_argument("--min-area", type=float, default=26.0, help="masks: drop components smaller than this many pixels")
     p.add_argument("--negative-crops", type=int, default=0, help="masks: hard-negative crops to cut per ulcer image")
     p.add_argument("--crop-size", type=int, default=256, help="masks: side of a hard-negative crop in pixels")
     p.add_argument("--crop-margin", type=int, default=32, help="masks: minimum distance of a crop from any mask pixel")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="seeded split: share of val (when the source has no split)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="seeded split: share of val (when the source has no split)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="seeded split: share of test")
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument("--patient-regex", help="regex with one group extracting a patient id from the file name")
@@ -169,11 +174,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a detector; re-running the same command resumes from last.ckpt")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--run-dir", help="run directory (default: run_dir from the config)")
-    p.add_argument("--fresh", action="store_true", help="start over (previous checkpoints are moved aside, not deleted)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over (previous checkpoints are moved aside, not deleted)")
     p.add_argument("--baseline", action="store_true",
                    help="also score the untrained model on val before training; saved as RUN_DIR/untrained_model.pth")
     p.add_argument("--require-improvement", action="store_true",
-                   help="with --baseline: exit with status 3 when the kept model does not beat the untrained one on val")
+                   help="with --baseline: exit with status 3 when the kept model does not beat the untrained one "
+                        "on val")
     p.add_argument("--devices", help="devices per node (e.g. 2, or auto)")
     p.add_argument("--num-nodes", type=int, help="machines taking part (DDP); default: train.num_nodes of the config")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp; default: train.strategy of the config")
@@ -188,7 +195,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     m = run_evaluation(
         checkpoint=a.checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
         score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
-        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare,
+        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare, onnx=a.onnx,
     )
     at = m["at_threshold"]
     print(f"evaluated {m['counts']['images']} images of split {m['data']['split']!r} at score threshold "
@@ -202,7 +209,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json, report.md, curves, galleries")
-    p.add_argument("--checkpoint", required=True, help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
+    model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (scores the deployed model itself)")
     p.add_argument("--data", required=True, help="LMDB cache dir, dataset dir, or a COCO json (with --images)")
     p.add_argument("--split", default="test", help="split to evaluate (a COCO json is evaluated whole)")
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md, PNGs and gallery/")
@@ -214,7 +223,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="test-time augmentation: horizontal flip + weighted boxes fusion")
     p.add_argument("--config", help="fail unless the checkpoint is of the model this config describes")
     p.add_argument("--compare", metavar="CHECKPOINT",
-                   help="also score this checkpoint (e.g. RUN_DIR/untrained_model.pth) on the same photos, side by side")
+                   help="also score this checkpoint (e.g. RUN_DIR/untrained_model.pth) on the same photos, side by "
+                        "side")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     _add_max_pixels(p)
     p.set_defaults(func=cmd_evaluate)
@@ -328,7 +338,8 @@ _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands registered by each layer's `add_*` function)."""
-    parser = argparse.ArgumentParser(prog="dfudet", description="Diabetic foot ulcer detection: data, train, evaluate, deploy.",
+    parser = argparse.ArgumentParser(prog="dfudet",
+                                     description="Diabetic foot ulcer detection: data, train, evaluate, deploy.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"dfudet {__import__('dfudet').__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")

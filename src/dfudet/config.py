@@ -35,7 +35,7 @@ class AugmentConfig(_Strict):
     min_box_size: float = Field(2.0, ge=0)
 
     @model_validator(mode="after")
-    def _scale_order(self) -> "AugmentConfig":
+    def _scale_order(self) -> AugmentConfig:
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
         return self
@@ -89,7 +89,7 @@ class ModelConfig(_Strict):
     topk_candidates: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _weights_need_pretrained(self) -> "ModelConfig":
+    def _weights_need_pretrained(self) -> ModelConfig:
         if self.weights and not self.pretrained:
             raise ValueError(f"weights={self.weights!r} is set but pretrained is false; set model.pretrained=true to "
                              "start from that file, or remove model.weights")
@@ -119,7 +119,7 @@ class CompositeWeights(_Strict):
     precision: float = Field(0.15, ge=0)
 
     @model_validator(mode="after")
-    def _nonzero(self) -> "CompositeWeights":
+    def _nonzero(self) -> CompositeWeights:
         if self.f1 + self.iou + self.recall + self.precision <= 0:
             raise ValueError("at least one composite weight must be > 0")
         return self
@@ -248,7 +248,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping (sections data/model/train), got {type(loaded).__name__}")
+            raise ConfigError(f"config file {p} must hold a mapping (sections data/model/train), "
+                              f"got {type(loaded).__name__}")
         raw = loaded
     if overrides:
         raw = apply_overrides(raw, overrides)

@@ -7,8 +7,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 _UMASK = os.umask(0)  # read once: mkstemp creates 0600 files, the renamed file gets the usual 0666 & ~umask
 os.umask(_UMASK)

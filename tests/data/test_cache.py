@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfudet.data.cache import (MANIFEST_FILE, entry_key, open_env, prepare_cache, read_manifest,
-                               read_split_meta, unpack_entry)
+from dfudet.data.cache import (
+    MANIFEST_FILE,
+    entry_key,
+    open_env,
+    prepare_cache,
+    read_manifest,
+    read_split_meta,
+    unpack_entry,
+)
 from dfudet.data.checks import decode_image_bytes, load_image
 from dfudet.data.dataset import DetectionDataset
 from dfudet.data.records import ImageRecord, write_dataset

@@ -80,7 +80,8 @@ def test_unknown_and_empty_splits_list_available(tmp_path: Path) -> None:
     ds_dir = make_dataset(tmp_path)
     prepare_cache(ds_dir, tmp_path / "cache", img_size=0)
     for src in (ds_dir, tmp_path / "cache"):
-        with pytest.raises(DataError, match=r"unknown split 'tarin'; available splits: train \(3 images\), val \(1 images\)"):
+        with pytest.raises(DataError,
+                           match=r"unknown split 'tarin'; available splits: train \(3 images\), val \(1 images\)"):
             DetectionDataset(src, "tarin")
         with pytest.raises(DataError, match=r"split 'test' has no images; available splits: train"):
             DetectionDataset(src, "test")

@@ -88,7 +88,8 @@ def test_corrupt_and_truncated_images_are_listed_together(tmp_path: Path) -> Non
         import_dataset("coco", tmp_path / "img", [ann], [], tmp_path / "out")
     probs = problems_of(exc)
     assert len(probs) == 2
-    assert probs[0].startswith(f"{ann}: image id 2 ('cut.jpg'): {tmp_path / 'img' / 'cut.jpg'}: corrupt or truncated image")
+    assert probs[0].startswith(f"{ann}: image id 2 ('cut.jpg'): {tmp_path / 'img' / 'cut.jpg'}: "
+                               "corrupt or truncated image")
     assert probs[1].startswith(f"{ann}: image id 3 ('junk.jpg'): {tmp_path / 'img' / 'junk.jpg'}: not a readable image")
     assert "failed with 2 problem(s) in 2 image(s)" in str(exc.value)
 
@@ -230,7 +231,8 @@ def test_patient_regex_must_match_and_have_one_group(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         import_dataset("coco", tmp_path / "img", [ann], [], tmp_path / "o",
                        options=ImportOptions(patient_regex=r"^(p\d+)_"))
-    assert problems_of(exc) == [f"{ann}: image id 2 ('odd.jpg'): --patient-regex '^(p\\\\d+)_' does not match 'odd.jpg'"]
+    assert problems_of(exc) == [f"{ann}: image id 2 ('odd.jpg'): "
+                                "--patient-regex '^(p\\\\d+)_' does not match 'odd.jpg'"]
 
 
 def test_bad_arguments_fail_fast(tmp_path: Path) -> None:
@@ -239,7 +241,8 @@ def test_bad_arguments_fail_fast(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"--annotations .*nope\.json: file or folder does not exist"):
         import_dataset("coco", tmp_path, [tmp_path / "nope.json"], [], tmp_path / "o")
     with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction must be < 1"):
-        import_dataset("coco", tmp_path, [], [], tmp_path / "o", options=ImportOptions(val_fraction=0.5, test_fraction=0.5))
+        import_dataset("coco", tmp_path, [], [], tmp_path / "o",
+                       options=ImportOptions(val_fraction=0.5, test_fraction=0.5))
     with pytest.raises(DataError, match=r"--healthy .*empty: no image files found"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "x.json").write_text('{"images": []}')

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cache import _entries, make_dataset  # noqa: E402  (tests/data is on sys.path under pytest's rootdir)
 from torch.utils.data import DataLoader
 
 from dfudet.cli import main, user_message
 from dfudet.data.cache import pack_entry, prepare_cache, read_split_meta, release_envs, verify_cache
 from dfudet.data.dataset import DetectionDataset, collate_detection
 from dfudet.errors import CheckpointError, DataError
-
-from test_cache import _entries, make_dataset  # noqa: E402  (tests/data is on sys.path under pytest's rootdir)
 
 
 @pytest.fixture()
@@ -139,8 +138,8 @@ def test_full_disk_is_a_clear_error_naming_the_path_and_space(tiny_disk: Path, t
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["best_model.pth"]  # no temp file left behind
     big = tmp_path / "big"
     big.mkdir()
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     from dfudet.data.records import ImageRecord, write_dataset
 

@@ -28,7 +28,8 @@ def test_the_default_limit_is_a_limit_not_a_warning(tmp_path: Path):
     """15000x15000 = 225 MP used to pass PIL's 200 MP guard with a warning; now it is refused from its header."""
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(15_000, 15_000))
-    with pytest.raises(TooManyPixels, match=r"bomb.png: image is 15000x15000 = 225.0 MP, over the pixel limit of 50 MP"):
+    with pytest.raises(TooManyPixels,
+                       match=r"bomb.png: image is 15000x15000 = 225.0 MP, over the pixel limit of 50 MP"):
         load_image(bomb)
     # just over the default limit (50 MP) is refused too, before any pixel is decoded
     with pytest.raises(TooManyPixels, match="over the pixel limit of 50 MP"):

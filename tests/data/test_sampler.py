@@ -17,7 +17,8 @@ ULCER = {i for i, h in enumerate(HEALTHY) if not h}
 
 
 @pytest.mark.parametrize(("batch_size", "fraction", "n_pos"),
-                         [(4, 0.5, 2), (5, 0.5, 3), (8, 0.25, 2), (3, 1 / 3, 1), (6, 0.75, 5), (2, 1.0, 2), (7, 0.9, 6)])
+                         [(4, 0.5, 2), (5, 0.5, 3), (8, 0.25, 2), (3, 1 / 3, 1), (6, 0.75, 5), (2, 1.0, 2),
+                          (7, 0.9, 6)])
 def test_exact_ulcer_share_in_every_batch(batch_size: int, fraction: float, n_pos: int) -> None:
     assert ulcers_per_batch(batch_size, fraction) == n_pos
     s = BalancedBatchSampler(HEALTHY, batch_size, fraction, seed=3)

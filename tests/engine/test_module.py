@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dfudet.config import load_config, config_to_dict
+from dfudet.config import config_to_dict, load_config
 from dfudet.engine.module import DetectorModule
 from dfudet.models.passes import loss_mode, losses_and_detections, to_float_images
 
@@ -48,7 +48,8 @@ def test_val_pass_leaves_weights_and_bn_buffers_unchanged():
         with torch.inference_mode(), torch.random.fork_rng():  # the losses are those of the model's own forward
             torch.manual_seed(5)
             loss_mode(module.model)
-            direct = module.model(to_float_images(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+            direct = module.model(to_float_images(images),
+                                  [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
             module.model.eval()
         assert {k: float(v) for k, v in direct.items()} == pytest.approx({k: float(v) for k, v in losses1.items()})
         assert all(torch.isfinite(v) for v in losses1.values())

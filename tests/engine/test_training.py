@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from dfudet.config import config_to_dict
 from dfudet.checkpoint import BEST_KEYS, load_for_inference, safe_torch_load
-from dfudet.engine.module import DetectorModule
+from dfudet.config import config_to_dict
 from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.module import DetectorModule
 from dfudet.engine.runner import build_trainer, run_training
 from dfudet.models.factory import build_detector
 
@@ -260,8 +260,8 @@ def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tm
     pred = Predictor.from_checkpoint(tmp_path / "run" / "best_model.pth")
     assert pred.floor == cfg.model.box_score_thresh and pred.max_detections == cfg.model.detections_per_img
     out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
-    assert (out["width"], out["height"]) == (120, 80)
-    assert (out["boxes"][:, [0, 2]] <= 120).all() and (out["boxes"][:, [1, 3]] <= 80).all()
+    assert (out.width, out.height) == (120, 80)
+    assert (out.boxes[:, [0, 2]] <= 120).all() and (out.boxes[:, [1, 3]] <= 80).all()
     assert load_for_inference(tmp_path / "run" / "last.ckpt")["backbone"] == "resnet10t"
     # resuming the run dir with a different head is refused with the reason (not a raw state_dict error)
     from dfudet.errors import ConfigError
@@ -277,3 +277,12 @@ def test_auto_anchors_with_an_anchor_free_model_stops_with_the_reason(tiny_cache
     cfg = tiny_config(tiny_cache, tmp_path / "run", "model.auto_anchors=true", *FCOS_TINY)
     with pytest.raises(ConfigError, match="fcos_timm is anchor-free.*remove model.auto_anchors"):
         run_training(cfg)
+
+
+def test_training_refuses_a_cache_prepared_smaller_than_the_model_input(tiny_cache: Path, tmp_path: Path,
+                                                                        tiny_config):
+    from dfudet.errors import ConfigError
+
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "data.img_size=128")  # the cache was prepared at 96 px
+    with pytest.raises(ConfigError, match=r"prepared at 96 px .* data.img_size is 128.*--img-size 128"):
+        DetectionDataModule(cfg).setup("fit")

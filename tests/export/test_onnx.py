@@ -12,14 +12,13 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from _checkpoints import FCOS_OVERRIDES, IMG_SIZE, MODEL, train_demo_checkpoint
 from dfudet.data.demo import render_sample
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.export.onnx import export_onnx, metadata_path
 from dfudet.inference.onnx_predictor import OnnxPredictor, resize_pad
 from dfudet.inference.predictor import Predictor
 from dfudet.utils import sha256_file
-
-from _checkpoints import FCOS_OVERRIDES, IMG_SIZE, MODEL, train_demo_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -83,18 +82,18 @@ def _assert_parity(ckpt: Path, onnx_path: Path) -> None:
     images = _images()
     compared = 0
     for im, ref, got in zip(images, torch_pred.predict_arrays(images), onnx_pred.predict_arrays(images)):
-        assert (got["width"], got["height"]) == (ref["width"], ref["height"]) == (im.shape[1], im.shape[0])
+        assert (got.width, got.height) == (ref.width, ref.height) == (im.shape[1], im.shape[0])
         ref_kept, got_kept = torch_pred.keep(ref), onnx_pred.keep(got)
-        assert len(got_kept["scores"]) == len(ref_kept["scores"]), "different box count above the threshold"
-        assert len(got["scores"]) == len(ref["scores"])
-        if not len(ref["scores"]):
+        assert len(got_kept.scores) == len(ref_kept.scores), "different box count above the threshold"
+        assert len(got.scores) == len(ref.scores)
+        if not len(ref.scores):
             continue
-        cost = np.abs(ref["boxes"][:, None] - got["boxes"][None]).max(-1)
+        cost = np.abs(ref.boxes[:, None] - got.boxes[None]).max(-1)
         rows, cols = linear_sum_assignment(cost)
-        assert np.abs(ref["boxes"][rows] - got["boxes"][cols]).max() <= 1.0
-        assert np.abs(ref["scores"][rows] - got["scores"][cols]).max() <= 1e-3
+        assert np.abs(ref.boxes[rows] - got.boxes[cols]).max() <= 1.0
+        assert np.abs(ref.scores[rows] - got.scores[cols]).max() <= 1e-3
         compared += len(rows)
-    scores = np.concatenate([r["scores"] for r in torch_pred.predict_arrays(images)])
+    scores = np.concatenate([r.scores for r in torch_pred.predict_arrays(images)])
     assert compared >= 20 and len(np.unique(scores.round(4))) > 5, "the parity check needs many distinct boxes"
 
 
@@ -120,7 +119,7 @@ def test_onnx_predictor_module_does_not_import_torch(exported: tuple[Path, Path]
         "from dfudet.inference.onnx_predictor import OnnxPredictor\n"
         f"p = OnnxPredictor.from_onnx({str(onnx_path)!r})\n"
         "r = p.predict_arrays([np.zeros((50, 70, 3), np.uint8)])[0]\n"
-        "assert (r['width'], r['height']) == (70, 50)\n"
+        "assert (r.width, r.height) == (70, 50)\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -178,4 +177,5 @@ def test_cli_predict_with_onnx_gives_the_pytorch_outputs(exported: tuple[Path, P
             assert np.abs(np.asarray(p["scores"]) - np.asarray(o["scores"])).max() <= 1e-3
     assert n_boxes > 0
     with pytest.raises(SystemExit):  # both model sources at once is refused by the parser
-        main(["predict", str(folder), "--onnx", str(onnx_path), "--checkpoint", str(ckpt), "--out", str(tmp_path / "x")])
+        main(["predict", str(folder), "--onnx", str(onnx_path), "--checkpoint", str(ckpt),
+              "--out", str(tmp_path / "x")])

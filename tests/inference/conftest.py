@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from dfudet.config import config_to_dict, load_config
 from dfudet.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.config import config_to_dict, load_config
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dfudet.data.transforms import build_eval_transform
 from dfudet.checkpoint import atomic_torch_save, config_digest, safe_torch_load, state_digest
+from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
-from dfudet.inference import Predictor, boxes_to_original
+from dfudet.inference import Predictor
+from dfudet.inference.backend import to_original as boxes_to_original
 from dfudet.inference.tta import fuse_views, unflip_boxes
 
 
@@ -52,7 +53,7 @@ def test_from_checkpoint_uses_operating_threshold_and_model_settings(tiny_ckpt: 
 def test_non_square_boxes_equal_model_output_mapped_back(predictor: Predictor) -> None:
     img = _image(90, 150)
     res = predictor.predict_arrays([img])[0]
-    assert (res["width"], res["height"]) == (150, 90)
+    assert (res.width, res.height) == (150, 90)
     # the same computation by hand: eval transform -> model -> divide by the resize factor
     square, _, scale = build_eval_transform(96)(img, np.zeros((0, 4), np.float32))
     assert scale == pytest.approx(96 / 150)
@@ -62,10 +63,10 @@ def test_non_square_boxes_equal_model_output_mapped_back(predictor: Predictor) -
     expected[:, 0::2] = expected[:, 0::2].clip(0, 150)
     expected[:, 1::2] = expected[:, 1::2].clip(0, 90)
     keep = (expected[:, 2] > expected[:, 0]) & (expected[:, 3] > expected[:, 1])
-    assert len(res["boxes"]) == keep.sum() > 0
-    np.testing.assert_allclose(res["boxes"], expected[keep], atol=1e-3)
-    np.testing.assert_allclose(res["scores"], out["scores"].numpy()[keep], atol=1e-6)
-    assert res["boxes"][:, 2].max() > 96  # really in original pixels, not in the 96-px model input
+    assert len(res.boxes) == keep.sum() > 0
+    np.testing.assert_allclose(res.boxes, expected[keep], atol=1e-3)
+    np.testing.assert_allclose(res.scores, out["scores"].numpy()[keep], atol=1e-6)
+    assert res.boxes[:, 2].max() > 96  # really in original pixels, not in the 96-px model input
 
 
 def test_batched_equals_one_by_one(predictor: Predictor) -> None:
@@ -73,18 +74,18 @@ def test_batched_equals_one_by_one(predictor: Predictor) -> None:
     together = predictor.predict_arrays(imgs, batch_size=3)
     alone = [predictor.predict_arrays([im], batch_size=1)[0] for im in imgs]
     for a, b in zip(together, alone):  # CPU kernels differ with batch size: allow float noise, not other boxes
-        assert len(a["boxes"]) == len(b["boxes"]) > 0
-        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=0.5)
-        np.testing.assert_allclose(a["scores"], b["scores"], atol=5e-3)
+        assert len(a.boxes) == len(b.boxes) > 0
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+        np.testing.assert_allclose(a.scores, b.scores, atol=5e-3)
 
 
 def test_keep_filters_by_threshold(predictor: Predictor) -> None:
     res = predictor.predict_arrays([_image(96, 96)])[0]
-    assert res["scores"].min() < res["scores"].max()  # the fixture model spreads its scores
-    t = float(np.median(res["scores"]))
+    assert res.scores.min() < res.scores.max()  # the fixture model spreads its scores
+    t = float(np.median(res.scores))
     kept = predictor.keep(res, t)
-    assert kept["threshold"] == t and (kept["scores"] >= t).all()
-    assert len(kept["boxes"]) == int((res["scores"] >= t).sum()) < len(res["boxes"])
+    assert kept.threshold == t and (kept.scores >= t).all()
+    assert len(kept.boxes) == int((res.scores >= t).sum()) < len(res.boxes)
 
 
 def test_exif_rotated_file_is_predicted_in_display_orientation(predictor: Predictor, tmp_path: Path) -> None:
@@ -94,12 +95,12 @@ def test_exif_rotated_file_is_predicted_in_display_orientation(predictor: Predic
     path = tmp_path / "rotated.jpg"
     raw.save(path, quality=95, exif=exif)
     res = predictor.predict_paths([path])[0]
-    assert (res["width"], res["height"]) == (60, 120)
+    assert (res.width, res.height) == (60, 120)
     with Image.open(path) as im:
         displayed = np.asarray(im.convert("RGB").transpose(Image.Transpose.ROTATE_270))
     expected = predictor.predict_arrays([displayed])[0]
-    np.testing.assert_allclose(res["boxes"], expected["boxes"], atol=1e-4)
-    assert (res["boxes"][:, 2] <= 60).all() and (res["boxes"][:, 3] <= 120).all()
+    np.testing.assert_allclose(res.boxes, expected.boxes, atol=1e-4)
+    assert (res.boxes[:, 2] <= 60).all() and (res.boxes[:, 3] <= 120).all()
 
 
 def test_unflip_and_fusion_of_identical_views() -> None:
@@ -120,11 +121,11 @@ def test_tta_boxes_inside_image_and_sorted(tiny_ckpt: Path) -> None:
     for img in (_image(90, 150), _image(130, 70, 5)):
         res = p.predict_arrays([img])[0]
         h, w = img.shape[:2]
-        b = res["boxes"]
+        b = res.boxes
         assert len(b) > 0
         assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
-        assert (np.diff(res["scores"]) <= 0).all()
+        assert (np.diff(res.scores) <= 0).all()
         assert len(b) <= p.max_detections
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from _synth import random_detections
 import pytest
+from _synth import random_detections
 
 from dfudet.errors import ConfigError
 from dfudet.metrics.bootstrap import CI_METRICS, bootstrap_ci

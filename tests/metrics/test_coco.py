@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from _synth import random_detections
 import pytest
 import torch
+from _synth import random_detections
 
 from dfudet.metrics.coco import coco_map
 

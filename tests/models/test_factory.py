@@ -1,4 +1,6 @@
-"""Detector factory: every registry name trains and predicts, config is honoured, errors are clear (random init, tiny)."""
+"""Detector factory: every registry name trains and predicts, config is honoured, errors are clear
+(random init, tiny).
+"""
 
 from __future__ import annotations
 
@@ -139,7 +141,8 @@ def test_custom_anchors_change_generator_and_rpn_head() -> None:
     assert model.rpn.head.cls_logits.out_channels == 8 and model.rpn.head.bbox_pred.out_channels == 32
 
     # torchvision model: a different anchor count replaces its RPN head (keeping its conv depth) and still trains
-    mb = build_detector(_cfg("fasterrcnn_mobilenet_v3_large_320_fpn", anchor_sizes=[[16.0], [32.0], [64.0]], aspect_ratios=[1.0]), IMG)
+    mb = build_detector(_cfg("fasterrcnn_mobilenet_v3_large_320_fpn", anchor_sizes=[[16.0], [32.0], [64.0]],
+                             aspect_ratios=[1.0]), IMG)
     assert mb.rpn.anchor_generator.num_anchors_per_location() == [1, 1, 1]
     assert mb.rpn.head.cls_logits.out_channels == 1
     _train_and_predict(mb)
@@ -149,7 +152,8 @@ def test_custom_anchors_change_generator_and_rpn_head() -> None:
     "name, levels, expected",
     [
         ("fasterrcnn_efficientnet", 4, "has 4 levels but fasterrcnn_efficientnet has 5 feature maps"),
-        ("fasterrcnn_mobilenet_v3_large_fpn", 5, "has 5 levels but fasterrcnn_mobilenet_v3_large_fpn has 3 feature maps"),
+        ("fasterrcnn_mobilenet_v3_large_fpn", 5,
+         "has 5 levels but fasterrcnn_mobilenet_v3_large_fpn has 3 feature maps"),
     ],
 )
 def test_wrong_anchor_level_count_is_a_config_error(name: str, levels: int, expected: str) -> None:

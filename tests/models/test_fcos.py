@@ -40,7 +40,8 @@ def test_fcos_honours_config_levels_and_head() -> None:
     model = build_detector(_cfg(box_score_thresh=0.03, box_nms_thresh=0.45, detections_per_img=9,
                                 topk_candidates=50, head_convs=3, fpn_channels=48), IMG)
     assert isinstance(model, FCOS)
-    assert (model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates) == (0.03, 0.45, 9, 50)
+    assert (model.score_thresh, model.nms_thresh, model.detections_per_img,
+            model.topk_candidates) == (0.03, 0.45, 9, 50)
     assert model.transform.min_size == (IMG,) and model.transform.max_size == IMG
     cls_head = model.head.classification_head
     assert cls_head.cls_logits.out_channels == 1  # one sigmoid output for "ulcer": no background logit
@@ -108,5 +109,6 @@ def test_two_stage_settings_and_bad_widths_on_fcos_are_config_errors() -> None:
 
 def test_backbone_with_other_strides_is_a_config_error() -> None:
     """dla34's stages 2..4 are at strides 4, 8, 16: the FCOS level sizes 8..128 would all be off by 2x."""
-    with pytest.raises(ConfigError, match=r"'dla34' gives feature maps at strides \[4, 8, 16\].*needs strides \[8, 16, 32\]"):
+    with pytest.raises(ConfigError,
+                       match=r"'dla34' gives feature maps at strides \[4, 8, 16\].*needs strides \[8, 16, 32\]"):
         build_detector(_cfg(backbone="dla34"), IMG)

@@ -225,7 +225,8 @@ def test_detector_built_from_a_user_file_records_its_source(reference: dict[str,
     cfg = ModelConfig(name="fcos_timm", backbone=NAME, pretrained=True, weights=str(tmp_path / "w.pth"),
                       fpn_channels=32, head_convs=1)
     model = build_detector(cfg, 128)
-    assert weights_source(model) == f"file: {tmp_path / 'w.pth'} ({len(model.backbone.body.state_dict())} tensors, mapped by name)"
+    assert weights_source(model) == (f"file: {tmp_path / 'w.pth'} "
+                                     f"({len(model.backbone.body.state_dict())} tensors, mapped by name)")
     _assert_loaded(model.backbone.body, reference)
     # rebuilt for a checkpoint: same modules, nothing looked for, the state dict fits strictly
     again = build_detector(cfg.model_copy(update={"weights": str(tmp_path / "gone.pth")}), 128, load_weights=False)
@@ -274,11 +275,13 @@ def test_no_source_is_a_clear_error_listing_what_was_tried(tmp_path: Path) -> No
         from dfudet.errors import ConfigError
         from dfudet.models.factory import build_detector
         try:
-            build_detector(ModelConfig(name="fasterrcnn_efficientnet", backbone="efficientnet_b0", pretrained=True), 128)
+            build_detector(ModelConfig(name="fasterrcnn_efficientnet", backbone="efficientnet_b0", pretrained=True),
+                           128)
         except ConfigError as exc:
             print("CONFIGERROR", exc)
         """, tmp_path)
-    assert "CONFIGERROR no ImageNet weights for model.backbone 'efficientnet_b0' could be found. Tried, in order:" in out
+    assert ("CONFIGERROR no ImageNet weights for model.backbone 'efficientnet_b0' could be found. "
+            "Tried, in order:") in out
     for tried in ("timm's cache (no file for its default tag)",
                   "weight packages (none registered for efficientnet_b0; there are for efficientnet_lite0, "
                   "efficientnet_lite1, efficientnet_lite2)",

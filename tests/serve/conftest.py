@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfudet.data.demo import render_sample
-
 from _checkpoints import train_demo_checkpoint
+from dfudet.data.demo import render_sample
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,8 @@ def read_split_meta(cache_dir: Path, split: str, expected_sha256: str | None = N
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{where}: the index of split {split!r} is unreadable ({type(exc).__name__}); {again}") from None
+        raise DataError(f"{where}: the index of split {split!r} is unreadable "
+                        f"({type(exc).__name__}); {again}") from None
     if not isinstance(meta, dict) or meta.get("count") != len(meta.get("entries", [])):
         raise DataError(f"{where}: index is inconsistent (count != entries); {again}")
     return meta

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,7 +32,8 @@ def unsupported_reason(path: Path) -> str:
 
 # One pixel limit for every command that decodes an image (import, prepare, train, evaluate, predict, serve): a
 # foot photo is never this large (phones save 12 MP by default), so it stops decompression bombs (a 6 KB PNG can
-# declare 50 MP; decoding one costs ~0.4 GB) while 48-50 MP phone photos pass. It is checked from the header, before decoding; `--max-pixels` or DFUDET_MAX_PIXELS change it.
+# declare 50 MP; decoding one costs ~0.4 GB) while 48-50 MP phone photos pass. It is checked from the header,
+# before decoding; `--max-pixels` or DFUDET_MAX_PIXELS change it.
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
@@ -184,7 +185,8 @@ def check_box(box: list[float] | tuple[float, ...], width: int, height: int) -> 
         return BoxCheck(None, problem=f"box {_fmt_box(box)} has zero or negative area (needs x2 > x1 and y2 > y1)")
     c = [min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height)]
     if c[2] <= c[0] or c[3] <= c[1]:
-        return BoxCheck(None, problem=f"box {_fmt_box(box)} lies outside the {width}x{height} image (zero area after clipping)")
+        return BoxCheck(None, problem=f"box {_fmt_box(box)} lies outside the {width}x{height} image "
+                                      "(zero area after clipping)")
     clipped = c != [x1, y1, x2, y2]
     return BoxCheck(c, clipped=clipped)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,8 @@ class DetectionDataset(Dataset):
                 for r in mine
             ]
         else:
-            raise DataError(f"{self.source} is neither a dfudet LMDB cache ({MANIFEST_FILE}, from `dfudet data prepare`) "
+            raise DataError(f"{self.source} is neither a dfudet LMDB cache "
+                            f"({MANIFEST_FILE}, from `dfudet data prepare`) "
                             f"nor a dataset dir ({DATASET_FILE}, from `dfudet data import`)")
         self.healthy_flags: list[bool] = [bool(e["healthy"]) for e in self._entries]
 
@@ -161,7 +163,9 @@ class DetectionDataset(Dataset):
                 "healthy": bool(e["healthy"]), "kind": e.get("kind", "photo"), "split": self.split}
 
 
-def collate_detection(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list[torch.Tensor], list[dict]]:
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[list[torch.Tensor], list[dict]]:
     """Keep images of different sizes as a list (torchvision detectors batch them themselves)."""
     images = [b[0] for b in batch]
     targets = [b[1] for b in batch]

@@ -278,7 +278,8 @@ def _lesions(rng: np.random.Generator, s: int, img: np.ndarray, skin: np.ndarray
         full = _poly_mask(s, _blob(rng, c, d / 2, rng.uniform(0.15, 0.5)))
         mask = full & skin
         area = int(mask.sum())
-        if area < max(12, 0.75 * full.sum()) or (cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) & taken).any():
+        if (area < max(12, 0.75 * full.sum())
+                or (cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) & taken).any()):
             continue
         _paint_ulcer(rng, s, img, mask, skin, d)
         taken |= cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
@@ -288,7 +289,8 @@ def _lesions(rng: np.random.Generator, s: int, img: np.ndarray, skin: np.ndarray
     return masks
 
 
-def _paint_ulcer(rng: np.random.Generator, s: int, img: np.ndarray, mask: np.ndarray, skin: np.ndarray, d: float) -> None:
+def _paint_ulcer(rng: np.random.Generator, s: int, img: np.ndarray, mask: np.ndarray, skin: np.ndarray,
+                 d: float) -> None:
     """Layered wound: callus/maceration halo outside, then granulation, slough, necrosis, crater shading, rim, shine."""
     r = d / 2
     halo_w = max(1, int(rng.uniform(0.1, 0.2) * d + 1))
@@ -409,7 +411,8 @@ def _clear_previous(out: Path) -> None:
 def generate_demo(out: Path, n: int = 300, seed: int = 0, size: int = 320) -> dict:
     """Write the synthetic demo set (COCO ulcer images + healthy folders + README) and return a summary for the CLI."""
     if n < MIN_N:
-        raise ConfigError(f"demo: --n {n} is too small; use at least {MIN_N} so every split gets 2 ulcer and 2 healthy images")
+        raise ConfigError(f"demo: --n {n} is too small; use at least {MIN_N} so every split gets 2 ulcer "
+                          "and 2 healthy images")
     if size < MIN_SIZE:
         raise ConfigError(f"demo: --size {size} is too small; use at least {MIN_SIZE} pixels")
     start = time.perf_counter()

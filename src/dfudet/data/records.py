@@ -10,9 +10,10 @@ Image paths are absolute (images are not copied); boxes are xyxy pixels in the i
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from dfudet.errors import DataError
 from dfudet.utils import atomic_write_bytes
@@ -45,7 +46,7 @@ class ImageRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ImageRecord":
+    def from_dict(cls, d: dict[str, Any]) -> ImageRecord:
         return cls(**d)
 
 
@@ -94,7 +95,8 @@ def read_dataset(dataset_dir: Path) -> list[ImageRecord]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise DataError(f"{path}: not a dfudet dataset file (format field is {payload.get('format')!r})")
     if payload.get("version") != FORMAT_VERSION:
-        raise DataError(f"{path}: dataset version {payload.get('version')} is not supported (expected {FORMAT_VERSION})")
+        raise DataError(f"{path}: dataset version {payload.get('version')} is not supported "
+                        f"(expected {FORMAT_VERSION})")
     try:
         return [ImageRecord.from_dict(d) for d in payload["records"]]
     except (KeyError, TypeError) as exc:

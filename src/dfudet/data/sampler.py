@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class _EpochForwarder:
     """Lightning 2.x calls set_epoch on `loader.sampler` and `loader.batch_sampler.sampler`, never on the batch
     sampler itself; exposing this as `.sampler` makes Lightning reach BalancedBatchSampler.set_epoch."""
 
-    def __init__(self, owner: "BalancedBatchSampler") -> None:
+    def __init__(self, owner: BalancedBatchSampler) -> None:
         self._owner = owner
 
     def set_epoch(self, epoch: int) -> None:

@@ -7,14 +7,15 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
-from dfudet.config import config_to_dict
 from dfudet.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.config import config_to_dict
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")

@@ -20,8 +20,24 @@ def data_source(cfg: Config) -> Path:
     """The cache (preferred) or dataset dir named by the config, with a clear error when neither is set."""
     src = cfg.data.cache or cfg.data.dataset
     if not src:
-        raise ConfigError("no data: set data.cache (from `dfudet data prepare`) or data.dataset (from `dfudet data import`)")
+        raise ConfigError("no data: set data.cache (from `dfudet data prepare`) "
+                          "or data.dataset (from `dfudet data import`)")
     return Path(src)
+
+
+def check_cache_size(src: Path, img_size: int) -> None:
+    """Refuse a cache prepared at a smaller size than the model input: its photos would be upsampled silently."""
+    from dfudet.data.cache import MANIFEST_FILE, read_manifest
+
+    if not (src / MANIFEST_FILE).is_file():
+        return  # a dataset dir: photos are read at full size
+    cached = int(read_manifest(src).get("img_size") or 0)  # 0: prepared at the photos' own size
+    if cached and cached < img_size:
+        raise ConfigError(
+            f"{src}: the cache was prepared at {cached} px (long side) but data.img_size is {img_size}: training "
+            f"would upsample every photo. Run `dfudet data prepare DATASET_DIR --out NEW_CACHE --img-size {img_size}` "
+            f"and train on it, or set data.img_size={cached}"
+        )
 
 
 def _dist() -> tuple[int, int]:
@@ -42,6 +58,7 @@ class DetectionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         d = self.cfg.data
         src = data_source(self.cfg)
+        check_cache_size(src, d.img_size)
         if self.train_ds is None and stage in (None, "fit"):
             self.train_ds = DetectionDataset(src, d.train_split, build_train_transform(d.augment, d.img_size),
                                              seed=self.cfg.train.seed)

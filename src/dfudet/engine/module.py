@@ -10,9 +10,9 @@ import lightning as L
 import numpy as np
 import torch
 
+from dfudet.checkpoint import state_digest
 from dfudet.config import Config
 from dfudet.engine import rng
-from dfudet.checkpoint import state_digest
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
 from dfudet.models.factory import backbone_label, get_spec
@@ -187,7 +187,8 @@ class DetectorModule(L.LightningModule):
         t = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
         if t.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                                                         weight_decay=t.weight_decay)
         else:
             opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         # ReduceLROnPlateau on val loss only, stepped by hand in on_validation_epoch_end (see there).

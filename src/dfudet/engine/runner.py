@@ -15,6 +15,7 @@ import yaml
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dfudet.checkpoint import atomic_torch_save, safe_torch_load
 from dfudet.config import Config, config_to_dict, save_config
 from dfudet.engine.callbacks import (
     BEST_NAME,
@@ -25,7 +26,6 @@ from dfudet.engine.callbacks import (
     best_payload,
     quiet_third_party,
 )
-from dfudet.checkpoint import atomic_torch_save, safe_torch_load
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
@@ -108,8 +108,9 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
 
 
 def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> None:
-    from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
     import numpy as np
+
+    from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
 
     assert dm.train_ds is not None
     wh = []
@@ -246,7 +247,8 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
     # anchor-free models refuse auto_anchors when they are built, with the reason
-    if cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume and not get_spec(cfg.model.name).anchor_free:
+    if (cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume
+            and not get_spec(cfg.model.name).anchor_free):
         _auto_anchors(cfg, dm)
     acc, devices, precision = resolve_hardware(cfg)
     log.info(header(cfg, dm, acc, devices, precision, resume))
@@ -257,7 +259,8 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     cfg.model.weights_source = module.cfg.model.weights_source = weights_source(module.model)
     module.hparams["config"] = config_to_dict(cfg)
     if cfg.model.pretrained:
-        log.info("pretrained weights: %s", cfg.model.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
+        log.info("pretrained weights: %s",
+                 cfg.model.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
     if _rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
     base: dict[str, float] = {}

@@ -71,7 +71,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
     if dynamic_batch:
         raise ConfigError(
             "--dynamic-batch is not supported: torchvision's detectors (Faster R-CNN, FCOS) loop over the images "
-            "of a batch in Python, and the TorchScript exporter unrolls that loop, so the graph takes exactly one image "
+            "of a batch in Python, and the TorchScript exporter unrolls that loop, so the graph takes exactly one "
+            "image "
             "(a batch of 2 fails in onnxruntime). Export without it; OnnxPredictor runs images one by one."
         )
     if not MIN_OPSET <= int(opset) <= 21:
@@ -111,6 +112,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
         "num_classes": num_classes,
         "model_name": info.get("model_name"),
         "backbone": info.get("backbone"),
+        "composite_weights": info["config"]["train"]["composite_weights"],
         "source_checkpoint": checkpoint.name,
         "source_checkpoint_sha256": sha256_file(checkpoint),
         "epoch": info.get("epoch"),

@@ -8,8 +8,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"Predictor": "dfudet.inference.predictor", "boxes_to_original": "dfudet.inference.predictor",
-         "resolve_device": "dfudet.inference.predictor"}
+_LAZY = {"Predictor": "dfudet.inference.predictor", "resolve_device": "dfudet.inference.predictor",
+         "Backend": "dfudet.inference.backend", "Detections": "dfudet.inference.backend",
+         "load_backend": "dfudet.inference.backend", "OnnxPredictor": "dfudet.inference.onnx_predictor"}
 
 __all__ = list(_LAZY)
 

@@ -92,12 +92,12 @@ def _with_legend(im: Image.Image, items: list[tuple[str, tuple[int, int, int]]],
 def _label(draw: ImageDraw.ImageDraw, text: str, box: list[float], colour: tuple[int, int, int], font: Any,
            size: tuple[int, int]) -> None:
     """Score tag on a filled background above the box (inside it when the box touches the top edge)."""
-    l, t, r, b = draw.textbbox((0, 0), text, font=font)
-    tw, th = r - l + 4, b - t + 4
+    left, t, r, b = draw.textbbox((0, 0), text, font=font)
+    tw, th = r - left + 4, b - t + 4
     x = min(max(0.0, box[0]), max(0.0, size[0] - tw))
     y = box[1] - th if box[1] - th >= 0 else box[1]
     draw.rectangle([x, y, x + tw, y + th], fill=colour)
-    draw.text((x + 2 - l, y + 2 - t), text, fill=(255, 255, 255), font=font)
+    draw.text((x + 2 - left, y + 2 - t), text, fill=(255, 255, 255), font=font)
 
 
 def save_jpeg(image: Image.Image, path: Any, quality: int = 90) -> None:

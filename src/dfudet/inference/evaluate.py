@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.predictor import Predictor
+from dfudet.inference.backend import Backend, load_backend
 from dfudet.utils import atomic_write_bytes
 
 COCO_SPLIT = "all"  # a COCO json given directly is evaluated whole, under this split name
@@ -47,7 +47,7 @@ def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
     return out
 
 
-def _check_config(config: str | Path, predictor: Predictor) -> None:
+def _check_config(config: str | Path, predictor: Backend) -> None:
     """A --config naming another model than the checkpoint's is an error (img_size may differ: inputs are resized)."""
     from dfudet.checkpoint import check_compatible
     from dfudet.config import load_config
@@ -73,7 +73,7 @@ def _gallery_image(dataset: Any, i: int) -> np.ndarray:
     return dataset[i][0].permute(1, 2, 0).numpy()
 
 
-def predict_split(predictor: Predictor, dataset: Any, batch_size: int = 8, progress: bool = True
+def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progress: bool = True
                   ) -> list[dict[str, Any]]:
     """Predict every image of a DetectionDataset; boxes scaled to each record's original size."""
     from tqdm import tqdm
@@ -87,10 +87,10 @@ def predict_split(predictor: Predictor, dataset: Any, batch_size: int = 8, progr
             for i, image, res in zip(idx, images, predictor.predict_arrays(images, batch_size)):
                 rec = dataset.record(i)
                 sx, sy = rec["width"] / image.shape[1], rec["height"] / image.shape[0]
-                boxes = res["boxes"].astype(np.float64) * np.array([sx, sy, sx, sy])
+                boxes = res.boxes.astype(np.float64) * np.array([sx, sy, sx, sy])
                 rows.append({"index": i, "path": rec["path"], "width": rec["width"], "height": rec["height"],
                              "healthy": rec["healthy"], "gt_boxes": rec["boxes"], "boxes": boxes.tolist(),
-                             "scores": res["scores"].astype(np.float64).tolist()})
+                             "scores": res.scores.astype(np.float64).tolist()})
             bar.update(len(idx))
     finally:
         bar.close()
@@ -139,12 +139,13 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
 
 def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch_size: int, progress: bool,
              iou_threshold: float, weights: Any) -> dict[str, Any]:
-    """The headline figures of another checkpoint (e.g. the untrained model) on the same photos, at its own threshold."""
+    """The headline figures of another checkpoint (e.g. the untrained model) on the same photos, at its own
+    threshold."""
     from dfudet.metrics.coco import coco_map
     from dfudet.metrics.curves import froc
     from dfudet.metrics.scores import detection_scores
 
-    other = Predictor.from_checkpoint(checkpoint, device=device, tta=tta)
+    other = load_backend(checkpoint=checkpoint, device=device, tta=tta)
     rows = predict_split(other, dataset, batch_size, progress)
     preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
@@ -155,12 +156,14 @@ def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch
             "coco": coco_map(preds, gts), "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]}}
 
 
-def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test",
+def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | Path, split: str = "test",
                    images: str | Path | None = None, score_threshold: float | None = None,
                    iou_threshold: float = 0.5, batch_size: int = 8, bootstrap: int = 1000, tta: bool = False,
                    config: str | Path | None = None, device: str = "cpu", gallery_size: int = 12,
-                   progress: bool = True, compare: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on one split of a cache, dataset dir or COCO json and write the report files to `out`."""
+                   progress: bool = True, compare: str | Path | None = None,
+                   onnx: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint (or an exported ONNX model) on one split of a cache, dataset dir or COCO json and write
+    the report files to `out`."""
     from dfudet.data.dataset import DetectionDataset
     from dfudet.inference.report import write_galleries, write_plots, write_report_md
 
@@ -175,7 +178,7 @@ def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, sp
     if not data.exists():
         raise DataError(f"{data}: data path does not exist (expected an LMDB cache dir from `dfudet data prepare`, "
                         "a dataset dir from `dfudet data import`, or a COCO json with --images)")
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold, tta=tta)
     if config is not None:
         _check_config(config, predictor)
     out = Path(out)
@@ -191,9 +194,11 @@ def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, sp
         preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
                  for r in rows]
         gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
-        from dfudet.config import Config
+        from dfudet.config import CompositeWeights, Config
 
-        weights = Config.model_validate(predictor.info["config"]).train.composite_weights
+        # the composite weights the model was selected with (an ONNX export carries them in its metadata)
+        weights = (Config.model_validate(predictor.info["config"]).train.composite_weights if "config" in predictor.info
+                   else CompositeWeights.model_validate(predictor.info.get("composite_weights") or {}))
         thr = predictor.score_threshold
         m = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
         pr, fr, sweep = m.pop("_curves")
@@ -208,7 +213,8 @@ def run_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, sp
         "checkpoint": {"path": str(checkpoint), "epoch": info.get("epoch"), "model_name": info.get("model_name"),
                        "backbone": info.get("backbone"), "img_size": info.get("img_size"),
                        "format": info.get("format"), "dfudet_version": info.get("dfudet_version")},
-        "data": {"path": str(data), "split": used_split, "kind": dataset.kind, "images": str(images) if images else None},
+        "data": {"path": str(data), "split": used_split, "kind": dataset.kind,
+                 "images": str(images) if images else None},
         "score_threshold": thr,
         "score_threshold_source": predictor.threshold_source,
         "iou_threshold": float(iou_threshold),

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from dfudet.errors import CheckpointError, ConfigError, DataError
-
-Result = dict[str, Any]
+from dfudet.errors import CheckpointError, ConfigError
+from dfudet.inference.backend import Backend, Detections, check_image, check_threshold, nonempty, to_original
 
 
 def metadata_path(onnx_path: str | os.PathLike[str]) -> Path:
@@ -36,18 +36,10 @@ def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)).astype(np.float32) / np.float32(255.0), float(scale)
 
 
-def to_original(boxes: np.ndarray, scale: float, width: int, height: int) -> np.ndarray:
-    """Boxes from the padded model input back to the photo (divide by scale, clip), as Predictor does."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
-    b[:, 0::2] = np.clip(b[:, 0::2], 0, width)
-    b[:, 1::2] = np.clip(b[:, 1::2], 0, height)
-    return b
-
-
-class OnnxPredictor:
+class OnnxPredictor(Backend):
     """An exported detector in an onnxruntime session plus its input size and operating threshold."""
 
-    backend = "onnxruntime"
+    name = "onnxruntime"
 
     def __init__(self, model_path: str | os.PathLike[str], score_threshold: float | None = None,
                  tta: bool = False, threads: int | None = None) -> None:
@@ -71,9 +63,8 @@ class OnnxPredictor:
         if score_threshold is None:
             self.score_threshold, self.threshold_source = default_threshold, "model metadata score_threshold"
         else:
-            if not 0.0 <= float(score_threshold) <= 1.0:
-                raise ConfigError(f"--score-threshold must be between 0 and 1, got {score_threshold}")
-            self.score_threshold, self.threshold_source = float(score_threshold), "--score-threshold"
+            self.score_threshold = check_threshold(score_threshold, "--score-threshold")
+            self.threshold_source = "--score-threshold"
         self.tta = False
         self.info["path"] = str(path)
         opts = ort.SessionOptions()
@@ -90,7 +81,7 @@ class OnnxPredictor:
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike[str], score_threshold: float | None = None, tta: bool = False,
-                  threads: int | None = None) -> "OnnxPredictor":
+                  threads: int | None = None) -> OnnxPredictor:
         """Load MODEL.onnx and its MODEL.json sidecar written by `dfudet export`."""
         return cls(path, score_threshold=score_threshold, tta=tta, threads=threads)
 
@@ -110,34 +101,18 @@ class OnnxPredictor:
         h, w = image.shape[:2]
         boxes = to_original(out["boxes"], scale, w, h)
         scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
-        keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+        keep = nonempty(boxes)
         return boxes[keep], scores[keep]
 
-    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Result]:
+    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
         """Detections for HWC uint8 RGB arrays (same output as Predictor.predict_arrays); batch_size is accepted
         for interface parity only: the exported graph takes one image per call."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        results: list[Result] = []
+        results: list[Detections] = []
         for index, image in enumerate(images):
-            a = np.asarray(image)
-            if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape[0] < 1 or a.shape[1] < 1:
-                raise DataError(f"image {index}: expected an HxWx3 uint8 RGB array, "
-                                f"got shape {a.shape} dtype {a.dtype}")
+            a = check_image(image, index)
             boxes, scores = self._forward(a)
-            results.append({"boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32),
-                            "width": int(a.shape[1]), "height": int(a.shape[0])})
+            results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), int(a.shape[1]),
+                                      int(a.shape[0])))
         return results
-
-    def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Result]:
-        """Detections for image files (EXIF orientation applied)."""
-        from dfudet.data.checks import load_image
-
-        return [{"file": str(p), **r} for p in map(Path, paths) for r in self.predict_arrays([load_image(p)])]
-
-    def keep(self, result: Result, threshold: float | None = None) -> Result:
-        """The result restricted to detections with score >= threshold (default: the operating threshold)."""
-        t = self.score_threshold if threshold is None else float(threshold)
-        m = np.asarray(result["scores"]) >= t
-        return {**result, "boxes": np.asarray(result["boxes"])[m], "scores": np.asarray(result["scores"])[m],
-                "threshold": t}

@@ -20,11 +20,13 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
-from dfudet.errors import ConfigError, DataError
+from dfudet.errors import DataError
+from dfudet.inference.backend import load_backend
 from dfudet.inference.draw import draw_detections, save_jpeg
 from dfudet.utils import atomic_write_bytes
 
@@ -88,16 +90,8 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
     from tqdm import tqdm
 
     files, skipped = collect_images(inputs)
-    if (checkpoint is None) == (onnx is None):
-        raise ConfigError("give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)")
-    if onnx is not None:
-        from dfudet.inference.onnx_predictor import OnnxPredictor
-
-        predictor: Any = OnnxPredictor.from_onnx(onnx, score_threshold=score_threshold, tta=tta)
-    else:
-        from dfudet.inference.predictor import Predictor
-
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold,
+                             tta=tta)
     for s in skipped:
         print(f"skipped: {s['error']}", file=sys.stderr)
     if not files:
@@ -122,11 +116,11 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
             for (path, name, image), res in zip(batch, predictor.predict_arrays(arrays, batch_size)):
                 kept = predictor.keep(res, thr)
                 rel = _unique(name, used)
-                save_jpeg(draw_detections(image, kept["boxes"], kept["scores"], thr), out / "annotated" / rel)
+                save_jpeg(draw_detections(image, kept.boxes, kept.scores, thr), out / "annotated" / rel)
                 results.append({
-                    "file": str(path), "width": res["width"], "height": res["height"],
-                    "boxes": [[round(float(v), 2) for v in b] for b in kept["boxes"]],
-                    "scores": [round(float(s), 4) for s in kept["scores"]],
+                    "file": str(path), "width": res.width, "height": res.height,
+                    "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
+                    "scores": [round(float(s), 4) for s in kept.scores],
                     "threshold": thr, "annotated": f"annotated/{rel.as_posix()}",
                 })
             bar.update(len(files[start:start + batch_size]))

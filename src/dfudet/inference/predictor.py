@@ -1,18 +1,16 @@
-"""Predictor: a trained checkpoint applied to images of any size, boxes returned in original pixel coordinates.
+"""Predictor: the PyTorch backend (dfudet.inference.backend) for a trained checkpoint.
 
-Each image goes through the same deterministic eval transform as validation during training (resize the long side
-to the checkpoint's img_size, pad bottom/right to a square), so the model sees what it was selected on. Boxes come
-back in the padded square, are divided by the resize factor and clipped to the image; boxes lying wholly in the
-padding are dropped. `predict_*` return every detection the model emits (down to its `box_score_thresh` floor) so
-callers can sweep thresholds; `keep()` applies the operating threshold.
+The model is rebuilt from the checkpoint's own config through its ModelSpec (no pretrained weights are looked for)
+and its weights are loaded strictly; see backend.py for the contract shared with the ONNX Runtime backend.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,14 +20,14 @@ from torch import nn
 from dfudet.checkpoint import load_for_inference
 from dfudet.config import Config
 from dfudet.data.transforms import build_eval_transform
-from dfudet.errors import CheckpointError, ConfigError, DataError
+from dfudet.errors import CheckpointError, ConfigError
+from dfudet.inference.backend import Backend, Detections, check_image, check_threshold, nonempty, to_original
 from dfudet.models.factory import get_spec
 from dfudet.models.passes import to_float_images
 from dfudet.models.spec import ModelSpec
 
 log = logging.getLogger("dfudet")
 
-Result = dict[str, Any]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -47,27 +45,10 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def boxes_to_original(boxes: Any, scale: float, width: int, height: int) -> np.ndarray:
-    """Map xyxy boxes from the resized+padded model input back to the original image; drop boxes left empty."""
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
-    b[:, 0::2] = np.clip(b[:, 0::2], 0, width)
-    b[:, 1::2] = np.clip(b[:, 1::2], 0, height)
-    return b
-
-
-def _nonempty(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
-
-
-def _check_threshold(value: float, what: str) -> float:
-    v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ConfigError(f"{what} must be between 0 and 1, got {value}")
-    return v
-
-
-class Predictor:
+class Predictor(Backend):
     """A detector in eval mode plus its input size, device and operating threshold."""
+
+    name = "torch"
 
     def __init__(self, model: nn.Module, spec: ModelSpec, img_size: int, score_threshold: float,
                  device: str = "cpu", tta: bool = False, info: dict[str, Any] | None = None,
@@ -76,7 +57,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.img_size = int(img_size)
-        self.score_threshold = _check_threshold(score_threshold, "score threshold")
+        self.score_threshold = check_threshold(score_threshold, "score threshold")
         self.threshold_source = threshold_source
         self.tta = bool(tta)
         self.info = dict(info or {})
@@ -84,7 +65,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu", score_threshold: float | None = None,
-                        tta: bool = False) -> "Predictor":
+                        tta: bool = False) -> Predictor:
         """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly."""
         path = Path(path)
         ckpt = load_for_inference(path)
@@ -113,7 +94,7 @@ class Predictor:
             else:
                 source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.get('epoch')} of training)"
         else:
-            threshold = _check_threshold(score_threshold, "--score-threshold")
+            threshold = check_threshold(score_threshold, "--score-threshold")
             source = "--score-threshold"
         info = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "optimizer_state_dict")}
         info["path"] = str(path)
@@ -142,21 +123,21 @@ class Predictor:
         results = []
         for im, (_, scale), out in zip(images, prepared, outputs):
             h, w = im.shape[:2]
-            boxes = boxes_to_original(out["boxes"].float().cpu().numpy(), scale, w, h)
+            boxes = to_original(out["boxes"].float().cpu().numpy(), scale, w, h)
             scores = out["scores"].float().cpu().numpy().astype(np.float32)
-            keep = _nonempty(boxes)
+            keep = nonempty(boxes)
             results.append((boxes[keep], scores[keep]))
         return results
 
-    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Result]:
-        """Detections for HWC uint8 RGB arrays of any size: boxes (N,4) in original pixels, scores (N,), size."""
+    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
+        """Detections for HWC uint8 RGB arrays of any size (every detection down to the model's floor)."""
         from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
 
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        results: list[Result] = []
+        results: list[Detections] = []
         for start in range(0, len(images), batch_size):
-            chunk = [self._check_array(im, start + j) for j, im in enumerate(images[start:start + batch_size])]
+            chunk = [check_image(im, start + j) for j, im in enumerate(images[start:start + batch_size])]
             if self.tta:
                 outs = self._forward(chunk + [flip_image(im) for im in chunk])
                 n = len(chunk)
@@ -166,39 +147,13 @@ class Predictor:
                     fb, fs = outs[n + j]
                     boxes, scores = fuse_views([outs[j], (unflip_boxes(fb, w), fs)], w, h, self.floor,
                                                max_detections=self.max_detections)
-                    boxes = boxes_to_original(boxes, 1.0, w, h)
-                    keep = _nonempty(boxes)
+                    boxes = to_original(boxes, 1.0, w, h)
+                    keep = nonempty(boxes)
                     fused.append((boxes[keep], scores[keep]))
                 outs = fused
             else:
                 outs = self._forward(chunk)
             for im, (boxes, scores) in zip(chunk, outs):
-                results.append({"boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32),
-                                "width": int(im.shape[1]), "height": int(im.shape[0])})
+                results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), int(im.shape[1]),
+                                          int(im.shape[0])))
         return results
-
-    @staticmethod
-    def _check_array(image: np.ndarray, index: int) -> np.ndarray:
-        a = np.asarray(image)
-        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape[0] < 1 or a.shape[1] < 1:
-            raise DataError(f"image {index}: expected an HxWx3 uint8 RGB array, got shape {a.shape} dtype {a.dtype}")
-        return a
-
-    def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Result]:
-        """Detections for image files (EXIF orientation applied, so boxes are in the displayed orientation)."""
-        from dfudet.data.checks import load_image
-
-        paths = [Path(p) for p in paths]
-        results: list[Result] = []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            for p, r in zip(chunk, self.predict_arrays([load_image(p) for p in chunk], batch_size)):
-                results.append({"file": str(p), **r})
-        return results
-
-    def keep(self, result: Result, threshold: float | None = None) -> Result:
-        """The result restricted to detections with score >= threshold (default: the operating threshold)."""
-        t = self.score_threshold if threshold is None else float(threshold)
-        m = np.asarray(result["scores"]) >= t
-        return {**result, "boxes": np.asarray(result["boxes"])[m], "scores": np.asarray(result["scores"])[m],
-                "threshold": t}

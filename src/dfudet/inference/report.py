@@ -10,8 +10,9 @@ Galleries (worst N each, JPEGs named `NN_<image stem>.jpg`, rank 01 = worst):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ POOR_IOU = 0.7
 GALLERY_MIN_SIZE = 384  # small images are enlarged in galleries so boxes and scores stay readable
 
 
-def write_plots(out: Path, pr: dict[str, Any], froc_points: dict[str, Any], sweep: Sequence[dict[str, Any]]) -> list[Path]:
+def write_plots(out: Path, pr: dict[str, Any], froc_points: dict[str, Any],
+                sweep: Sequence[dict[str, Any]]) -> list[Path]:
     """pr_curve.png, froc.png and threshold_sweep.png (composite and its parts vs the score threshold)."""
     from dfudet.metrics.curves import plot_froc, plot_pr, plot_threshold_sweep
 
@@ -132,7 +134,8 @@ def plain_summary(m: dict[str, Any]) -> str:
     healthy_fp = round(at["fp_per_healthy_image"] * c["healthy_images"])
     parts = [f"Found **{c['tp']} of {c['gt_boxes']} ulcers** ({at['recall']:.0%}) and missed {c['fn']}",
              f"**{c['fp']} false alarm(s)** on {c['images']} photos"
-             + (f" ({healthy_fp} of them on the {c['healthy_images']} ulcer-free photos)" if c["healthy_images"] else ""),
+             + (f" ({healthy_fp} of them on the {c['healthy_images']} ulcer-free photos)"
+                if c["healthy_images"] else ""),
              f"{at['precision']:.0%} of the boxes shown were on an ulcer"]
     if c["ulcer_images"]:
         parts.append(f"at least one ulcer was found in {at['image_sensitivity']:.0%} of the {c['ulcer_images']} "

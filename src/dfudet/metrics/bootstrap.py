@@ -10,7 +10,8 @@ so a seed always gives the same interval.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,8 @@ once and each replicate is a weighted cumulative sum.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -19,8 +19,9 @@ bootstrap resampling cheap while giving exactly the same numbers as ``match_imag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

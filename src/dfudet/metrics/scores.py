@@ -25,8 +25,9 @@ so ``detection_scores`` (a one-threshold sweep) and ``sweep_thresholds`` give bi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -20,7 +20,9 @@ DEFAULT_SIZES_512: tuple[float, ...] = (16.0, 32.0, 64.0, 128.0, 256.0)
 
 
 def default_anchor_sizes(img_size: int, n_levels: int) -> list[list[float]]:
-    """Default sizes per FPN level for this input size: one size per level for 5 levels, the whole ladder on each level otherwise."""
+    """Default sizes per FPN level for this input size: one size per level for 5 levels, the whole ladder on each
+    level otherwise.
+    """
     scale = img_size / 512.0
     ladder = [round(s * scale, 2) for s in DEFAULT_SIZES_512]
     if n_levels == len(ladder):
@@ -102,7 +104,9 @@ def propose_anchor_sizes(
 
 
 def propose_aspect_ratios(box_wh: np.ndarray, k: int = 3) -> list[float]:
-    """`k` anchor aspect ratios (h/w, torchvision's convention) from a 1-D k-means on the log ratio of training boxes."""
+    """`k` anchor aspect ratios (h/w, torchvision's convention) from a 1-D k-means on the log ratio of training
+    boxes.
+    """
     if k < 1:
         raise ConfigError(f"number of aspect ratios must be >= 1, got {k}")
     wh = _valid_wh(box_wh, "aspect ratio proposal")

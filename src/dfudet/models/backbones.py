@@ -77,7 +77,9 @@ def _stage_modules(body: nn.Module, n_frozen: int) -> list[str]:
 
 
 def freeze_stages(body: nn.Module, n_frozen: int) -> list[str]:
-    """Freeze the first `n_frozen` feature stages of a timm features_only body (no grad, FrozenBatchNorm); returns the module names."""
+    """Freeze the first `n_frozen` feature stages of a timm features_only body (no grad, FrozenBatchNorm); returns
+    the module names.
+    """
     modules = _stage_modules(body, n_frozen)
     if modules:
         freeze(body, modules)
@@ -113,7 +115,8 @@ def build_timm_fpn_backbone(
             f"out_indices={out_indices} ({type(exc).__name__}: {exc}); use a CNN such as efficientnet_b0..b7"
         ) from exc
     if len(body.feature_info.info) < N_STAGES:  # type: ignore[union-attr,arg-type]
-        raise ConfigError(f"model.backbone {name!r} has fewer than {N_STAGES} feature stages; use a CNN such as efficientnet_b5")
+        raise ConfigError(f"model.backbone {name!r} has fewer than {N_STAGES} feature stages; "
+                          "use a CNN such as efficientnet_b5")
     strides = list(body.feature_info.reduction())  # type: ignore[union-attr,operator]
     if any(b <= a for a, b in zip(strides, strides[1:])):
         # ViT/MLP-style models give same-stride maps: no pyramid for the FPN and RoI level mapping
@@ -127,9 +130,11 @@ def build_timm_fpn_backbone(
         log.info("backbone %s: pretrained weights from %s", name, source.describe())
     if pretrained and trainable_layers < N_STAGES:
         modules = freeze_stages(body, N_STAGES - trainable_layers)
-        log.info("backbone %s: froze %d of %d stages (%s)", name, N_STAGES - trainable_layers, N_STAGES, ", ".join(modules))
+        log.info("backbone %s: froze %d of %d stages (%s)", name, N_STAGES - trainable_layers, N_STAGES,
+                 ", ".join(modules))
     elif not pretrained and trainable_layers < N_STAGES:
-        log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train", name, trainable_layers)
+        log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train",
+                 name, trainable_layers)
     extra = LastLevelP6P7(fpn_channels, fpn_channels) if p6p7 else None
     return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels, extra, source)  # type: ignore[union-attr,operator]
 

@@ -6,9 +6,10 @@ the rest of dfudet asks the spec (`dfudet.models.factory.get_spec(name)`), never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import Tensor, nn
 

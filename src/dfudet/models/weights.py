@@ -220,7 +220,8 @@ def load_pretrained(name: str, body: nn.Module, weights_file: str | None = None)
     tried.append("timm's cache (no file for its default tag)")
     pkg_file = package_weights_file(name)
     if pkg_file is not None:
-        n, how = load_state_dict_into(body, read_state_dict(pkg_file, f"the {WEIGHT_PACKAGES[name].dist} weights file"), name)
+        n, how = load_state_dict_into(
+            body, read_state_dict(pkg_file, f"the {WEIGHT_PACKAGES[name].dist} weights file"), name)
         return WeightSource("package", f"{WEIGHT_PACKAGES[name].dist} ({pkg_file})", n, how)
     pkg = WEIGHT_PACKAGES.get(name)
     tried.append(f"weight package {pkg.dist} (not installed)" if pkg else
@@ -235,7 +236,8 @@ def load_pretrained(name: str, body: nn.Module, weights_file: str | None = None)
         full = timm.create_model(name, pretrained=True)
     except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError, URLError, offline mode, missing tag
         if not offline:
-            tried.append(f"timm's download ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
+            tried.append(f"timm's download ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
         raise ConfigError(
             f"no ImageNet weights for model.backbone {name!r} could be found. Tried, in order:\n  - "
             + "\n  - ".join(tried)

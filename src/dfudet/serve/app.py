@@ -25,10 +25,11 @@ import io
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -38,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dfudet.errors import ConfigError, DfudetError
+from dfudet.inference.backend import Backend, Detections, load_backend
 
 log = logging.getLogger("dfudet.serve")
 
@@ -83,7 +85,7 @@ class PixelBudget:
             self._waiting += 1
             try:
                 await asyncio.wait_for(cond.wait_for(lambda: self._fits(n)), self.timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 retry = max(1, int(round(self.timeout / 2)))
                 raise ApiError(503, f"the server is busy (images of {self.in_use / 1e6:.0f} MP being processed, "
                                     f"{self._waiting - 1} more waiting); retry in {retry} s",
@@ -104,18 +106,18 @@ class PixelBudget:
 class InferenceQueue:
     """One worker thread owning the predictor: images from all requests are run in micro-batches of <= max_batch."""
 
-    def __init__(self, predictor: Any, max_batch: int = 4, max_waiting: int = 64) -> None:
+    def __init__(self, predictor: Backend, max_batch: int = 4, max_waiting: int = 64) -> None:
         self.predictor = predictor
         self.max_batch = max(1, int(max_batch))
-        self._q: queue.Queue[tuple[np.ndarray, Future] | None] = queue.Queue(maxsize=max_waiting)
+        self._q: queue.Queue[tuple[np.ndarray, Future[Detections]] | None] = queue.Queue(maxsize=max_waiting)
         self.stats = {"images": 0, "batches": 0, "largest_batch": 0}
         self.worker_threads: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="dfudet-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray) -> Future:
-        """Queue one image; the Future resolves to Predictor.predict_arrays' result for it."""
-        fut: Future = Future()
+    def submit(self, image: np.ndarray) -> Future[Detections]:
+        """Queue one image; the Future resolves to the backend's Detections for it."""
+        fut: Future[Detections] = Future()
         try:
             self._q.put_nowait((image, fut))
         except queue.Full:
@@ -213,7 +215,7 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file", tim
                 chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
             except StopAsyncIteration:
                 break
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 raise ApiError(408, f"the upload did not arrive within {timeout:g} s ({total} bytes received); "
                                     "send it again on a faster connection") from None
             total += len(chunk)
@@ -268,7 +270,7 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- the app
-def model_id(predictor: Any) -> str:
+def model_id(predictor: Backend) -> str:
     """A short, stable name of the loaded model: name/backbone@first 12 hex of its file's sha256."""
     info = predictor.info
     digest = info.get("onnx_sha256") or info.get("source_checkpoint_sha256")
@@ -281,10 +283,10 @@ def model_id(predictor: Any) -> str:
     return f"{name}{'/' + backbone if backbone and backbone != name else ''}@{(digest or 'unknown')[:12]}"
 
 
-def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 20.0,
+def create_app(predictor: Backend, token: str | None = None, max_upload_mb: float = 20.0,
                max_pixels: int | None = None, max_batch: int = 4, pixels_in_flight: int | None = None,
                busy_timeout: float = 30.0, body_timeout: float = 60.0) -> FastAPI:
-    """The FastAPI app serving `predictor` (Predictor or OnnxPredictor) behind one inference queue.
+    """The FastAPI app serving `predictor` (any inference backend) behind one inference queue.
 
     max_pixels: per-image limit (default: the tool-wide limit, dfudet.data.checks.max_pixels()); pixels_in_flight:
     the decoded-pixel budget over all requests (default 2 x max_pixels).
@@ -295,7 +297,7 @@ def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 
     budget = PixelBudget(int(pixels_in_flight or 2 * max_pixels), busy_timeout)
     max_bytes = int(max_upload_mb * MB)
     ident = model_id(predictor)
-    backend = getattr(predictor, "backend", "torch")
+    backend = predictor.name
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     token_bytes = token.encode("utf-8") if token else None
     work = InferenceQueue(predictor, max_batch=max_batch)
@@ -359,31 +361,16 @@ def create_app(predictor: Any, token: str | None = None, max_upload_mb: float = 
             del image
         finally:
             await budget.release(width * height)
-        keep = np.asarray(result["scores"]) >= floor
+        kept = result.above(floor)
         return {
-            "boxes": [[round(float(v), 2) for v in b] for b in np.asarray(result["boxes"])[keep]],
-            "scores": [round(float(s), 5) for s in np.asarray(result["scores"])[keep]],
+            "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
+            "scores": [round(float(s), 5) for s in kept.scores],
             "threshold": predictor.score_threshold, "min_score": floor, "model_id": ident,
-            "width": result["width"], "height": result["height"], "filename": Path(filename).name[:200],
+            "width": result.width, "height": result.height, "filename": Path(filename).name[:200],
             "sha256": hashlib.sha256(data).hexdigest(),
         }
 
     return app
-
-
-def load_predictor(checkpoint: str | None = None, onnx: str | None = None, device: str = "cpu",
-                   score_threshold: float | None = None) -> Any:
-    """A Predictor for --checkpoint or an OnnxPredictor for --onnx (exactly one of them)."""
-    if bool(checkpoint) == bool(onnx):
-
-        raise ConfigError("give exactly one of --checkpoint or --onnx")
-    if onnx:
-        from dfudet.inference.onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor.from_onnx(onnx, score_threshold=score_threshold)
-    from dfudet.inference.predictor import Predictor
-
-    return Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold)
 
 
 def read_token(token_file: str | None = None, env: str = "DFUDET_TOKEN") -> str | None:
@@ -410,7 +397,7 @@ def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "1
     """Load the model and run uvicorn until interrupted (`dfudet serve`)."""
     import uvicorn
 
-    predictor = load_predictor(checkpoint, onnx, device, score_threshold)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold)
     app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                      pixels_in_flight=pixels_in_flight, busy_timeout=busy_timeout, body_timeout=body_timeout)
     if host not in ("127.0.0.1", "localhost", "::1"):

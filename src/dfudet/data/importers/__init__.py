@@ -9,9 +9,9 @@ dataset.json and import_report.txt at the very end (an existing dataset is untou
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 
 from dfudet.data.checks import check_box, describe_clip, load_pil, open_image
 from dfudet.data.importers import masks as masks_mod
@@ -26,10 +26,9 @@ from dfudet.data.records import REPORT_FILE, ImageRecord, summarize, write_datas
 from dfudet.errors import ConfigError, DataError
 from dfudet.utils import atomic_write_bytes
 
-FORMATS = ("coco", "voc", "yolo", "dfuc-csv", "masks")
 ERRORS_FILE = "import_errors.txt"
 
-__all__ = ["FORMATS", "ImportOptions", "ImportResult", "import_dataset"]
+__all__ = ["FORMATS", "ImportFormat", "ImportOptions", "ImportResult", "import_dataset"]
 
 
 @dataclass
@@ -45,6 +44,31 @@ class ImportOptions:
     seed: int = 0
     patient_regex: str | None = None  # one capture group -> patient id from file name
     patient_column: str | None = None  # dfuc-csv column with patient id
+
+
+@dataclass(frozen=True)
+class ImportFormat:
+    """One annotation format: what --annotations must be and the parser that turns it into raw items."""
+
+    name: str
+    annotations: str  # "file" (one or more files), "folder" (exactly one folder) or "any"
+    parse: Callable[[Path, list[Path], ImportOptions], ParseResult]
+    help: str
+
+
+# The one registry of import formats (the CLI's --format choices and help come from here).
+FORMATS: dict[str, ImportFormat] = {f.name: f for f in (
+    ImportFormat("coco", "file", lambda images, anns, opts: parse_coco(images, anns),
+                 "COCO json file(s) with bbox or segmentation annotations"),
+    ImportFormat("voc", "any", lambda images, anns, opts: parse_voc(images, anns),
+                 "Pascal VOC xml files or folders of them"),
+    ImportFormat("yolo", "folder", lambda images, anns, opts: parse_yolo(images, anns[0]),
+                 "one folder of YOLO txt labels (class cx cy w h, normalised)"),
+    ImportFormat("dfuc-csv", "file", lambda images, anns, opts: parse_dfuc_csv(images, anns, opts.patient_column),
+                 "DFUC2020 CSV (name,xmin,ymin,xmax,ymax; one row per box)"),
+    ImportFormat("masks", "folder", lambda images, anns, opts: masks_mod.parse_masks(images, anns[0]),
+                 "one folder of wound masks named like the images (boxes from connected components)"),
+)}
 
 
 @dataclass
@@ -83,6 +107,7 @@ class ImportResult:
 def _check_arguments(fmt: str, images: Path | None, annotations: list[Path], opts: ImportOptions) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown import format {fmt!r} (choose one of {', '.join(FORMATS)})")
+    spec = FORMATS[fmt]
     check_fractions(opts.val_fraction, opts.test_fraction)
     if opts.min_area < 0 or opts.negative_crops < 0 or opts.crop_size < 1 or opts.crop_margin < 0:
         raise ConfigError("min_area, negative_crops and crop_margin must be >= 0 and crop_size >= 1")
@@ -96,25 +121,18 @@ def _check_arguments(fmt: str, images: Path | None, annotations: list[Path], opt
     for a in annotations:
         if not a.exists():
             raise DataError(f"--annotations {a}: file or folder does not exist")
-    if fmt in ("yolo", "masks"):
+    if spec.annotations == "folder":
         if len(annotations) != 1 or not annotations[0].is_dir():
-            raise DataError(f"--format {fmt} takes exactly one --annotations folder (got {', '.join(map(str, annotations))})")
-    elif fmt in ("coco", "dfuc-csv"):
+            raise DataError(f"--format {fmt} takes exactly one --annotations folder "
+                            f"(got {', '.join(map(str, annotations))})")
+    elif spec.annotations == "file":
         for a in annotations:
             if not a.is_file():
                 raise DataError(f"--annotations {a}: --format {fmt} needs a file, not a folder")
 
 
 def _parse(fmt: str, images: Path, annotations: list[Path], opts: ImportOptions) -> ParseResult:
-    if fmt == "coco":
-        return parse_coco(images, annotations)
-    if fmt == "voc":
-        return parse_voc(images, annotations)
-    if fmt == "yolo":
-        return parse_yolo(images, annotations[0])
-    if fmt == "dfuc-csv":
-        return parse_dfuc_csv(images, annotations, opts.patient_column)
-    return masks_mod.parse_masks(images, annotations[0])
+    return FORMATS[fmt].parse(images, annotations, opts)
 
 
 def _ref(item: RawItem) -> str:

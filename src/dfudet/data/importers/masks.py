@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import ImageOps, UnidentifiedImageError
-from scipy import ndimage
 
 from dfudet.data.checks import load_pil, open_image
 from dfudet.data.importers._common import ParseResult, RawItem, absolute, ignored_note, scan_images, stem_key
@@ -83,6 +82,8 @@ def load_mask(path: Path) -> np.ndarray:
 
 def mask_boxes(mask: np.ndarray, min_area: float) -> tuple[list[list[float]], list[int]]:
     """Boxes (xyxy) of the kept 8-connected components and the pixel counts of the dropped ones."""
+    from scipy import ndimage  # imported here: the CLI loads this module to list the import formats
+
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if n == 0:
         return [], []
@@ -123,8 +124,11 @@ def apply_mask(item: RawItem, min_area: float) -> None:
         )
 
 
-def _crop_positions(mask: np.ndarray, size: int, margin: float, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+def _crop_positions(mask: np.ndarray, size: int, margin: float, count: int,
+                    rng: np.random.Generator) -> list[tuple[int, int]]:
     """Top-left corners of up to `count` size x size windows whose pixels are all >= margin from the mask."""
+    from scipy import ndimage
+
     h, w = mask.shape
     dist = ndimage.distance_transform_edt(~mask)
     unsafe = (dist < margin).astype(np.int64)

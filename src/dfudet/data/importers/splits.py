@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from dfudet.data.records import SPLITS
 from dfudet.errors import ConfigError

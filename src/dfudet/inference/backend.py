@@ -1,0 +1,121 @@
+"""The inference backend interface: PyTorch (`Predictor`) and ONNX Runtime (`OnnxPredictor`) answer the same calls
+with the same typed `Detections`, and `load_backend()` is the one place that chooses between them (predict,
+evaluate and serve all use it). Nothing here imports torch: the ONNX path must run without it.
+
+Shared contract: every image goes through the eval transform of training (long side resized to img_size, padded
+bottom/right to a square); boxes come back divided by the resize factor, clipped to the photo, and boxes lying
+wholly in the padding are dropped. `predict_*` return every detection down to the model's score floor, so callers
+can sweep thresholds; `keep()` applies the operating threshold.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfudet.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The detections of one photo, in its own (display-orientation) pixels."""
+
+    boxes: np.ndarray  # (N, 4) float32 xyxy
+    scores: np.ndarray  # (N,) float32, descending
+    width: int
+    height: int
+    threshold: float | None = None  # the threshold `keep()` applied, None when unfiltered
+
+    def above(self, threshold: float) -> Detections:
+        """Only the detections with score >= threshold."""
+        m = self.scores >= threshold
+        return replace(self, boxes=self.boxes[m], scores=self.scores[m], threshold=float(threshold))
+
+
+def to_original(boxes: Any, scale: float, width: int, height: int) -> np.ndarray:
+    """Map xyxy boxes from the resized+padded model input back to the photo (divide by scale, clip to it)."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / np.float32(scale)
+    b[:, 0::2] = np.clip(b[:, 0::2], 0, width)
+    b[:, 1::2] = np.clip(b[:, 1::2], 0, height)
+    return b
+
+
+def nonempty(boxes: np.ndarray) -> np.ndarray:
+    """Mask of boxes with positive width and height (after clipping, boxes in the padding are empty)."""
+    return (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+
+
+def check_threshold(value: float, what: str) -> float:
+    """A score threshold in [0, 1], or a clear error naming where it came from."""
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"{what} must be between 0 and 1, got {value}")
+    return v
+
+
+def check_image(image: np.ndarray, index: int) -> np.ndarray:
+    """An HxWx3 uint8 RGB array, or a DataError naming the image's position."""
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise DataError(f"image {index}: expected an HxWx3 uint8 RGB array, got shape {a.shape} dtype {a.dtype}")
+    return a
+
+
+class Backend(ABC):
+    """A trained detector ready to run: its input size, operating threshold and model description."""
+
+    name: str  # "torch" or "onnxruntime"
+    img_size: int
+    score_threshold: float  # the operating threshold (chosen on val at training time unless overridden)
+    threshold_source: str
+    tta: bool
+    info: dict[str, Any]  # checkpoint / export metadata (model_name, backbone, epoch, path, ...)
+
+    @property
+    @abstractmethod
+    def floor(self) -> float:
+        """Lowest score the model emits: the start of any threshold sweep."""
+
+    @property
+    @abstractmethod
+    def max_detections(self) -> int:
+        """Detections per image cap of the model."""
+
+    @abstractmethod
+    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
+        """Detections for HWC uint8 RGB arrays of any size (every detection down to the floor)."""
+
+    def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Detections]:
+        """Detections for image files (EXIF orientation applied, so boxes are in the displayed orientation)."""
+        from dfudet.data.checks import load_image
+
+        paths = [Path(p) for p in paths]
+        out: list[Detections] = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            out += self.predict_arrays([load_image(p) for p in chunk], batch_size)
+        return out
+
+    def keep(self, detections: Detections, threshold: float | None = None) -> Detections:
+        """The detections at or above the threshold (default: the operating threshold)."""
+        return detections.above(self.score_threshold if threshold is None else float(threshold))
+
+
+def load_backend(checkpoint: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
+                 device: str = "cpu", score_threshold: float | None = None, tta: bool = False) -> Backend:
+    """The PyTorch backend for a checkpoint or the ONNX Runtime backend for an exported model (exactly one)."""
+    if (checkpoint is None) == (onnx is None):
+        raise ConfigError("give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)")
+    if onnx is not None:
+        from dfudet.inference.onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor.from_onnx(onnx, score_threshold=score_threshold, tta=tta)
+    from dfudet.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
