@@ -144,6 +144,10 @@ def test_onnx_export_matches_pytorch(name: str, tmp_path: Path):
     from dfudet.export.onnx import export_onnx
     from dfudet.inference.onnx_predictor import OnnxPredictor
 
+    if name.startswith("fasterrcnn_mobilenet"):
+        # random-init MobileNet heads tie their scores (0.50), so box order and the NMS survivors are arbitrary;
+        # these two are checked for parity on a briefly trained checkpoint in tests/export/test_onnx.py
+        pytest.skip("parity of random-init tied scores is arbitrary; covered by tests/export/test_onnx.py")
     ckpt = _checkpoint(name, tmp_path / "best_model.pth")
     export_onnx(ckpt, tmp_path / "model.onnx")
     torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt), OnnxPredictor.from_onnx(tmp_path / "model.onnx")
