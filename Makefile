@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo reproduce-fuseg test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
+.PHONY: install demo reproduce-fuseg lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -55,7 +55,12 @@ reproduce-fuseg: $(STAMP)
 	  --out $(FUSEG_RUN)/report-test-untrained
 	@echo "FUSeg reports: $(FUSEG_RUN)/report-val/report.md $(FUSEG_RUN)/report-test/report.md"
 
-test: $(STAMP)
+# ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m mypy
+
+test: $(STAMP) lint
 	bash scripts/ensure-browser.sh
 	$(PY) -m pytest -q
 

@@ -26,8 +26,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
-from dfudet.config import config_to_dict, load_config  # noqa: E402
+from dfudet.checkpoint import save_model_checkpoint  # noqa: E402
+from dfudet.config import load_config  # noqa: E402
 from dfudet.data.demo import render_sample  # noqa: E402
 from dfudet.inference.predictor import Predictor  # noqa: E402
 from dfudet.models import build_detector  # noqa: E402
@@ -42,11 +42,7 @@ def write_checkpoint(spec: str, img_size: int, path: Path) -> Path:
     cfg = load_config(None, [f"model.name={name}", f"model.backbone={backbone or 'efficientnet_b0'}",
                              "model.pretrained=false", f"data.img_size={img_size}"])
     model = build_detector(cfg.model, img_size)
-    atomic_torch_save(build_best_payload(
-        epoch=0, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=0.0, val_loss=0.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0,
-        backbone=backbone or name, model_name=name, img_size=img_size, num_classes=2, score_threshold=0.5,
-        operating_threshold=0.5, config=config_to_dict(cfg)), path)
+    save_model_checkpoint(path, model.state_dict(), cfg, epoch=0)
     return path
 
 

@@ -31,8 +31,8 @@ import cv2  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload  # noqa: E402
-from dfudet.config import config_to_dict, load_config  # noqa: E402
+from dfudet.checkpoint import save_model_checkpoint  # noqa: E402
+from dfudet.config import load_config  # noqa: E402
 from dfudet.data.demo import render_sample  # noqa: E402
 from dfudet.export.onnx import export_onnx  # noqa: E402
 from dfudet.inference.onnx_predictor import OnnxPredictor  # noqa: E402
@@ -49,12 +49,7 @@ def make_checkpoint(spec: str, size: int, path: Path) -> Path:
                              "model.pretrained=false", f"data.img_size={size}"])
     torch.manual_seed(0)
     model = build_detector(cfg.model, size)
-    payload = build_best_payload(
-        epoch=0, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=0.0, val_loss=0.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=cfg.model.backbone,
-        model_name=name, img_size=size, num_classes=2, score_threshold=0.5, operating_threshold=0.5,
-        config=config_to_dict(cfg))
-    atomic_torch_save(payload, path)
+    save_model_checkpoint(path, model.state_dict(), cfg, epoch=0)
     return path
 
 

@@ -16,8 +16,6 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +25,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
-def _kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not found for pid {pid}")
+# the server start-up, /healthz polling and /proc RSS reading are shared with tests/serve/test_limits.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _serve import dfudet_serve  # noqa: E402
 
 
 def near_limit_png(max_pixels: int) -> tuple[bytes, int, int]:
@@ -47,38 +42,21 @@ def near_limit_png(max_pixels: int) -> tuple[bytes, int, int]:
 
 
 def run(checkpoint: str, max_pixels: int, pixels_in_flight: int | None, n: int) -> dict:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "dfudet.cli", "serve", "--checkpoint", checkpoint, "--port", str(port),
-           "--max-pixels", str(max_pixels), "--busy-timeout", "600", "--body-timeout", "600"]
+    args = ["--max-pixels", str(max_pixels), "--busy-timeout", "600", "--body-timeout", "600"]
     if pixels_in_flight:
-        cmd += ["--pixels-in-flight", str(pixels_in_flight)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                health = httpx.get(f"{url}/healthz", timeout=2).json()
-                break
-            except httpx.HTTPError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from exc
-                time.sleep(0.3)
+        args += ["--pixels-in-flight", str(pixels_in_flight)]
+    with dfudet_serve(checkpoint, *args, timeout=180) as server:
         body, w, h = near_limit_png(max_pixels)
-        post = lambda k: httpx.post(f"{url}/v1/detect", files={"file": (f"p{k}.png", body)}, timeout=1200)  # noqa: E731
+        post = lambda k: httpx.post(f"{server.url}/v1/detect", files={"file": (f"p{k}.png", body)},  # noqa: E731
+                                    timeout=1200)
         assert post(-1).status_code == 200
-        base = _kb(proc.pid, "VmRSS")
+        base = server.rss_kb("VmRSS")
         t0 = time.monotonic()
         with ThreadPoolExecutor(max_workers=n) as pool:
             codes = [r.status_code for r in pool.map(post, range(n))]
         seconds = time.monotonic() - t0
-        peak = _kb(proc.pid, "VmHWM")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    return {"max_pixels": max_pixels, "pixels_in_flight": health["pixels_in_flight"], "uploads": n,
+        peak = server.rss_kb("VmHWM")
+    return {"max_pixels": max_pixels, "pixels_in_flight": server.health["pixels_in_flight"], "uploads": n,
             "image": f"{w}x{h}", "png_bytes": len(body), "status_codes": sorted(set(codes)),
             "ok": codes.count(200), "rss_before_mb": round(base / 1024), "peak_rss_mb": round(peak / 1024),
             "growth_mb": round((peak - base) / 1024), "seconds": round(seconds, 1)}

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     metrics = json.loads((args.report / "metrics.json").read_text())
     images = json.loads((args.report / "detections.json").read_text())["images"]
-    thr = float(metrics["score_threshold"])
+    thr = float(metrics.get("operating_threshold", metrics.get("score_threshold")))  # older reports: the old name
     picked = random.Random(args.seed).sample(range(len(images)), min(args.n, len(images)))
     tiles = []
     for i in sorted(picked):

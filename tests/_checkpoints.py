@@ -6,10 +6,9 @@ from pathlib import Path
 
 import torch
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload
-from dfudet.config import config_to_dict, load_config
+from dfudet.checkpoint import save_model_checkpoint
+from dfudet.config import load_config
 from dfudet.data.demo import render_sample
-from dfudet.engine.module import backbone_name
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -42,12 +41,5 @@ def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    payload = build_best_payload(
-        epoch=1, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=float(loss.detach()),
-        val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0,
-        backbone=backbone_name(cfg), model_name=cfg.model.name, img_size=img_size, num_classes=2,
-        score_threshold=0.5, operating_threshold=threshold,
-        config=config_to_dict(cfg))
-    atomic_torch_save(payload, path)
+    save_model_checkpoint(path, model.state_dict(), cfg, operating_threshold=threshold, epoch=1)
     return path

@@ -34,20 +34,31 @@ def _restore_pixel_limit():
     checks.set_max_pixels(before)
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LMDB cache of 32 synthetic 96-px images (half ulcer, half healthy) with train/val/test splits."""
+def _demo_data(root: Path, n: int, seed: int, cache_size: int) -> dict[str, Path]:
+    """n synthetic 96-px images (raw COCO + healthy photos) under root/raw, imported into root/dataset with
+    train/val/test splits, and an LMDB cache of it at cache_size in root/cache."""
     from dfudet.data.cache import prepare_cache
     from dfudet.data.demo import generate_demo
     from dfudet.data.importers import import_dataset
 
-    root = tmp_path_factory.mktemp("tiny")
-    generate_demo(root / "raw", n=32, seed=3, size=96)
+    generate_demo(root / "raw", n=n, seed=seed, size=96)
     anns = [root / "raw" / "annotations" / f"{s}.json" for s in ("train", "val", "test")]
     import_dataset("coco", images=root / "raw" / "images", annotations=anns, healthy=[root / "raw" / "healthy"],
                    out=root / "dataset")
-    prepare_cache(root / "dataset", root / "cache", img_size=96)
-    return root / "cache"
+    prepare_cache(root / "dataset", root / "cache", img_size=cache_size)
+    return {"raw": root / "raw", "dataset": root / "dataset", "cache": root / "cache"}
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LMDB cache of 32 synthetic 96-px images (half ulcer, half healthy) with train/val/test splits, at 96 px."""
+    return _demo_data(tmp_path_factory.mktemp("tiny"), n=32, seed=3, cache_size=96)["cache"]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """16 synthetic 96-px images imported into a dataset dir, plus an LMDB cache of it at img_size 64."""
+    return _demo_data(tmp_path_factory.mktemp("demo"), n=16, seed=1, cache_size=64)
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+import math
 import os
 import pickle
 from pathlib import Path
@@ -7,16 +8,19 @@ import pytest
 import torch
 
 from dfudet.checkpoint import (
-    BEST_KEYS,
     atomic_torch_save,
     build_best_payload,
     check_compatible,
+    config_digest,
     load_for_inference,
     safe_torch_load,
+    save_model_checkpoint,
     state_digest,
 )
+from dfudet.config import config_to_dict, load_config
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.errors import CheckpointError
+from dfudet.metrics.scores import ValidationScores
 
 
 class _Unpicklable:
@@ -58,24 +62,85 @@ def test_missing_and_corrupt_files(tmp_path: Path):
         safe_torch_load(bad)
 
 
-def _payload(**over):
-    fields = {k: 0 for k in BEST_KEYS}
-    fields.update(model_state_dict={}, optimizer_state_dict={}, config={}, backbone="efficientnet_b0",
-                  model_name="fasterrcnn_efficientnet", img_size=512, num_classes=2)
+def _config(*over: str):
+    return load_config(None, ["model.backbone=efficientnet_b0", *over])
+
+
+def _scores(**over):
+    fields = dict(train_loss=1.0, val_loss=0.9, precision=0.8, recall=0.7, f1=0.75, mean_iou=0.6, composite=0.7,
+                  tp=7, fp=2, fn=3, selection_threshold=0.5, operating_threshold=0.42, composite_at_operating=0.71,
+                  ap50=0.66, ap50_95=0.3, lr=1e-4)
     fields.update(over)
-    return build_best_payload(**fields)
+    return ValidationScores(**fields)
 
 
-def test_schema_is_enforced_and_compatibility_checked(tmp_path: Path):
-    with pytest.raises(ValueError, match="misses"):
-        build_best_payload(epoch=1)
+def test_best_payload_stores_each_field_once_and_loads_typed(tmp_path: Path):
+    cfg = _config()
+    payload = build_best_payload(epoch=3, model_state_dict={"w": torch.ones(2)}, optimizer_state_dict={},
+                                 scores=_scores(), config=cfg)
+    assert payload["format"] == "dfudet-best-v2"
+    # identity fields at the top level only (the spec's checkpoint fields), never a second copy in the config
+    assert (payload["model_name"], payload["backbone"], payload["img_size"], payload["num_classes"]) == (
+        "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
+    assert {"name", "backbone", "num_classes"}.isdisjoint(payload["config"]["model"])
+    assert "img_size" not in payload["config"]["data"]
+    assert "score_threshold" not in payload and "f1_score" not in payload  # the v1 names
     path = tmp_path / "best_model.pth"
-    atomic_torch_save(_payload(), path)
+    atomic_torch_save(payload, path)
     ckpt = load_for_inference(path)
-    check_compatible(ckpt, path, "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
+    assert ckpt.config == cfg  # the whole typed config comes back, identity fields included
+    assert ckpt.scores == _scores() and ckpt.operating_threshold == 0.42 and ckpt.epoch == 3
+    assert (ckpt.model_name, ckpt.backbone, ckpt.img_size) == ("fasterrcnn_efficientnet", "efficientnet_b0", 512)
+
+
+def test_a_torchvision_model_keeps_its_config_backbone(tmp_path: Path):
+    cfg = load_config(None, ["model.name=fasterrcnn_mobilenet_v3_large_fpn", "model.backbone=efficientnet_b3"])
+    path = tmp_path / "m.pth"
+    payload = save_model_checkpoint(path, {"w": torch.ones(1)}, cfg)
+    assert payload["backbone"] == "fasterrcnn_mobilenet_v3_large_fpn"  # the model's own name: another fact
+    assert payload["config"]["model"]["backbone"] == "efficientnet_b3"
+    ckpt = load_for_inference(path)
+    assert ckpt.config == cfg and math.isnan(ckpt.scores.f1) and ckpt.scores.tp == -1  # unknown, not invented
+
+
+def _v1_payload(cfg_dict, **over):
+    """A best_model.pth as dfudet wrote it before the v2 schema (names and duplicated fields of that version)."""
+    state = {"w": torch.ones(2)}
+    payload = {"format": "dfudet-best-v1", "dfudet_version": "0.9", "epoch": 4, "model_state_dict": state,
+               "optimizer_state_dict": {}, "train_loss": 1.0, "val_loss": 0.8, "f1_score": 0.61, "mean_iou": 0.5,
+               "precision": 0.7, "recall": 0.55, "composite_score": 0.59, "backbone": "efficientnet_b0",
+               "model_name": "fasterrcnn_efficientnet", "img_size": 512, "num_classes": 2, "score_threshold": 0.5,
+               "operating_threshold": 0.37, "config": cfg_dict, "weights_sha256": state_digest(state)}
+    payload.update(over)
+    payload["config_sha256"] = config_digest(payload["config"])
+    return payload
+
+
+def test_old_v1_checkpoints_still_load(tmp_path: Path):
+    cfg_dict = config_to_dict(_config())
+    cfg_dict["train"]["score_threshold"] = cfg_dict["train"].pop("selection_threshold")  # the old config name
+    cfg_dict["train"]["select_at"] = "score_threshold"
+    atomic_torch_save(_v1_payload(cfg_dict), tmp_path / "v1.pth")
+    ckpt = load_for_inference(tmp_path / "v1.pth")
+    assert ckpt.format == "dfudet-best-v1" and ckpt.config.train.select_at == "selection_threshold"
+    assert ckpt.config.train.selection_threshold == 0.5 and ckpt.operating_threshold == 0.37
+    s = ckpt.scores
+    assert (s.f1, s.composite, s.selection_threshold, s.precision) == (0.61, 0.59, 0.5, 0.7)
+    assert math.isnan(s.ap50)  # not recorded by v1
+    # v1 stored the identity fields twice; two different values mean the file was edited
+    atomic_torch_save(_v1_payload(cfg_dict, img_size=640), tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match=r"odd.pth: the checkpoint's \['img_size'\] differ from its config's"):
+        load_for_inference(tmp_path / "odd.pth")
+
+
+def test_compatibility_is_checked(tmp_path: Path):
+    path = tmp_path / "best_model.pth"
+    save_model_checkpoint(path, {"w": torch.ones(1)}, _config())
+    have = load_for_inference(path).summary()
+    check_compatible(have, path, "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
     with pytest.raises(CheckpointError,
                        match="backbone: checkpoint has 'efficientnet_b0', config asks for 'efficientnet_b5'"):
-        check_compatible(ckpt, path, "fasterrcnn_efficientnet", "efficientnet_b5", 512, 2)
+        check_compatible(have, path, "fasterrcnn_efficientnet", "efficientnet_b5", 512, 2)
     atomic_torch_save({"weights": torch.ones(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a dfudet checkpoint"):
         load_for_inference(tmp_path / "other.pth")
@@ -102,22 +167,18 @@ def test_load_errors_keep_the_reason_and_never_advise_an_unsafe_load(tmp_path: P
     assert "weights_only" not in msg and "will likely succeed" not in msg
 
 
-def _small_payload(**over):
+def _small_payload():
     torch.manual_seed(0)
     state = {"w": torch.randn(4096), "b": torch.randn(16), "n": torch.tensor(3)}
-    fields = dict(epoch=2, model_state_dict=state, optimizer_state_dict={}, train_loss=1.0, val_loss=1.0,
-                  f1_score=0.5, mean_iou=0.5, precision=0.5, recall=0.5, composite_score=0.5, backbone="x",
-                  model_name="fcos_timm", img_size=128, num_classes=2, score_threshold=0.5,
-                  operating_threshold=0.5, config={"model": {"name": "fcos_timm"}})
-    fields.update(over)
-    return build_best_payload(**fields)
+    return build_best_payload(epoch=2, model_state_dict=state, optimizer_state_dict={}, scores=_scores(),
+                              config=_config("model.name=fcos_timm", "model.backbone=resnet10t"))
 
 
 def test_damage_inside_the_weights_is_caught_by_the_digest(tmp_path: Path):
     path = tmp_path / "best_model.pth"
     payload = _small_payload()
     atomic_torch_save(payload, path)
-    assert load_for_inference(path)["weights_sha256"] == payload["weights_sha256"]
+    assert load_for_inference(path).epoch == 2
     raw = bytearray(path.read_bytes())
     start = bytes(raw).find(payload["model_state_dict"]["w"][:8].numpy().tobytes())
     assert start > 0, "tensor bytes not found in the file"
@@ -136,7 +197,7 @@ def test_non_finite_weights_and_a_changed_config_are_refused_and_old_files_still
     with pytest.raises(CheckpointError, match=r"nan.pth: the checkpoint holds non-finite weights \(NaN or inf in b\)"):
         load_for_inference(tmp_path / "nan.pth")
     changed = _small_payload()
-    changed["config"] = {"model": {"name": "other"}}
+    changed["config"]["train"]["lr"] = 0.5
     atomic_torch_save(changed, tmp_path / "cfg.pth")
     with pytest.raises(CheckpointError, match="cfg.pth: the checkpoint is damaged: its config"):
         load_for_inference(tmp_path / "cfg.pth")
@@ -144,7 +205,7 @@ def test_non_finite_weights_and_a_changed_config_are_refused_and_old_files_still
     del old["weights_sha256"], old["config_sha256"]
     atomic_torch_save(old, tmp_path / "old.pth")
     with caplog.at_level("INFO", logger="dfudet"):
-        assert load_for_inference(tmp_path / "old.pth")["epoch"] == 2
+        assert load_for_inference(tmp_path / "old.pth").epoch == 2
     assert "without an integrity check" in caplog.text
 
 

@@ -73,7 +73,7 @@ def test_reference_gpu_recipes_hold_the_documented_values(name: str):
     assert model == ("fasterrcnn_efficientnet", "efficientnet_b5", True)
     assert (cfg.data.img_size, cfg.data.positive_fraction) == (512, 0.5)
     assert (cfg.train.optimizer, cfg.train.lr, cfg.train.early_stop_patience) == ("sgd", 1e-3, 23)
-    assert cfg.train.select_at == "score_threshold" and cfg.train.precision == "16-mixed"
+    assert cfg.train.select_at == "selection_threshold" and cfg.train.precision == "16-mixed"
     w = cfg.train.composite_weights
     assert (w.f1, w.iou, w.recall, w.precision) == (0.40, 0.25, 0.20, 0.15)
 
@@ -82,6 +82,17 @@ def test_reference_gpu_recipes_hold_the_documented_values(name: str):
 def test_shipped_configs_budget_in_epochs_not_wall_time(path: Path):
     # a wall-time budget makes results depend on the machine's speed and load
     assert load_config(path).train.max_time_minutes is None
+
+
+def test_the_old_threshold_name_is_read_with_a_warning(tmp_path: Path, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  score_threshold: 0.35\n  select_at: score_threshold\n")
+    with caplog.at_level("WARNING", logger="dfudet"):
+        cfg = load_config(old)
+    assert cfg.train.selection_threshold == 0.35 and cfg.train.select_at == "selection_threshold"
+    assert "train.score_threshold is now called train.selection_threshold" in caplog.text
+    with pytest.raises(ConfigError, match="both score_threshold .the old name. and selection_threshold"):
+        load_config(old, ["train.selection_threshold=0.4"])
 
 
 def test_unknown_keys_get_a_did_you_mean():

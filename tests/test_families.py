@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload, safe_torch_load
-from dfudet.config import Config, config_to_dict, load_config
+from dfudet.checkpoint import safe_torch_load, save_model_checkpoint
+from dfudet.config import Config, load_config
 from dfudet.inference.predictor import Predictor
-from dfudet.models.factory import available_models, backbone_label, get_spec
+from dfudet.models.factory import available_models, get_spec
 from dfudet.models.passes import loss_mode, losses_and_detections
 
 IMG = 96
@@ -71,7 +71,7 @@ def test_train_step_and_detections(name: str):
         assert (det["labels"] == 1).all()  # dfudet labels (1 = ulcer) for every family
         assert ((det["boxes"] >= 0) & (det["boxes"] <= IMG)).all()
     spec = get_spec(name)
-    assert 0.0 <= spec.score_floor(model) <= 1.0 and spec.max_detections(model) == 20
+    assert 0.0 <= spec.min_score(model) <= 1.0 and spec.max_detections(model) == 20
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -101,11 +101,7 @@ def test_one_pass_val_step_equals_the_models_own_passes(name: str):
 def _checkpoint(name: str, path: Path) -> Path:
     cfg = _cfg(name)
     model = _model(name)
-    atomic_torch_save(build_best_payload(
-        epoch=0, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=1.0, val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0,
-        backbone=backbone_label(name, cfg.model.backbone), model_name=name, img_size=IMG, num_classes=2,
-        score_threshold=0.5, operating_threshold=0.5, config=config_to_dict(cfg)), path)
+    save_model_checkpoint(path, model.state_dict(), cfg, epoch=0)
     return path
 
 
@@ -158,4 +154,4 @@ def test_onnx_export_matches_pytorch(name: str, tmp_path: Path):
         assert len(a.boxes) == len(b.boxes) > 0
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1.0)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
-    assert onnx_pred.floor == torch_pred.floor
+    assert onnx_pred.min_score == torch_pred.min_score

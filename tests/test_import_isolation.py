@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload
-from dfudet.config import config_to_dict, load_config
+from dfudet.checkpoint import save_model_checkpoint
+from dfudet.config import load_config
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -41,10 +41,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     cfg = load_config(None, [f"model.name={MODEL}", "model.pretrained=false", "data.img_size=96"])
     model = build_detector(cfg.model, 96)
     ckpt = root / "best_model.pth"
-    atomic_torch_save(build_best_payload(
-        epoch=0, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=1.0, val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=MODEL, model_name=MODEL,
-        img_size=96, num_classes=2, score_threshold=0.5, operating_threshold=0.5, config=config_to_dict(cfg)), ckpt)
+    save_model_checkpoint(ckpt, model.state_dict(), cfg, epoch=0)
     photo = root / "foot.jpg"
     Image.fromarray((np.random.default_rng(0).random((80, 120, 3)) * 255).astype(np.uint8)).save(photo)
     return ckpt, photo

@@ -2,52 +2,51 @@
 weights_only=True). No Lightning here: training, inference, export and serve all read checkpoints through this
 module, and deployment must not import the training stack.
 
-`best_model.pth` is a plain dict (documented in docs/checkpoints.md):
-    epoch, model_state_dict, optimizer_state_dict, train_loss, val_loss, f1_score, mean_iou, precision, recall,
-    composite_score, backbone, model_name, img_size, num_classes, score_threshold, operating_threshold, config,
-    dfudet_version, format
+`best_model.pth` is a plain dict (documented in docs/checkpoints.md), format "dfudet-best-v2", each field once:
+    epoch, model_state_dict, optimizer_state_dict, the ValidationScores fields (train_loss, val_loss, precision,
+    recall, f1, mean_iou, composite, tp, fp, fn, selection_threshold, operating_threshold, composite_at_operating,
+    ap50, ap50_95, lr), model_name, backbone, img_size, num_classes, config (the resolved run config WITHOUT the
+    four fields just named, which live only at the top level), dfudet_version, format, weights_sha256,
+    config_sha256.
+`load_for_inference` returns a typed `LoadedCheckpoint` (the Config rebuilt and validated once) for v2, for v1 files
+of earlier versions (f1_score / composite_score / score_threshold and a full config) and for Lightning's last.ckpt.
 Lightning's own `last.ckpt` (exact resume) is written through `engine.checkpoint_io.AtomicCheckpointIO`, which
 uses this module, and loaded with weights_only too.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
+from dfudet import __version__
+from dfudet.config import Config, config_to_dict
 from dfudet.errors import CheckpointError
+from dfudet.metrics.scores import ValidationScores
 from dfudet.models.factory import backbone_label
+from dfudet.models.spec import MODELS
 from dfudet.utils import atomic_write_with, disk_free_text, is_disk_full, torch_load_reason
 
 log = logging.getLogger("dfudet")
-BEST_FORMAT = "dfudet-best-v1"
-BEST_KEYS = (
-    "epoch",
-    "model_state_dict",
-    "optimizer_state_dict",
-    "train_loss",
-    "val_loss",
-    "f1_score",
-    "mean_iou",
-    "precision",
-    "recall",
-    "composite_score",
-    "backbone",
-    "model_name",
-    "img_size",
-    "num_classes",
-    "score_threshold",
-    "operating_threshold",
-    "config",
-)
+BEST_FORMAT = "dfudet-best-v2"
+OLD_BEST_FORMATS = ("dfudet-best-v1",)
+# fields stored at the top level of best_model.pth and therefore left out of its stored config (stored once)
+_TOP_LEVEL = {"model_name": ("model", "name"), "img_size": ("data", "img_size"),
+              "num_classes": ("model", "num_classes")}
+# v1 names of score fields (read only)
+_V1_NAMES = {"f1": "f1_score", "composite": "composite_score", "selection_threshold": "score_threshold"}
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -135,31 +134,144 @@ def verify_weights(state: Mapping[str, Any], path: Path, expected: str | None, w
         log.info("%s: written before checkpoints carried a digest; loaded without an integrity check", path)
 
 
-def build_best_payload(**fields: Any) -> dict[str, Any]:
-    """Assemble a best_model.pth dict (with the digests of its weights and config) and check the schema keys."""
-    missing = [k for k in BEST_KEYS if k not in fields]
-    if missing:
-        raise ValueError(f"best checkpoint payload misses {missing}")
-    from dfudet import __version__
-
-    return {"format": BEST_FORMAT, "dfudet_version": __version__, **fields,
-            "weights_sha256": state_digest(fields["model_state_dict"]),
-            "config_sha256": config_digest(fields["config"])}
+def _timm_backbone(model_name: str) -> bool:
+    spec = MODELS.get(model_name)
+    return spec is not None and spec.timm_backbone
 
 
-def load_for_inference(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load best_model.pth or a Lightning .ckpt into one normalised dict (config, model_state_dict, thresholds...)."""
+def _split_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(top-level identity fields, the config dict without them)."""
+    stored = config_to_dict(cfg)
+    top: dict[str, Any] = {}
+    for key, (section, name) in _TOP_LEVEL.items():
+        top[key] = stored[section].pop(name)
+    top["backbone"] = backbone_label(cfg.model.name, cfg.model.backbone)
+    if _timm_backbone(cfg.model.name):
+        del stored["model"]["backbone"]  # the top-level backbone is this very field
+    return top, stored
+
+
+def _join_config(top: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The full config dict of a v2 checkpoint: its stored config plus the identity fields kept at the top."""
+    full = copy.deepcopy(dict(stored))
+    for key, (section, name) in _TOP_LEVEL.items():
+        full.setdefault(section, {})[name] = top[key]
+    if _timm_backbone(str(top["model_name"])):
+        full["model"]["backbone"] = top["backbone"]
+    return full
+
+
+def build_best_payload(*, epoch: int, model_state_dict: Mapping[str, Any], optimizer_state_dict: Mapping[str, Any],
+                       scores: ValidationScores, config: Config) -> dict[str, Any]:
+    """A best_model.pth dict (format v2) with the digests of its weights and stored config."""
+    top, stored = _split_config(config)
+    return {"format": BEST_FORMAT, "dfudet_version": __version__, "epoch": int(epoch),
+            "model_state_dict": dict(model_state_dict), "optimizer_state_dict": dict(optimizer_state_dict),
+            **scores.as_dict(), **top, "config": stored,
+            "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(stored)}
+
+
+def save_model_checkpoint(path: str | os.PathLike[str], model_state_dict: Mapping[str, Any], config: Config, *,
+                          operating_threshold: float = 0.5, epoch: int = -1,
+                          scores: ValidationScores | None = None) -> dict[str, Any]:
+    """Write weights as a best_model.pth-format file that predict/evaluate/export/serve read, e.g. a model trained
+    outside `dfudet train`; val scores not given are recorded as unknown (NaN), never invented."""
+    payload = build_best_payload(
+        epoch=epoch, model_state_dict=model_state_dict, optimizer_state_dict={}, config=config,
+        scores=scores or ValidationScores.unknown(operating_threshold, config.train.selection_threshold))
+    atomic_torch_save(payload, path)
+    return payload
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A checkpoint read for inference: typed config, weights, thresholds and (if recorded) the val scores."""
+
+    path: Path
+    format: str  # "dfudet-best-v2", "dfudet-best-v1" or "lightning"
+    config: Config
+    model_state_dict: dict[str, torch.Tensor]
+    epoch: int | None
+    operating_threshold: float  # chosen on val; predict/evaluate/serve use it unless told otherwise
+    scores: ValidationScores | None  # None for a Lightning last.ckpt (no kept-model scores in it)
+    dfudet_version: str | None = None
+    slim: bool = False
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+    @property
+    def backbone(self) -> str:
+        return backbone_label(self.config.model.name, self.config.model.backbone)
+
+    @property
+    def img_size(self) -> int:
+        return self.config.data.img_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+    def summary(self) -> dict[str, Any]:
+        """What reports and the service show about the model (JSON-ready)."""
+        return {"path": str(self.path), "epoch": self.epoch, "model_name": self.model_name,
+                "backbone": self.backbone, "img_size": self.img_size, "num_classes": self.num_classes,
+                "format": self.format, "dfudet_version": self.dfudet_version}
+
+
+def _validated(path: Path, raw: Any) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except (ValidationError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid ({str(exc)[:300]})") from None
+
+
+def _scores_of(ckpt: Mapping[str, Any], old: bool) -> ValidationScores:
+    values: dict[str, Any] = {}
+    for name in ValidationScores.field_names():
+        key = _V1_NAMES.get(name, name) if old else name
+        v = ckpt.get(key)
+        values[name] = float(v) if isinstance(v, (int, float)) else math.nan  # not recorded by v1: unknown
+    for name in ("tp", "fp", "fn"):
+        values[name] = int(values[name]) if math.isfinite(values[name]) else -1
+    return ValidationScores(**values)
+
+
+def _check_digests(ckpt: Mapping[str, Any], path: Path, config_key: str = "config") -> None:
+    verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
+    if ckpt.get("config_sha256") is not None and config_digest(ckpt[config_key]) != ckpt["config_sha256"]:
+        raise CheckpointError(f"{path}: the checkpoint is damaged: its config does not match the digest written "
+                              "with it")
+
+
+def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
+    """Load best_model.pth (v2 or v1) or a Lightning .ckpt into one typed LoadedCheckpoint."""
     path = Path(path)
     ckpt = safe_torch_load(path)
-    if ckpt.get("format") == BEST_FORMAT:
-        missing = [k for k in BEST_KEYS if k not in ckpt]
+    fmt = ckpt.get("format")
+    if fmt == BEST_FORMAT or fmt in OLD_BEST_FORMATS:
+        old = fmt != BEST_FORMAT
+        needed = ["epoch", "model_state_dict", "config", "operating_threshold", "model_name", "img_size",
+                  "num_classes", "backbone"]
+        missing = [k for k in needed if k not in ckpt]
         if missing:
             raise CheckpointError(f"{path}: best-model checkpoint misses keys {missing}")
-        verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
-        if ckpt.get("config_sha256") is not None and config_digest(ckpt["config"]) != ckpt["config_sha256"]:
-            raise CheckpointError(f"{path}: the checkpoint is damaged: its config does not match the digest written "
-                                  "with it")
-        return ckpt
+        _check_digests(ckpt, path)
+        if not isinstance(ckpt["config"], dict):
+            raise CheckpointError(f"{path}: the checkpoint's config is a {type(ckpt['config']).__name__}, not a dict")
+        if old:
+            cfg = _validated(path, ckpt["config"])
+            top, _ = _split_config(cfg)
+            differ = [k for k in top if top[k] != ckpt[k]]
+            if differ:  # v1 stored these twice; two different values mean the file was edited or damaged
+                raise CheckpointError(f"{path}: the checkpoint's {differ} differ from its config's")
+        else:
+            cfg = _validated(path, _join_config(ckpt, ckpt["config"]))
+        return LoadedCheckpoint(
+            path=path, format=str(fmt), config=cfg, model_state_dict=ckpt["model_state_dict"],
+            epoch=int(ckpt["epoch"]), operating_threshold=float(ckpt["operating_threshold"]),
+            scores=_scores_of(ckpt, old), dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")))
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:
         hp = ckpt["hyper_parameters"]
         config = hp.get("config") if isinstance(hp, dict) else None
@@ -167,30 +279,23 @@ def load_for_inference(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise CheckpointError(f"{path}: Lightning checkpoint without a dfudet config (not trained by dfudet?)")
         extra = ckpt.get("dfudet", {}) if isinstance(ckpt.get("dfudet"), dict) else {}
         verify_weights(ckpt["state_dict"], path, extra.get("weights_sha256"))
+        cfg = _validated(path, config)
         prefix = "model."
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        return {
-            "format": "lightning",
-            "epoch": ckpt.get("epoch"),
-            "model_state_dict": state,
-            "config": config,
-            "backbone": backbone_label(config["model"]["name"], config["model"]["backbone"]),
-            "model_name": config["model"]["name"],
-            "img_size": config["data"]["img_size"],
-            "num_classes": config["model"]["num_classes"],
-            "score_threshold": config["train"]["score_threshold"],
-            "operating_threshold": extra.get("operating_threshold", config["train"]["score_threshold"]),
-        }
+        return LoadedCheckpoint(
+            path=path, format="lightning", config=cfg, model_state_dict=state, epoch=ckpt.get("epoch"),
+            operating_threshold=float(extra.get("operating_threshold", cfg.train.selection_threshold)), scores=None)
     raise CheckpointError(
         f"{path}: not a dfudet checkpoint (expected best_model.pth with format {BEST_FORMAT!r} or a Lightning .ckpt)"
     )
 
 
-def check_compatible(ckpt: dict[str, Any], path: Path, model_name: str | None, backbone: str | None,
+def check_compatible(have: Mapping[str, Any], path: Path, model_name: str | None, backbone: str | None,
                      img_size: int | None, num_classes: int | None) -> None:
-    """Raise a clear error when a checkpoint was trained for another model than the one asked for."""
+    """Raise a clear error when a checkpoint (its `summary()` or an ONNX model's metadata) was trained for another
+    model than the one asked for."""
     wanted = {"model_name": model_name, "backbone": backbone, "img_size": img_size, "num_classes": num_classes}
-    diffs = [f"{k}: checkpoint has {ckpt.get(k)!r}, config asks for {v!r}" for k, v in wanted.items()
-             if v is not None and ckpt.get(k) != v]
+    diffs = [f"{k}: checkpoint has {have.get(k)!r}, config asks for {v!r}" for k, v in wanted.items()
+             if v is not None and have.get(k) != v]
     if diffs:
         raise CheckpointError(f"{path}: checkpoint is from another model:\n  " + "\n  ".join(diffs))

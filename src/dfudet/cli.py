@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 from dfudet.errors import DfudetError
+
+# Every other dfudet module is imported inside the command that uses it, on purpose: `dfudet --help` starts fast,
+# config errors show before torch loads, and predict/serve never import Lightning (tests/test_import_isolation.py).
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -30,12 +33,25 @@ def _add_max_pixels(p: argparse.ArgumentParser) -> None:
                         "serve")
 
 
+class _SubParser(argparse.ArgumentParser):
+    """Parser of a subcommand: the same help formatter as the top-level parser unless one is given."""
+
+    def __init__(self, **kwargs: Any) -> None:  # argparse's add_parser passes keywords only
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
 def _subparsers(parser: argparse.ArgumentParser, dest: str) -> argparse._SubParsersAction:
-    return parser.add_subparsers(dest=dest, required=True,
-                                 parser_class=partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
+    return parser.add_subparsers(dest=dest, required=True, parser_class=_SubParser)
 
 
 # ----------------------------------------------------------------------------------------------- data
+def add_threshold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operating-threshold", "--score-threshold", dest="operating_threshold", type=float,
+                   metavar="T", help="score threshold for kept boxes; default: the model's operating threshold (chosen "
+                   "on val during training). --score-threshold is the old name")
+
+
 def cmd_data_import(a: argparse.Namespace) -> int:
     from dfudet.data.importers import ImportOptions, import_dataset
 
@@ -194,12 +210,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     m = run_evaluation(
         checkpoint=a.checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
-        score_threshold=a.score_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
+        operating_threshold=a.operating_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
         bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare, onnx=a.onnx,
     )
     at = m["at_threshold"]
     print(f"evaluated {m['counts']['images']} images of split {m['data']['split']!r} at score threshold "
-          f"{m['score_threshold']:.3f} ({m['score_threshold_source']})")
+          f"{m['operating_threshold']:.3f} ({m['threshold_source']})")
     print(f"  precision {at['precision']:.3f}  recall {at['recall']:.3f}  f1 {at['f1']:.3f}  "
           f"mean_iou {at['mean_iou']:.3f}  composite {at['composite']:.3f}  AP50 {m['coco']['AP50']:.3f}")
     print(f"  oracle threshold on this split: {m['oracle']['threshold']:.2f} (reference only)")
@@ -216,7 +232,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split to evaluate (a COCO json is evaluated whole)")
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md, PNGs and gallery/")
     p.add_argument("--images", help="image folder of a COCO json given as --data")
-    p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold (tuned on val)")
+    add_threshold_option(p)
     p.add_argument("--iou-threshold", type=float, default=0.5, help="IoU a predicted box needs to count as found")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for 95%% CIs (0 = none)")
@@ -234,7 +250,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(a: argparse.Namespace) -> int:
     from dfudet.inference.predict import run_predict
 
-    s = run_predict(a.inputs, checkpoint=a.checkpoint, out=a.out, score_threshold=a.score_threshold, tta=a.tta,
+    s = run_predict(a.inputs, checkpoint=a.checkpoint, out=a.out, operating_threshold=a.operating_threshold, tta=a.tta,
                     batch_size=a.batch_size, device=a.device, onnx=a.onnx)
     print(f"{s['images']} image(s) predicted, {s['boxes']} box(es) at threshold {s['threshold']:.3f}, "
           f"{s['skipped']} skipped; outputs in {s['out']}")
@@ -250,7 +266,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
     model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--out", required=True, help="folder for predictions.json/.csv and annotated copies")
-    p.add_argument("--score-threshold", type=float, help="default: the checkpoint's operating threshold")
+    add_threshold_option(p)
     p.add_argument("--tta", action="store_true", help="horizontal flip + weighted boxes fusion")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -271,7 +287,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     meta = export_onnx(a.checkpoint, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch)
     print(f"ONNX model written to {a.out} (opset {meta['opset']}, input {meta['input']['shape']})")
-    print(f"metadata written to {metadata_path(a.out)} (threshold {meta['score_threshold']:.3f})")
+    print(f"metadata written to {metadata_path(a.out)} (operating threshold {meta['operating_threshold']:.3f})")
     return 0
 
 
@@ -297,7 +313,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
               "the DFUDET_TOKEN environment variable", file=sys.stderr)
     token = a.token or read_token(a.token_file)
     serve(checkpoint=a.checkpoint, onnx=a.onnx, host=a.host, port=a.port, token=token,
-          max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, device=a.device, score_threshold=a.score_threshold,
+          max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, device=a.device,
+          operating_threshold=a.operating_threshold,
           pixels_in_flight=a.pixels_in_flight, busy_timeout=a.busy_timeout, body_timeout=a.body_timeout,
           max_connections=a.max_connections)
     return 0
@@ -325,7 +342,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--body-timeout", type=float, default=60.0,
                    help="seconds an upload may take to arrive (408 after; stops half-sent uploads holding memory)")
     p.add_argument("--max-connections", type=int, default=32, help="open connections at once (503 above)")
-    p.add_argument("--score-threshold", type=float, help="default: the model's operating threshold")
+    add_threshold_option(p)
     p.add_argument("--device", default="cpu", help="--checkpoint only: cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_serve)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dfudet.errors import ConfigError
+from dfudet.utils import atomic_write_bytes
+
+log = logging.getLogger("dfudet")
+
+
+RENAMED_TRAIN_KEY = "score_threshold"  # train.score_threshold is now train.selection_threshold
+# The Lightning Trainer(precision=...) values a run may ask for (CPU always runs "32").
+Precision = Literal["32", "16-mixed", "bf16-mixed"]
 
 
 class _Strict(BaseModel):
@@ -128,6 +137,22 @@ class CompositeWeights(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, selection and hardware."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Configs (and checkpoints) written before the rename: score_threshold -> selection_threshold."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if RENAMED_TRAIN_KEY in data:
+            if "selection_threshold" in data:
+                raise ValueError(f"both {RENAMED_TRAIN_KEY} (the old name) and selection_threshold are set; "
+                                 "keep selection_threshold")
+            data["selection_threshold"] = data.pop(RENAMED_TRAIN_KEY)
+        if data.get("select_at") == RENAMED_TRAIN_KEY:
+            data["select_at"] = "selection_threshold"
+        return data
+
     epochs: int = Field(300, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(1e-3, gt=0)
@@ -139,16 +164,19 @@ class TrainConfig(_Strict):
     min_lr: float = Field(1e-7, ge=0)
     early_stop_patience: int = Field(23, ge=1)
     composite_weights: CompositeWeights = Field(default_factory=CompositeWeights)
-    score_threshold: float = Field(0.5, ge=0, le=1)
-    # Which composite selects the kept model and drives early stopping: at `score_threshold` (default), or at the
-    # operating threshold swept on val each epoch (then stored in best_model.pth and used by evaluate/predict).
-    select_at: Literal["score_threshold", "operating"] = "score_threshold"
+    # Fixed score threshold of the selection composite when select_at is "selection_threshold" (formerly
+    # `score_threshold`; the old name is still read).
+    selection_threshold: float = Field(0.5, ge=0, le=1)
+    # Which composite selects the kept model and drives early stopping: at `selection_threshold` (default), or at the
+    # operating threshold swept on val each epoch. Either way the operating threshold is stored in best_model.pth and
+    # is what evaluate/predict/serve use by default.
+    select_at: Literal["selection_threshold", "operating"] = "selection_threshold"
     # The operating threshold is swept only over thresholds whose val recall reaches this floor (none does: the
     # highest-recall one), so an early model cannot be kept for a few confident boxes (P 1.0, R 0.006).
     operating_min_recall: float = Field(0.3, ge=0, le=1)
     iou_threshold: float = Field(0.5, gt=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)
-    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    precision: Precision = "32"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = "auto"
     num_nodes: int = Field(1, ge=1)
@@ -254,6 +282,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
     if overrides:
         raw = apply_overrides(raw, overrides)
         source += " + command-line overrides"
+    train = raw.get("train")
+    if isinstance(train, dict) and RENAMED_TRAIN_KEY in train:
+        log.warning("%s: train.%s is now called train.selection_threshold (read as that; please rename it)",
+                    source, RENAMED_TRAIN_KEY)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -267,7 +299,5 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     """Write the resolved config as YAML, atomically."""
-    from dfudet.utils import atomic_write_bytes
-
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     atomic_write_bytes(Path(path), text.encode("utf-8"))

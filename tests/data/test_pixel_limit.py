@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from _images import png_header_only
 from dfudet.data import checks
 from dfudet.data.checks import TooManyPixels, decode_image_bytes, load_image
 from dfudet.data.importers import import_dataset
 from dfudet.errors import DataError
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels with no pixel data (a decompression-bomb shape)."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def test_the_default_limit_is_a_limit_not_a_warning(tmp_path: Path):

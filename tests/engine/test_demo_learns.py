@@ -41,6 +41,6 @@ def test_demo_recipe_beats_the_untrained_model_on_val(tmp_path: Path, capsys: py
 
     best = torch.load(run / "best_model.pth", weights_only=True)
     untrained = torch.load(run / "untrained_model.pth", weights_only=True)
-    assert best["composite_score"] > untrained["composite_score"] + 0.05
+    assert best["composite"] > untrained["composite"] + 0.05
     assert best["recall"] >= saved["train"]["operating_min_recall"]  # the recall floor held
     assert "does NOT beat the untrained model" not in out

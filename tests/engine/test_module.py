@@ -111,6 +111,7 @@ def test_validation_metrics_report_coco_ap50_and_apply_the_recall_floor():
     preds += [(i, np.vstack([[[10.0, 10, 50, 34]], fps]), np.full(4, 0.3), gt) for i in range(1, 10)]
     v = module.validation_metrics(preds)
     ref = coco_map([(b, s) for _, b, s, _ in preds], [g for *_, g in preds])
-    assert v["ap50"] == pytest.approx(ref["AP50"]) and 0 < v["ap50"] < 1
-    assert v["ap50_95"] == pytest.approx(ref["AP50_95"])
-    assert v["recall"] >= 0.5 and v["operating_threshold"] <= 0.3
+    assert v.ap50 == pytest.approx(ref["AP50"]) and 0 < v.ap50 < 1
+    assert v.ap50_95 == pytest.approx(ref["AP50_95"])
+    assert v.recall >= 0.5 and v.operating_threshold <= 0.3
+    assert v.selection_threshold == v.operating_threshold and v.composite == v.composite_at_operating

@@ -43,11 +43,30 @@ def test_sidecar_metadata_describes_model_and_source(exported: tuple[Path, Path]
     ckpt, onnx_path = exported
     meta = json.loads(metadata_path(onnx_path).read_text())
     assert meta["img_size"] == IMG_SIZE
-    assert meta["score_threshold"] == pytest.approx(0.3)
+    assert meta["operating_threshold"] == pytest.approx(0.3)
     assert meta["class_names"] == ["background", "ulcer"]
     assert meta["source_checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["onnx_sha256"] == sha256_file(onnx_path)
     assert meta["model_name"] == MODEL and meta["input"]["shape"] == [1, 3, IMG_SIZE, IMG_SIZE]
+
+
+def test_a_v1_sidecar_with_the_old_names_still_loads(exported: tuple[Path, Path], tmp_path: Path):
+    _, onnx_path = exported
+    meta = json.loads(metadata_path(onnx_path).read_text())
+    assert meta["format"] == "dfudet-onnx-v2" and "score_threshold" not in meta and "score_floor" not in meta
+    meta["format"] = "dfudet-onnx-v1"
+    meta["score_threshold"], meta["score_floor"] = meta.pop("operating_threshold"), meta.pop("min_score")
+    meta["score_threshold"] = 0.61
+    old = tmp_path / "old.onnx"
+    old.write_bytes(onnx_path.read_bytes())
+    metadata_path(old).write_text(json.dumps(meta))
+    pred = OnnxPredictor.from_onnx(old)
+    assert pred.operating_threshold == 0.61 and pred.min_score == pytest.approx(meta["score_floor"])
+    assert pred.threshold_source == "model metadata operating_threshold"
+    del meta["score_threshold"]
+    metadata_path(old).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="old.json: not a dfudet ONNX metadata file"):
+        OnnxPredictor.from_onnx(old)
 
 
 def test_preprocessing_matches_the_training_eval_transform():
@@ -71,14 +90,14 @@ def test_fcos_onnx_matches_pytorch_within_1px_and_1e3(tmp_path: Path):
     ckpt = train_demo_checkpoint(tmp_path / "best_model.pth", overrides=FCOS_OVERRIDES)
     meta = export_onnx(ckpt, tmp_path / "fcos.onnx")
     assert meta["model_name"] == "fcos_timm" and meta["backbone"] == "resnet10t"
-    assert meta["score_floor"] == pytest.approx(0.05) and meta["max_detections"] == 30
+    assert meta["min_score"] == pytest.approx(0.05) and meta["max_detections"] == 30
     _assert_parity(ckpt, tmp_path / "fcos.onnx")
 
 
 def _assert_parity(ckpt: Path, onnx_path: Path) -> None:
     torch_pred = Predictor.from_checkpoint(ckpt)
     onnx_pred = OnnxPredictor.from_onnx(onnx_path)
-    assert onnx_pred.score_threshold == torch_pred.score_threshold
+    assert onnx_pred.operating_threshold == torch_pred.operating_threshold
     images = _images()
     compared = 0
     for im, ref, got in zip(images, torch_pred.predict_arrays(images), onnx_pred.predict_arrays(images)):

@@ -1,4 +1,5 @@
-"""Fixtures for the inference tests: a random-init tiny checkpoint and a tiny generated dataset (dir + LMDB cache)."""
+"""Fixtures for the inference tests: a random-init tiny checkpoint (the tiny generated dataset, `demo_data`, is in
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dfudet.checkpoint import atomic_torch_save, build_best_payload
-from dfudet.config import config_to_dict, load_config
+from dfudet.checkpoint import save_model_checkpoint
+from dfudet.config import load_config
 from dfudet.models.factory import build_detector
 
 MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -23,12 +24,7 @@ def make_checkpoint(path: Path, img_size: int = 96, operating_threshold: float =
     torch.manual_seed(seed)
     model = build_detector(cfg.model, img_size)
     _spread_scores(model, img_size)
-    payload = build_best_payload(
-        epoch=3, model_state_dict=model.state_dict(), optimizer_state_dict={}, train_loss=1.0, val_loss=1.0,
-        f1_score=0.0, mean_iou=0.0, precision=0.0, recall=0.0, composite_score=0.0, backbone=MODEL,
-        model_name=MODEL, img_size=img_size, num_classes=2, score_threshold=0.5,
-        operating_threshold=operating_threshold, config=config_to_dict(cfg))
-    atomic_torch_save(payload, path)
+    save_model_checkpoint(path, model.state_dict(), cfg, operating_threshold=operating_threshold, epoch=3)
     return path
 
 
@@ -61,22 +57,6 @@ def _spread_scores(model: torch.nn.Module, img_size: int) -> None:
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-init checkpoint at img_size 96, operating threshold 0.5."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_model.pth")
-
-
-@pytest.fixture(scope="session")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """16 synthetic 96-px images imported into a dataset dir, plus an LMDB cache of it at img_size 64."""
-    from dfudet.data.cache import prepare_cache
-    from dfudet.data.demo import generate_demo
-    from dfudet.data.importers import import_dataset
-
-    root = tmp_path_factory.mktemp("demo")
-    generate_demo(root / "raw", n=16, seed=1, size=96)
-    anns = [root / "raw" / "annotations" / f"{s}.json" for s in ("train", "val", "test")]
-    import_dataset("coco", images=root / "raw" / "images", annotations=anns, healthy=[root / "raw" / "healthy"],
-                   out=root / "dataset")
-    prepare_cache(root / "dataset", root / "cache", img_size=64)
-    return {"raw": root / "raw", "dataset": root / "dataset", "cache": root / "cache"}
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def test_load_backend_needs_exactly_one_model(tiny_ckpt: Path):
         load_backend()
     with pytest.raises(ConfigError, match="exactly one"):
         load_backend(checkpoint=tiny_ckpt, onnx=tiny_ckpt)
-    backend = load_backend(checkpoint=tiny_ckpt, score_threshold=0.4)
+    backend = load_backend(checkpoint=tiny_ckpt, operating_threshold=0.4)
     assert isinstance(backend, Predictor) and isinstance(backend, Backend) and backend.name == "torch"
     photo = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
     det = backend.predict_arrays([photo])[0]
@@ -43,6 +43,6 @@ def test_evaluate_scores_the_exported_onnx_model_like_its_checkpoint(tiny_ckpt: 
     a = run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "pt", split="test", bootstrap=0, progress=False)
     b = run_evaluation(None, demo_data["cache"], tmp_path / "ort", split="test", bootstrap=0, progress=False,
                        onnx=tmp_path / "model.onnx")
-    assert b["score_threshold"] == a["score_threshold"]
+    assert b["operating_threshold"] == a["operating_threshold"]
     assert abs(a["coco"]["AP50"] - b["coco"]["AP50"]) < 0.02
     assert a["at_threshold"]["tp"] == b["at_threshold"]["tp"] and a["at_threshold"]["fp"] == b["at_threshold"]["fp"]

@@ -49,17 +49,17 @@ def test_writes_every_file(cache_eval: Path) -> None:
 
 def test_metrics_match_dfudet_metrics_called_directly(cache_eval: Path, tiny_ckpt: Path) -> None:
     m, preds, gts = _load(cache_eval)
-    assert m["score_threshold"] == 0.5 and "operating_threshold" in m["score_threshold_source"]
+    assert m["operating_threshold"] == 0.5 and "operating_threshold" in m["threshold_source"]
     assert m["checkpoint"]["epoch"] == 3 and m["checkpoint"]["path"] == str(tiny_ckpt)
     direct = detection_scores(preds, gts, 0.5, 0.5)
-    for k, v in direct.items():
+    for k, v in direct.as_dict().items():
         assert m["at_threshold"][k] == pytest.approx(v), k
     assert m["coco"] == pytest.approx(coco_map(preds, gts))
     t, row = best_threshold(preds, gts, iou_threshold=0.5)
-    assert m["oracle"]["threshold"] == t and m["oracle"]["scores"]["composite"] == pytest.approx(row["composite"])
+    assert m["oracle"]["threshold"] == t and m["oracle"]["scores"]["composite"] == pytest.approx(row.composite)
     c = m["counts"]
     assert (c["images"], c["ulcer_images"], c["healthy_images"]) == (4, 2, 2)
-    assert c["detections_all"] == sum(len(s) for _, s in preds) > c["detections_kept"] == direct["n_pred"]
+    assert c["detections_all"] == sum(len(s) for _, s in preds) > c["detections_kept"] == direct.n_pred
     assert set(m["bootstrap"]["ci95"]) >= {"f1", "recall", "precision", "composite", "mean_iou"}
     lo, hi = m["bootstrap"]["ci95"]["composite"]
     assert lo <= hi
@@ -78,15 +78,15 @@ def test_boxes_are_in_original_coordinates(cache_eval: Path, demo_data: dict[str
 
 
 def test_threshold_override_and_galleries(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
-    m = run_evaluation(tiny_ckpt, demo_data["dataset"], tmp_path, split="val", score_threshold=0.0, bootstrap=0,
+    m = run_evaluation(tiny_ckpt, demo_data["dataset"], tmp_path, split="val", operating_threshold=0.0, bootstrap=0,
                        progress=False, gallery_size=1)
-    assert m["score_threshold"] == 0.0 and m["score_threshold_source"] == "--score-threshold"
+    assert m["operating_threshold"] == 0.0 and m["threshold_source"] == "--operating-threshold"
     assert m["bootstrap"] is None and m["data"]["kind"] == "folder"
     # at threshold 0 every healthy image with a detection is a false alarm; gallery_size caps each gallery
     assert len(m["gallery"]["false_alarms_healthy"]) == 1
     assert len(list((tmp_path / "gallery" / "false_alarms_healthy").glob("*.jpg"))) == 1
     _, preds, gts = _load(tmp_path)
-    assert m["at_threshold"]["fp"] == detection_scores(preds, gts, 0.0, 0.5)["fp"]
+    assert m["at_threshold"]["fp"] == detection_scores(preds, gts, 0.0, 0.5).fp
 
 
 def test_coco_json_input_is_evaluated_whole(tiny_ckpt: Path, demo_data: dict[str, Path], tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) 
     m = run_evaluation(ckpt, ann, tmp_path / "out", images=fuseg_dir / "images", bootstrap=100, progress=False)
     assert m["counts"]["images"] == 6 and m["counts"]["gt_boxes"] == len(subset["annotations"])
     _, preds, gts = _load(tmp_path / "out")
-    assert m["at_threshold"]["composite"] == pytest.approx(detection_scores(preds, gts, 0.5, 0.5)["composite"])
+    assert m["at_threshold"]["composite"] == pytest.approx(detection_scores(preds, gts, 0.5, 0.5).composite)
     assert np.concatenate([b for b, _ in preds]).max() > 128  # 512-px originals, not the 128-px model input
     for name in EXPECTED_FILES:
         assert (tmp_path / "out" / name).is_file()
@@ -154,7 +154,7 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
     export_slim(tiny_ckpt, other)
     out = tmp_path / "out"
     m = run_evaluation(tiny_ckpt, demo_data["cache"], out, split="test", bootstrap=0, progress=False,
-                       compare=other, score_threshold=0.3)
+                       compare=other, operating_threshold=0.3)
     report = (out / "report.md").read_text()
     c = m["counts"]
     # the summary in words, with the real counts
@@ -173,9 +173,9 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
     assert "| metric | this model | 95% CI | compared model |" in report
     cmp_row = re.search(r"^\| recall \| ([\d.]+) \|  \| ([\d.]+) \|", report, flags=re.M)
     assert cmp_row and float(cmp_row.group(2)) == pytest.approx(m["compare"]["at_threshold"]["recall"], abs=1e-3)
-    assert m["compare"]["score_threshold"] == pytest.approx(0.5)  # the checkpoint's own operating threshold
+    assert m["compare"]["operating_threshold"] == pytest.approx(0.5)  # the checkpoint's own operating threshold
     # the threshold's true source
-    assert "(--score-threshold)" in report and m["compare"]["score_threshold_source"].startswith("checkpoint")
+    assert "(--operating-threshold)" in report and m["compare"]["threshold_source"].startswith("checkpoint")
     # every gallery image carries a legend strip below the photo
     files = [e["file"] for g in m["gallery"].values() for e in g]
     assert files
@@ -196,6 +196,6 @@ def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Pat
     torch.save(ckpt, tmp_path / "untrained_model.pth")
     m = run_evaluation(tmp_path / "untrained_model.pth", demo_data["cache"], tmp_path / "out", split="test",
                        bootstrap=0, progress=False)
-    assert "untrained model, before any training" in m["score_threshold_source"]
-    assert "during training" not in m["score_threshold_source"]
+    assert "untrained model, before any training" in m["threshold_source"]
+    assert "during training" not in m["threshold_source"]
     assert "(untrained)" in (tmp_path / "out" / "report.md").read_text().splitlines()[0]

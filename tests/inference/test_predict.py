@@ -94,7 +94,7 @@ def test_corrupt_file_is_reported_and_the_rest_predicted(tiny_ckpt: Path, folder
 
 def test_images_without_boxes_get_an_empty_csv_row(tiny_ckpt: Path, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run_predict([folder / "a.jpg", folder / "sub"], tiny_ckpt, out, score_threshold=1.0, progress=False)
+    run_predict([folder / "a.jpg", folder / "sub"], tiny_ckpt, out, operating_threshold=1.0, progress=False)
     rows = list(csv.reader((out / "predictions.csv").open()))
     assert rows[0] == ["file", "x1", "y1", "x2", "y2", "score"]
     assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.jpg", "b.PNG"]
@@ -103,7 +103,7 @@ def test_images_without_boxes_get_an_empty_csv_row(tiny_ckpt: Path, folder: Path
 
 
 def test_tta_outputs_stay_inside_images(tiny_ckpt: Path, folder: Path, tmp_path: Path) -> None:
-    run_predict([folder / "a.jpg"], tiny_ckpt, tmp_path, score_threshold=0.0, tta=True, progress=False)
+    run_predict([folder / "a.jpg"], tiny_ckpt, tmp_path, operating_threshold=0.0, tta=True, progress=False)
     data = json.loads((tmp_path / "predictions.json").read_text())
     assert data["tta"] is True
     im = data["images"][0]
@@ -136,7 +136,7 @@ def test_cli_exit_codes(tiny_ckpt: Path, folder: Path, tmp_path: Path, capsys: p
 def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) -> None:
     files = sorted((fuseg_dir / "images" / "val").glob("*.jpg"))[:6]
     ckpt = checkpoint_factory(tmp_path / "best.pth", 128)
-    s = run_predict(files, ckpt, tmp_path / "out", score_threshold=0.0, progress=False)
+    s = run_predict(files, ckpt, tmp_path / "out", operating_threshold=0.0, progress=False)
     data = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert s["images"] == 6 and not data["skipped"]
     assert all((im["width"], im["height"]) == (512, 512) for im in data["images"])

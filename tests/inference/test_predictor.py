@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dfudet.checkpoint import atomic_torch_save, config_digest, safe_torch_load, state_digest
+from dfudet.checkpoint import atomic_torch_save, safe_torch_load, state_digest
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference import Predictor
@@ -40,14 +40,14 @@ def test_boxes_to_original_divides_by_scale_and_clips() -> None:
 
 def test_from_checkpoint_uses_operating_threshold_and_model_settings(tiny_ckpt: Path) -> None:
     p = Predictor.from_checkpoint(tiny_ckpt)
-    assert p.score_threshold == 0.5
+    assert p.operating_threshold == 0.5
     assert "operating_threshold" in p.threshold_source
-    assert p.img_size == 96 and p.floor == 0.0
+    assert p.img_size == 96 and p.min_score == 0.0
     assert not p.model.training
-    q = Predictor.from_checkpoint(tiny_ckpt, score_threshold=0.8)
-    assert q.score_threshold == 0.8 and q.threshold_source == "--score-threshold"
+    q = Predictor.from_checkpoint(tiny_ckpt, operating_threshold=0.8)
+    assert q.operating_threshold == 0.8 and q.threshold_source == "--operating-threshold"
     with pytest.raises(ConfigError, match="between 0 and 1"):
-        Predictor.from_checkpoint(tiny_ckpt, score_threshold=1.5)
+        Predictor.from_checkpoint(tiny_ckpt, operating_threshold=1.5)
 
 
 def test_non_square_boxes_equal_model_output_mapped_back(predictor: Predictor) -> None:
@@ -142,8 +142,7 @@ def test_checkpoint_errors(tiny_ckpt: Path, tmp_path: Path) -> None:
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match=r"broken\.pth: weights do not fit"):
         Predictor.from_checkpoint(broken)
-    ckpt["config"]["model"]["name"] = "no_such_model"
-    ckpt["config_sha256"] = config_digest(ckpt["config"])
+    ckpt["model_name"] = "no_such_model"  # stored once, at the top level (the config digest does not cover it)
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match="no_such_model"):
         Predictor.from_checkpoint(broken)

@@ -33,7 +33,7 @@ def test_interval_contains_the_point_estimate(seed):
     point = detection_scores(preds, gts, score_threshold=0.4)
     ci = bootstrap_ci(preds, gts, 0.4, 0.5, n_boot=500, seed=seed)
     for k, (lo, hi) in ci.items():
-        assert lo <= point[k] <= hi, (k, lo, point[k], hi)
+        assert lo <= getattr(point, k) <= hi, (k, lo, getattr(point, k), hi)
         assert hi - lo > 0.0  # real data has spread
         assert hi - lo < 0.6
 

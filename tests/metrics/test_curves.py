@@ -83,7 +83,7 @@ def test_threshold_series_matches_the_sweep():
     sweep = sweep_thresholds(preds, gts, [0.1, 0.5, 0.9])
     s = threshold_series(sweep)
     assert s["thresholds"] == [0.1, 0.5, 0.9]
-    assert s["composite"] == [row["composite"] for row in sweep]
+    assert s["composite"] == [row.composite for row in sweep]
     assert s["recall"] == sorted(s["recall"], reverse=True)  # fewer kept predictions, never more recall
 
 

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import io
 import socket
-import struct
-import threading
-import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from _images import png_header_only
+from _serve import uvicorn_in_thread
 from dfudet.inference.predictor import Predictor
 from dfudet.serve.app import create_app
 
@@ -49,14 +46,6 @@ def _assert_error(resp, status: int, text: str) -> None:
     body = resp.json()
     assert set(body) == {"error"} and text in body["error"], body
     assert "Traceback" not in resp.text
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height pixels (a decompression-bomb shape) with no pixel data."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def test_healthz_and_offline_page(client: TestClient):
@@ -96,7 +85,7 @@ def test_not_an_image_is_415_and_corrupt_image_is_422(client: TestClient, demo_p
 
 def test_too_many_pixels_is_refused_before_decoding(client: TestClient):
     _assert_error(_post(client, encode(np.zeros((500, 500, 3), np.uint8))), 413, "too many pixels: 500x500")
-    _assert_error(_post(client, _png_header_only(60_000, 60_000)), 413, "too many pixels")
+    _assert_error(_post(client, png_header_only(60_000, 60_000)), 413, "too many pixels")
 
 
 def test_missing_file_field_and_bad_parameter_are_422(client: TestClient, demo_photos):
@@ -119,19 +108,8 @@ def test_token_is_required_when_configured(predictor: Predictor, demo_photos):
 def live(predictor: Predictor):
     """The app under a real uvicorn on a free loopback port (stopped at the end of the module)."""
     app = create_app(predictor, max_upload_mb=1, max_batch=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield app, f"http://127.0.0.1:{port}", port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(app) as port:
+        yield app, f"http://127.0.0.1:{port}", port
 
 
 @pytest.mark.slow

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _serve import dfudet_serve
 from dfudet.data.demo import render_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,41 +33,13 @@ def _browser_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(served_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(served_checkpoint: Path):
     """`python -m dfudet.cli serve` in a subprocess on a free loopback port; yields its base URL.
 
     DFUDET_E2E_CHECKPOINT=runs/demo/train/best_model.pth serves a trained model instead (nicer screenshot)."""
     served_checkpoint = Path(os.environ.get("DFUDET_E2E_CHECKPOINT") or served_checkpoint)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    env = {**os.environ, "DFUDET_TOKEN": ""}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "dfudet.cli", "serve", "--checkpoint", str(served_checkpoint),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT,
-                                env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"dfudet serve exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        else:
-            pytest.fail(f"dfudet serve did not answer within 90 s:\n{log.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with dfudet_serve(served_checkpoint, "--host", "127.0.0.1", timeout=90, env={"DFUDET_TOKEN": ""}) as s:
+        yield s.url
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,7 @@ memory ceiling of a real `dfudet serve` process under 20 parallel near-limit upl
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +12,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from _serve import dfudet_serve, uvicorn_in_thread
 from dfudet.errors import ConfigError
 from dfudet.inference.predictor import Predictor
 from dfudet.serve.app import create_app, read_token
@@ -34,12 +30,6 @@ def _png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_requests_over_the_pixel_budget_wait_then_get_503_with_retry_after(predictor: Predictor, demo_photos):
@@ -62,16 +52,8 @@ def test_requests_over_the_pixel_budget_wait_then_get_503_with_retry_after(predi
 @pytest.fixture()
 def slow_body_server(predictor: Predictor):
     app = create_app(predictor, body_timeout=1.0)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(app) as port:
+        yield port
 
 
 def test_a_half_sent_upload_is_answered_408_not_held_open(slow_body_server: int):
@@ -104,13 +86,6 @@ def test_token_from_a_file_or_the_environment(tmp_path: Path, monkeypatch: pytes
         read_token(str(tmp_path / "missing"))
 
 
-def _rss_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/{pid}/status")
-
-
 NEAR_LIMIT = (2_880, 2_770)  # 7.98 MP, just under the 8 MP limit of the server below
 
 
@@ -122,22 +97,9 @@ def test_twenty_parallel_near_limit_uploads_stay_under_the_memory_ceiling(served
     without the budget would cost well over 1 GB (docs/deploy.md has the numbers at the default 50 MP limit)."""
     token = tmp_path / "token"
     token.write_text("t0ken\n")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dfudet.cli", "serve", "--checkpoint", str(served_checkpoint),
-                             "--port", str(port), "--max-pixels", "8000000", "--token-file", str(token)],
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": "Bearer t0ken"}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                h = httpx.get(f"{url}/healthz", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
-                time.sleep(0.2)
+    with dfudet_serve(served_checkpoint, "--max-pixels", "8000000", "--token-file", str(token)) as server:
+        url, h = server.url, server.health
         assert h["max_pixels"] == 8_000_000 and h["pixels_in_flight"] == 16_000_000 and h["auth_required"]
         rng = np.random.default_rng(0)
         w, h_ = NEAR_LIMIT
@@ -146,7 +108,7 @@ def test_twenty_parallel_near_limit_uploads_stay_under_the_memory_ceiling(served
         assert httpx.post(f"{url}/v1/detect", files={"file": ("a.png", body)}, timeout=60).status_code == 401
         warm = httpx.post(f"{url}/v1/detect", files={"file": ("a.png", body)}, headers=headers, timeout=120)
         assert warm.status_code == 200, warm.text
-        base = _rss_kb(proc.pid, "VmRSS")
+        base = server.rss_kb("VmRSS")
 
         def one(k: int) -> int:
             return httpx.post(f"{url}/v1/detect", files={"file": (f"p{k}.png", body)}, headers=headers,
@@ -154,11 +116,8 @@ def test_twenty_parallel_near_limit_uploads_stay_under_the_memory_ceiling(served
 
         with ThreadPoolExecutor(max_workers=20) as pool:
             codes = list(pool.map(one, range(20)))
-        peak = _rss_kb(proc.pid, "VmHWM")
+        peak = server.rss_kb("VmHWM")
         assert codes == [200] * 20
         growth_mb = (peak - base) / 1024
         print(f"server RSS before {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB (+{growth_mb:.0f} MB)")
         assert growth_mb < 400, f"peak RSS grew by {growth_mb:.0f} MB under 20 parallel 8 MP uploads"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -347,7 +347,8 @@ def prepare_cache(dataset_dir: Path, out: Path, img_size: int | None = 512, jpeg
     by_split: dict[str, list[ImageRecord]] = {}
     for r in records:
         by_split.setdefault(r.split, []).append(r)
-    splits = summarize(records)  # ordered train/val/test first
+    # ordered train/val/test first; each split's entry gets its index hash below
+    splits: dict[str, dict[str, Any]] = {split: dict(counts) for split, counts in summarize(records).items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp(out)

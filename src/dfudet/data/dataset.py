@@ -108,8 +108,9 @@ class DetectionDataset(Dataset):
                     seed = torch.initial_seed() % 2**32
             if seed is None:
                 return
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed)
+        transform = self.transform
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
         else:
             random.seed(seed)
             np.random.seed(seed)

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -92,6 +93,11 @@ def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(mask.astype(F32), (0, 0), max(sigma, 0.3))
 
 
+def _grow(mask: np.ndarray, margin: int) -> np.ndarray:
+    """`mask` dilated by `margin` pixels (square kernel)."""
+    return cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
+
+
 def _pick_point(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray | None:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -138,7 +144,8 @@ def _background(rng: np.random.Generator, s: int) -> np.ndarray:
             _blend(img, np.array([0.92, 0.85, 0.3], F32), m.astype(F32))
             for k in np.arange(-1, 1, 0.025):
                 p0 = c + d * k - nrm
-                cv2.line(img, tuple(np.int32(p0)), tuple(np.int32(p0 + nrm * 0.8)), (0.1, 0.1, 0.1), 1)
+                p1 = p0 + nrm * 0.8
+                cv2.line(img, tuple(p0.astype(np.int32)), tuple(p1.astype(np.int32)), (0.1, 0.1, 0.1), 1)
             continue
         colour = {"gauze": [0.95, 0.95, 0.93], "glove": rng.choice([[0.3, 0.4, 0.85], [0.5, 0.35, 0.75]]),
                   "cap": rng.choice([[0.8, 0.1, 0.1], [0.9, 0.9, 0.9], [0.1, 0.5, 0.2]])}[kind]
@@ -193,7 +200,7 @@ def _foot(rng: np.random.Generator, s: int, img: np.ndarray) -> np.ndarray:
     for _ in range(rng.integers(3, 9) if not dorsal else 0):  # sole creases
         c = to_img(np.array([rng.uniform(-0.1, 0.1), rng.uniform(0.1, 0.75)]))
         p = _blob(rng, c, rng.uniform(0.05, 0.15) * length, 0.1, 24)[: rng.integers(5, 12)]
-        cv2.polylines(skin, [np.int32(p)], False, tuple(float(v) * 0.82 for v in colour), 1, cv2.LINE_AA)
+        cv2.polylines(skin, [p.astype(np.int32)], False, tuple(float(v) * 0.82 for v in colour), 1, cv2.LINE_AA)
     shift = np.array([[1, 0, rng.normal(0, 0.02 * length)], [0, 1, rng.normal(0, 0.02 * length)]], F32)
     shadow = cv2.warpAffine(_soft(foot, 0.03 * length), shift, (s, s))
     img *= (1 - rng.uniform(0.3, 0.6) * shadow)[..., None]  # the foot's soft shadow on the sheet
@@ -239,13 +246,14 @@ def _distractors(rng: np.random.Generator, s: int, img: np.ndarray, skin: np.nda
             m = np.zeros((s, s), np.uint8)
             for _ in range(rng.integers(3, 15)):
                 p = _pick_point(rng, inner)
+                assert p is not None  # `inner` has a point: `c` was picked from it
                 cv2.circle(m, (int(p[0]), int(p[1])), int(max(1, rng.uniform(0.003, 0.012) * s)), 1, -1)
             _blend(img, np.array([0.3, 0.18, 0.12], F32), _soft(m, 0.6) * rng.uniform(0.5, 0.9))
         elif kind == "cracks":  # dry fissures, often on the heel
             m = np.zeros((s, s), np.uint8)
             for _ in range(rng.integers(1, 5)):
                 steps = np.cumsum(rng.normal(0, 1, (12, 2)) * r * 0.2 + rng.normal(0, r * 0.1, 2), 0)
-                cv2.polylines(m, [np.int32(c + steps)], False, 1, 1)
+                cv2.polylines(m, [(c + steps).astype(np.int32)], False, 1, 1)
             _blend(img, np.array([0.35, 0.15, 0.12], F32), _soft(m * skin, 0.5) * 0.8)
         elif kind == "dry":  # scaly white flakes
             flakes = (rng.random((s, s)) < 0.25).astype(F32) * _soft(blob, r * 0.3)
@@ -279,10 +287,10 @@ def _lesions(rng: np.random.Generator, s: int, img: np.ndarray, skin: np.ndarray
         mask = full & skin
         area = int(mask.sum())
         if (area < max(12, 0.75 * full.sum())
-                or (cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8)) & taken).any()):
+                or (_grow(mask, margin) & taken).any()):
             continue
         _paint_ulcer(rng, s, img, mask, skin, d)
-        taken |= cv2.dilate(mask, np.ones((2 * margin + 1,) * 2, np.uint8))
+        taken |= _grow(mask, margin)
         masks.append(mask.astype(bool))
     if not masks:
         raise RuntimeError("demo generator found no room for a lesion on the foot")  # a bug, not a user error
@@ -328,6 +336,7 @@ def _paint_ulcer(rng: np.random.Generator, s: int, img: np.ndarray, mask: np.nda
     if rng.random() < 0.6:  # wet shine
         for _ in range(rng.integers(1, 4)):
             p = _pick_point(rng, mask)
+            assert p is not None  # the lesion mask is never empty
             cv2.circle(bed, (int(p[0]), int(p[1])), max(1, int(0.04 * d)), (1.0, 1.0, 1.0), -1)
     alpha = _soft(mask, 0.6) * mask * (rng.uniform(0.55, 0.8) if kind == "shallow" else 1.0)
     _blend(img, bed, alpha)
@@ -421,10 +430,11 @@ def generate_demo(out: Path, n: int = 300, seed: int = 0, size: int = 320) -> di
     n_ulcer, n_healthy = (n + 1) // 2, n // 2
     split_rng = np.random.default_rng([seed, 7])
     ulcer_split, healthy_split = _assign_splits(split_rng, n_ulcer), _assign_splits(split_rng, n_healthy)
-    coco = {sp: {"info": {"description": "dfudet synthetic demo (not real patients)", "version": GENERATOR_VERSION,
-                          "seed": seed, "size": size},
-                 "images": [], "annotations": [], "categories": [{"id": 1, "name": "ulcer", "supercategory": "wound"}]}
-            for sp in SPLITS}
+    coco: dict[str, dict[str, Any]] = {
+        sp: {"info": {"description": "dfudet synthetic demo (not real patients)", "version": GENERATOR_VERSION,
+                      "seed": seed, "size": size},
+             "images": [], "annotations": [], "categories": [{"id": 1, "name": "ulcer", "supercategory": "wound"}]}
+        for sp in SPLITS}
     counts = {sp: {"ulcer": 0, "healthy": 0, "boxes": 0} for sp in SPLITS}
     ann_id = 0
     for healthy, k, splits in ((False, n_ulcer, ulcer_split), (True, n_healthy, healthy_split)):

@@ -7,15 +7,19 @@ import io
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import matplotlib
+import matplotlib.pyplot as plt
 from lightning.pytorch.callbacks import Checkpoint, ProgressBar
+from matplotlib.ticker import MaxNLocator
 
 from dfudet.checkpoint import atomic_torch_save, build_best_payload
-from dfudet.config import config_to_dict
+from dfudet.metrics.scores import ValidationScores
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
@@ -33,29 +37,14 @@ def is_better(score: float, best: float | None) -> bool:
     return best is None or score > best
 
 
-def best_payload(pl_module: Any, v: dict[str, float], epoch: int, optimizer_state: dict[str, Any]) -> dict[str, Any]:
+def best_payload(pl_module: Any, v: ValidationScores, epoch: int, optimizer_state: dict[str, Any]) -> dict[str, Any]:
     """The best_model.pth dict (docs/checkpoints.md) of a module with its val scores `v`."""
-    from dfudet.engine.module import backbone_name
-
-    cfg = pl_module.cfg
     return build_best_payload(
         epoch=int(epoch),
         model_state_dict={k: t.detach().cpu() for k, t in pl_module.model.state_dict().items()},
         optimizer_state_dict=optimizer_state,
-        train_loss=float(v["train_loss"]),
-        val_loss=float(v["val_loss"]),
-        f1_score=float(v["f1"]),
-        mean_iou=float(v["mean_iou"]),
-        precision=float(v["precision"]),
-        recall=float(v["recall"]),
-        composite_score=float(v["composite"]),
-        backbone=backbone_name(cfg),
-        model_name=cfg.model.name,
-        img_size=int(cfg.data.img_size),
-        num_classes=int(cfg.model.num_classes),
-        score_threshold=float(v.get("selection_threshold", cfg.train.score_threshold)),
-        operating_threshold=float(v["operating_threshold"]),
-        config=config_to_dict(cfg),
+        scores=v,
+        config=pl_module.cfg,
     )
 
 
@@ -69,17 +58,17 @@ class CompositeCheckpoint(L.Callback):
         self.improved = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.last_val:
-            return
         v = pl_module.last_val
-        self.improved = is_better(v["composite"], self.best_score)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or v is None:
+            return
+        self.improved = is_better(v.composite, self.best_score)
         if not self.improved:
             return
-        self.best_score, self.best_epoch = float(v["composite"]), int(trainer.current_epoch)
+        self.best_score, self.best_epoch = float(v.composite), int(trainer.current_epoch)
         if trainer.is_global_zero:
             self._write(trainer, pl_module, v)
 
-    def _write(self, trainer: L.Trainer, pl_module: Any, v: dict[str, float]) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: Any, v: ValidationScores) -> None:
         optimizer_state = trainer.optimizers[0].state_dict() if trainer.optimizers else {}
         payload = best_payload(pl_module, v, int(trainer.current_epoch), optimizer_state)
         atomic_torch_save(payload, self.run_dir / BEST_NAME)
@@ -134,14 +123,15 @@ class EpochSummary(L.Callback):
         self._t0 = time.monotonic()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not pl_module.last_val:
-            return
         v = pl_module.last_val
+        if trainer.sanity_checking or trainer.state.fn != "fit" or v is None:
+            return
         seconds = round(time.monotonic() - self._t0, 2)
         earlier = [h for h in self.history if h["epoch"] < int(trainer.current_epoch)]
         # wall clock of training so far (train + val of every epoch, across resumes): time-to-quality plots
         elapsed = round(sum(float(h.get("seconds", 0.0)) for h in earlier) + seconds, 2)
-        row = {"epoch": int(trainer.current_epoch), **{k: float(v[k]) for k in HISTORY_FIELDS if k in v},
+        scores = v.as_dict()
+        row = {"epoch": int(trainer.current_epoch), **{k: float(scores[k]) for k in HISTORY_FIELDS if k in scores},
                "new_best": int(self.best.improved), "seconds": seconds, "elapsed_seconds": elapsed}
         self.history = earlier + [row]
         if not trainer.is_global_zero:
@@ -172,11 +162,7 @@ class EpochSummary(L.Callback):
 
     def write_curves(self) -> None:
         """Loss, composite and its parts, and lr per epoch in one PNG."""
-        import matplotlib
-
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         h = self.history
         ep = [r["epoch"] for r in h]
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -195,8 +181,6 @@ class EpochSummary(L.Callback):
         axes[2].plot(ep, [r["lr"] for r in h], marker="o", markersize=3)
         axes[2].set_yscale("log")
         axes[2].set_title("learning rate")
-        from matplotlib.ticker import MaxNLocator
-
         for ax in axes:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -271,8 +255,6 @@ class _DropLightningTips(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence third-party tips and deprecation notices a user cannot act on (real warnings stay visible)."""
-    import warnings
-
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):

@@ -20,7 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         ckpt = safe_torch_load(Path(path), map_location=map_location or "cpu")
-        extra = ckpt.get("dfudet") if isinstance(ckpt.get("dfudet"), dict) else {}
+        raw = ckpt.get("dfudet")
+        extra: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if isinstance(ckpt.get("state_dict"), dict):  # resume: refuse a damaged last.ckpt instead of training on it
             verify_weights(ckpt["state_dict"], Path(path), extra.get("weights_sha256"))
         return ckpt

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dfudet.config import Config
+from dfudet.data.cache import MANIFEST_FILE, read_manifest
 from dfudet.data.dataset import DetectionDataset, collate_detection
 from dfudet.data.sampler import BalancedBatchSampler
 from dfudet.data.transforms import build_eval_transform, build_train_transform
@@ -27,8 +28,6 @@ def data_source(cfg: Config) -> Path:
 
 def check_cache_size(src: Path, img_size: int) -> None:
     """Refuse a cache prepared at a smaller size than the model input: its photos would be upsampled silently."""
-    from dfudet.data.cache import MANIFEST_FILE, read_manifest
-
     if not (src / MANIFEST_FILE).is_file():
         return  # a dataset dir: photos are read at full size
     cached = int(read_manifest(src).get("img_size") or 0)  # 0: prepared at the photos' own size
@@ -98,7 +97,8 @@ class DetectionDataModule(L.LightningDataModule):
         assert self.val_ds is not None
         d = self.cfg.data
         world, rank = _dist()
-        sampler = DistributedSampler(self.val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        sampler: DistributedSampler[int] | None = (
+            DistributedSampler(self.val_ds, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None)
         return DataLoader(self.val_ds, batch_size=d.val_batch_size or d.batch_size, shuffle=False, sampler=sampler,
                           **self._loader_kwargs())
 

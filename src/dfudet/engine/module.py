@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import OptimizerConfig
 
 from dfudet.checkpoint import state_digest
 from dfudet.config import Config
 from dfudet.engine import rng
 from dfudet.metrics.coco import coco_map
-from dfudet.metrics.scores import best_threshold, detection_scores
+from dfudet.metrics.scores import ValidationScores, best_threshold, detection_scores
 from dfudet.models.factory import backbone_label, get_spec
 from dfudet.models.passes import losses_and_detections, to_float_images
+from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
 
@@ -40,7 +45,7 @@ class DetectorModule(L.LightningModule):
         self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
         self._nonfinite = {"train": 0, "val": 0}
-        self.last_val: dict[str, float] = {}
+        self.last_val: ValidationScores | None = None
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._pending_plateau_state: dict[str, Any] | None = None
         self._pending_rng_state: dict[str, Any] | None = None
@@ -80,11 +85,6 @@ class DetectorModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.cfg.train.log_sample_ids:
             # Audit trail of which training images this rank saw (used to check DDP sharding).
-            import json
-            from pathlib import Path
-
-            from dfudet.utils import atomic_write_bytes
-
             path = Path(self.cfg.run_dir) / "sample_ids" / f"rank{self.global_rank}-epoch{self.current_epoch}.json"
             atomic_write_bytes(path, json.dumps(self._seen_ids).encode())
 
@@ -120,7 +120,7 @@ class DetectorModule(L.LightningModule):
         losses, detections = losses_and_detections(self.model, self.spec, to_float_images(images), targets,
                                                     seed=self.cfg.train.seed + batch_idx)
         self.model.eval()
-        loss = sum(losses.values())
+        loss = cast(torch.Tensor, sum(losses.values()))  # a sum of tensors (sum() types the empty case as 0)
         self._accumulate("val", loss, len(images))
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
         for det, tgt in zip(detections, targets):
@@ -145,45 +145,40 @@ class DetectorModule(L.LightningModule):
             preds = [merged[k] for k in sorted(merged)]
         return preds
 
-    def validation_metrics(self, preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    def validation_metrics(self, preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> ValidationScores:
         """Scores of one validation epoch (dfudet.metrics, the same module `evaluate` uses)."""
         t = self.cfg.train
         p = [(b, s) for _, b, s, _ in preds]
         g = [gt for *_, gt in preds]
-        m = detection_scores(p, g, score_threshold=t.score_threshold, iou_threshold=t.iou_threshold,
-                             weights=t.composite_weights)
         op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights,
                                     min_recall=t.operating_min_recall)
-        if t.select_at == "operating":
-            m = op  # every reported score (and the selection) at the val-swept operating threshold
+        # every reported score (and the selection) at the val-swept operating threshold, or at the fixed one
+        at = op if t.select_at == "operating" else detection_scores(
+            p, g, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
         # COCO AP50 (pycocotools, every detection): threshold-free, so time-to-quality is comparable across runs
         ap = coco_map(p, g)
-        return {
-            "ap50": ap["AP50"], "ap50_95": ap["AP50_95"],
-            "selection_threshold": op_thr if t.select_at == "operating" else t.score_threshold,
-            "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "mean_iou": m["mean_iou"],
-            "composite": m["composite"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
-            "operating_threshold": op_thr, "composite_at_operating": op["composite"],
-            "val_loss": self.epoch_loss("val"), "train_loss": self.epoch_loss("train"),
-        }
+        return ValidationScores.from_scores(at, op, ap50=ap["AP50"], ap50_95=ap["AP50_95"],
+                                            train_loss=self.epoch_loss("train"), val_loss=self.epoch_loss("val"))
 
     def on_validation_epoch_end(self) -> None:
         preds = self._gathered_preds()
         self._val_preds = []
         if not preds or self.trainer.sanity_checking:
             return
-        v = {k: float(x) for k, x in self.validation_metrics(preds).items()}
+        v = self.validation_metrics(preds)
         if self.plateau is not None and self.trainer.state.fn == "fit":
             # Stepped here, before the epoch's checkpoints are written, so last.ckpt holds the stepped state and a
             # resumed run continues exactly (Lightning's own plateau step comes after the checkpoint is saved).
-            self.plateau.step(v["val_loss"])
-        v["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else 0.0
-        for k in ("precision", "recall", "f1", "mean_iou", "composite", "operating_threshold", "ap50", "lr"):
-            self.log(f"val/{k}" if k != "lr" else "lr", v[k], on_step=False, on_epoch=True, sync_dist=False)
+            self.plateau.step(v.val_loss)
+        lr = float(self.trainer.optimizers[0].param_groups[0]["lr"]) if self.trainer.optimizers else 0.0
+        v = dataclasses.replace(v, lr=lr)
+        for k in ("precision", "recall", "f1", "mean_iou", "composite", "operating_threshold", "ap50"):
+            self.log(f"val/{k}", float(getattr(v, k)), on_step=False, on_epoch=True, sync_dist=False)
+        self.log("lr", lr, on_step=False, on_epoch=True, sync_dist=False)
         self.last_val = v
 
     # ------------------------------------------------------------------ optim
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerConfig:
         t = self.cfg.train
         params = [p for p in self.model.parameters() if p.requires_grad]
         if t.optimizer == "sgd":
@@ -204,7 +199,8 @@ class DetectorModule(L.LightningModule):
         checkpoint["dfudet"] = {
             "weights_sha256": state_digest(checkpoint["state_dict"]),  # checked when resuming or loading
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
-            "operating_threshold": float(self.last_val.get("operating_threshold", self.cfg.train.score_threshold)),
+            "operating_threshold": (self.last_val.operating_threshold if self.last_val is not None
+                                    else self.cfg.train.selection_threshold),
             "rng": rng.capture(),  # exact resume: the generators' state at the end of this epoch
         }
 

@@ -6,17 +6,19 @@ import logging
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dfudet.checkpoint import atomic_torch_save, safe_torch_load
-from dfudet.config import Config, config_to_dict, save_config
+from dfudet.checkpoint import atomic_torch_save, load_for_inference
+from dfudet.config import Config, Precision, config_to_dict, save_config
 from dfudet.engine.callbacks import (
     BEST_NAME,
     CompositeCheckpoint,
@@ -30,6 +32,8 @@ from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
+from dfudet.metrics.scores import ValidationScores
+from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
 from dfudet.models.factory import get_spec, weights_source
 
 log = logging.getLogger("dfudet")
@@ -107,11 +111,14 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
         )
 
 
-def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> None:
-    import numpy as np
+def with_model(cfg: Config, **changes: Any) -> Config:
+    """A new Config with model fields changed and validated (the loaded config object is never edited)."""
+    model = cfg.model.model_validate({**cfg.model.model_dump(), **changes})
+    return cfg.model_copy(update={"model": model})
 
-    from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
 
+def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> tuple[list[list[float]], list[float]]:
+    """Anchor sizes (one list per level) and aspect ratios proposed from the training boxes."""
     assert dm.train_ds is not None
     wh = []
     for i in range(len(dm.train_ds)):
@@ -120,20 +127,20 @@ def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> None:
         for b in rec["boxes"]:
             wh.append(((b[2] - b[0]) * scale, (b[3] - b[1]) * scale))
     arr = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
-    cfg.model.anchor_sizes = propose_anchor_sizes(arr, n_levels=get_spec(cfg.model.name).feature_levels)
-    cfg.model.aspect_ratios = propose_aspect_ratios(arr, k=3)
-    log.info("anchors proposed from %d training boxes: sizes %s, aspect ratios (h/w) %s",
-             len(arr), cfg.model.anchor_sizes, cfg.model.aspect_ratios)
+    sizes = propose_anchor_sizes(arr, n_levels=get_spec(cfg.model.name).feature_levels)
+    ratios = propose_aspect_ratios(arr, k=3)
+    log.info("anchors proposed from %d training boxes: sizes %s, aspect ratios (h/w) %s", len(arr), sizes, ratios)
+    return sizes, ratios
 
 
-def resolve_hardware(cfg: Config) -> tuple[str, Any, str]:
+def resolve_hardware(cfg: Config) -> tuple[str, Any, Precision]:
     """accelerator, devices and precision; CPU always runs fp32 (autocast is for CUDA)."""
     acc = cfg.train.accelerator
     if acc == "auto":
         acc = "gpu" if torch.cuda.is_available() else "cpu"
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError("train.accelerator asks for a GPU but CUDA is not available here; use train.accelerator=cpu")
-    precision = cfg.train.precision if acc in ("gpu", "cuda") else "32"
+    precision: Precision = cfg.train.precision if acc in ("gpu", "cuda") else "32"
     devices: Any = cfg.train.devices
     if devices == "auto":
         devices = 1
@@ -160,7 +167,7 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         + f" weight_decay={t.weight_decay} warmup={t.warmup_steps} steps",
         f"  scheduler          : ReduceLROnPlateau(val loss) factor={t.plateau_factor} patience={t.plateau_patience}",
         f"  selection          : composite = {w.f1}*F1 + {w.iou}*IoU + {w.recall}*Recall + {w.precision}*Precision"
-        + (f" @ score>={t.score_threshold}" if t.select_at == "score_threshold"
+        + (f" @ score>={t.selection_threshold}" if t.select_at == "selection_threshold"
            else " @ the operating threshold swept on val") + f", IoU>={t.iou_threshold}",
         f"  early stopping     : composite, patience {t.early_stop_patience}; max epochs {t.epochs}",
         f"  device             : {acc} x{devices} nodes={t.num_nodes} strategy={t.strategy} precision={precision}",
@@ -173,16 +180,18 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
     return "\n".join(lines)
 
 
-def validation_scores(module: DetectorModule, dm: DetectionDataModule, acc: str) -> dict[str, float]:
+def validation_scores(module: DetectorModule, dm: DetectionDataModule, acc: str) -> ValidationScores:
     """Val metrics of a module as it is (used for the untrained baseline), without touching any run state."""
     trainer = L.Trainer(accelerator=acc, devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=module.cfg.train.limit_val_batches)
     trainer.validate(module, datamodule=dm, verbose=False)
-    return dict(module.last_val)
+    if module.last_val is None:
+        raise ConfigError("validation produced no scores (is the val split empty, or limit_val_batches 0?)")
+    return module.last_val
 
 
-def build_trainer(cfg: Config, acc: str, devices: Any, precision: str) -> L.Trainer:
+def build_trainer(cfg: Config, acc: str, devices: Any, precision: Precision) -> L.Trainer:
     """The Lightning Trainer of a run: composite best-model export, early stopping, last.ckpt, atomic IO."""
     run_dir = Path(cfg.run_dir)
     best_cb = CompositeCheckpoint(run_dir)
@@ -200,7 +209,7 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: str) -> L.Trai
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.epochs,
-        max_time={"minutes": t.max_time_minutes} if t.max_time_minutes else None,
+        max_time=timedelta(minutes=t.max_time_minutes) if t.max_time_minutes else None,
         accelerator=acc,
         devices=devices,
         num_nodes=t.num_nodes,
@@ -236,7 +245,7 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         _check_resume_config(run_dir, cfg)
         saved = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
-        cfg.model.anchor_sizes, cfg.model.aspect_ratios = saved.model.anchor_sizes, saved.model.aspect_ratios
+        cfg = with_model(cfg, anchor_sizes=saved.model.anchor_sizes, aspect_ratios=saved.model.aspect_ratios)
     quiet_third_party()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -249,32 +258,32 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     # anchor-free models refuse auto_anchors when they are built, with the reason
     if (cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume
             and not get_spec(cfg.model.name).anchor_free):
-        _auto_anchors(cfg, dm)
+        sizes, ratios = _auto_anchors(cfg, dm)
+        cfg = with_model(cfg, anchor_sizes=sizes, aspect_ratios=ratios)
     acc, devices, precision = resolve_hardware(cfg)
     log.info(header(cfg, dm, acc, devices, precision, resume))
     log.info("log file: %s", log_path)
 
     module = DetectorModule(config_to_dict(cfg))
     # where the pretrained backbone came from goes into config.yaml and every checkpoint's config
-    cfg.model.weights_source = module.cfg.model.weights_source = weights_source(module.model)
+    cfg = with_model(cfg, weights_source=weights_source(module.model))
+    module.cfg = cfg
     module.hparams["config"] = config_to_dict(cfg)
     if cfg.model.pretrained:
         log.info("pretrained weights: %s",
                  cfg.model.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
     if _rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
-    base: dict[str, float] = {}
+    base: ValidationScores | None = None
     if baseline and not resume:
         base = validation_scores(module, dm, acc)
-        log.info("untrained model on val: composite %.4f (F1 %.3f, IoU %.3f)", base["composite"], base["f1"],
-                 base["mean_iou"])
+        log.info("untrained model on val: composite %.4f (F1 %.3f, IoU %.3f)", base.composite, base.f1,
+                 base.mean_iou)
         if _rank() == 0:  # same schema as best_model.pth, so `dfudet evaluate` can score it on any split
             atomic_torch_save(best_payload(module, base, -1, {}), run_dir / UNTRAINED_NAME)
             log.info("untrained model written to %s", run_dir / UNTRAINED_NAME)
     elif baseline and (run_dir / UNTRAINED_NAME).is_file():  # resumed: the baseline scored when the run began
-        untrained = safe_torch_load(run_dir / UNTRAINED_NAME)
-        base = {"composite": float(untrained["composite_score"]), "f1": float(untrained["f1_score"]),
-                "mean_iou": float(untrained["mean_iou"])}
+        base = load_for_inference(run_dir / UNTRAINED_NAME).scores
 
     trainer = build_trainer(cfg, acc, devices, precision)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
@@ -282,25 +291,23 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     result: dict[str, Any] = {"run_dir": str(run_dir), "epochs_run": trainer.current_epoch,
                               "stopped_early": bool(trainer.early_stopping_callback and
                                                     trainer.early_stopping_callback.stopped_epoch),
-                              "baseline": base}
+                              "baseline": base.as_dict() if base is not None else {}}
     best_path = run_dir / BEST_NAME
     if best_path.is_file() and trainer.is_global_zero:
-        best = safe_torch_load(best_path)
-        keys = ("epoch", "composite_score", "f1_score", "mean_iou", "precision", "recall", "val_loss",
-                "operating_threshold")
-        result["best"] = {k: best[k] for k in keys}
+        kept = load_for_inference(best_path)
+        best = kept.scores
+        assert best is not None  # a best_model.pth always records its scores
+        result["best"] = {"epoch": kept.epoch, **best.as_dict()}
         log.info("kept model: epoch %d, composite %.4f (F1 %.3f, IoU %.3f, P %.3f, R %.3f) -> %s",
-                 best["epoch"], best["composite_score"], best["f1_score"], best["mean_iou"], best["precision"],
-                 best["recall"], best_path)
-        if base:
-            log.info("untrained baseline composite %.4f -> kept model composite %.4f",
-                     base["composite"], best["composite_score"])
-            result["learned"] = bool(best["composite_score"] > base["composite"])
+                 kept.epoch, best.composite, best.f1, best.mean_iou, best.precision, best.recall, best_path)
+        if base is not None:
+            log.info("untrained baseline composite %.4f -> kept model composite %.4f", base.composite, best.composite)
+            result["learned"] = bool(best.composite > base.composite)
             if not result["learned"]:
-                log.warning(did_not_learn(base["composite"], best["composite_score"], result["epochs_run"]))
-    elif base and trainer.is_global_zero:
+                log.warning(did_not_learn(base.composite, best.composite, result["epochs_run"]))
+    elif base is not None and trainer.is_global_zero:
         result["learned"] = False
-        log.warning(did_not_learn(base["composite"], None, result["epochs_run"]))
+        log.warning(did_not_learn(base.composite, None, result["epochs_run"]))
     return result
 
 

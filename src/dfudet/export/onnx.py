@@ -4,7 +4,7 @@ What the graph does and does not contain (the contract OnnxPredictor implements)
 - input `images`: float32 (1, 3, img_size, img_size), RGB, values 0..1, already resized (long side = img_size,
   bilinear) and zero-padded bottom/right to a square: exactly the eval transform of training.
 - inside the graph: ImageNet/backbone normalisation, backbone, RPN + RoI heads (Faster R-CNN) or the dense head
-  (FCOS), NMS, score floor (box_score_thresh).
+  (FCOS), NMS, the minimum score (box_score_thresh).
 - outputs: `boxes` (N, 4) xyxy in the padded square's pixels, `labels` (N,) int64, `scores` (N,) float32,
   sorted by score. Dividing boxes by the resize factor and clipping to the photo gives original coordinates.
 
@@ -21,14 +21,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from dfudet import CLASS_NAMES, __version__
 from dfudet.errors import ConfigError
 from dfudet.inference.onnx_predictor import metadata_path
+from dfudet.inference.predictor import Predictor
 from dfudet.models.factory import get_spec
 from dfudet.utils import atomic_write_bytes, sha256_file
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 DEFAULT_OPSET = 17
+ONNX_META_FORMAT = "dfudet-onnx-v2"  # v2: operating_threshold and min_score (v1: score_threshold, score_floor)
 MIN_OPSET = 11
 
 
@@ -38,8 +43,6 @@ def _named_outputs(model: Any) -> Any:
     The exporter flattens the output dict in its insertion order, which differs between detectors (Faster R-CNN:
     boxes, labels, scores; FCOS: boxes, scores, labels), so the names in OUTPUT_NAMES are bound explicitly here.
     """
-    import torch
-
     class NamedOutputs(torch.nn.Module):
         def __init__(self, detector: torch.nn.Module) -> None:
             super().__init__()
@@ -54,8 +57,6 @@ def _named_outputs(model: Any) -> Any:
 
 def class_names(num_classes: int) -> list[str]:
     """Names of the model's labels 0..num_classes-1 (0 is background)."""
-    from dfudet import CLASS_NAMES
-
     names = list(CLASS_NAMES)
     return names[:num_classes] + [f"class_{k}" for k in range(len(names), num_classes)]
 
@@ -63,11 +64,6 @@ def class_names(num_classes: int) -> list[str]:
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False) -> dict[str, Any]:
     """Write `out` (ONNX) and its JSON sidecar from a dfudet checkpoint; returns the sidecar's content."""
-    import torch
-
-    from dfudet import __version__
-    from dfudet.inference.predictor import Predictor
-
     if dynamic_batch:
         raise ConfigError(
             "--dynamic-batch is not supported: torchvision's detectors (Faster R-CNN, FCOS) loop over the images "
@@ -83,7 +79,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     model, size, info = predictor.model.eval(), predictor.img_size, predictor.info
-    spec = get_spec(str(info["model_name"]))
+    spec = get_spec(info.model_name)
     example = torch.zeros(1, 3, size, size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -92,30 +88,30 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
             warnings.simplefilter("ignore")  # tracer warnings about python values in torchvision are expected
             torch.onnx.export(_named_outputs(model), (example,), str(tmp), dynamo=False, opset_version=int(opset),
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), do_constant_folding=True)
-        import onnx
+        import onnx  # lazy: optional `deploy` extra, needed only to check the written file
 
         onnx.checker.check_model(str(tmp))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
 
-    num_classes = int(info.get("num_classes") or 2)
+    num_classes = info.num_classes
     meta = {
-        "format": "dfudet-onnx-v1",
+        "format": ONNX_META_FORMAT,
         "onnx_file": out.name,
         "onnx_sha256": sha256_file(out),
         "img_size": size,
-        "score_threshold": float(predictor.score_threshold),
-        "score_floor": predictor.floor,
+        "operating_threshold": float(predictor.operating_threshold),
+        "min_score": predictor.min_score,
         "max_detections": predictor.max_detections,
         "class_names": class_names(num_classes),
         "num_classes": num_classes,
-        "model_name": info.get("model_name"),
-        "backbone": info.get("backbone"),
-        "composite_weights": info["config"]["train"]["composite_weights"],
+        "model_name": info.model_name,
+        "backbone": info.backbone,
+        "composite_weights": info.composite_weights.model_dump(),
         "source_checkpoint": checkpoint.name,
         "source_checkpoint_sha256": sha256_file(checkpoint),
-        "epoch": info.get("epoch"),
+        "epoch": info.epoch,
         "input": {"name": INPUT_NAME, "shape": [1, 3, size, size], "dtype": "float32", "layout": "NCHW RGB",
                   "range": [0.0, 1.0],
                   "preprocessing": (f"resize so the long side is {size} px (bilinear, new side = round(side * "

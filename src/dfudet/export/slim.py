@@ -8,15 +8,13 @@ config and the thresholds: `dfudet export --format pth` writes exactly that, in 
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from dfudet.checkpoint import BEST_FORMAT, atomic_torch_save, build_best_payload, load_for_inference
 from dfudet.errors import CheckpointError
-
-_SCORES = ("train_loss", "val_loss", "f1_score", "mean_iou", "precision", "recall", "composite_score")
+from dfudet.metrics.scores import ValidationScores
 
 
 def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
@@ -25,14 +23,13 @@ def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str])
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: --out must differ from --checkpoint (the original is kept)")
     ckpt = load_for_inference(src)
-    fields = {k: v for k, v in ckpt.items() if k not in ("format", "dfudet_version")}
-    fields["optimizer_state_dict"] = {}
-    fields["epoch"] = int(fields.get("epoch") if fields.get("epoch") is not None else -1)
-    for k in _SCORES:  # a Lightning .ckpt has no val scores of its own: recorded as unknown, not invented
-        fields.setdefault(k, math.nan)
-    payload = build_best_payload(**fields)
+    # a Lightning .ckpt has no val scores of its own: recorded as unknown (NaN), not invented
+    scores = ckpt.scores or ValidationScores.unknown(ckpt.operating_threshold, ckpt.config.train.selection_threshold)
+    payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
+                                 model_state_dict=ckpt.model_state_dict, optimizer_state_dict={}, scores=scores,
+                                 config=ckpt.config)
     payload["slim"] = True
     payload["source_checkpoint"] = src.name
     atomic_torch_save(payload, dst)
     return {"out": str(dst), "bytes_in": src.stat().st_size, "bytes_out": dst.stat().st_size,
-            "format": BEST_FORMAT, "from_lightning": ckpt.get("format") == "lightning"}
+            "format": BEST_FORMAT, "from_lightning": ckpt.format == "lightning"}

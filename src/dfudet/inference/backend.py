@@ -4,8 +4,9 @@ evaluate and serve all use it). Nothing here imports torch: the ONNX path must r
 
 Shared contract: every image goes through the eval transform of training (long side resized to img_size, padded
 bottom/right to a square); boxes come back divided by the resize factor, clipped to the photo, and boxes lying
-wholly in the padding are dropped. `predict_*` return every detection down to the model's score floor, so callers
-can sweep thresholds; `keep()` applies the operating threshold.
+wholly in the padding are dropped. `predict_*` return every detection down to the model's `min_score` (the lowest
+score it emits), so callers can sweep thresholds; `keep()` applies the operating threshold (chosen on val at
+training time unless overridden).
 """
 
 from __future__ import annotations
@@ -19,7 +20,32 @@ from typing import Any
 
 import numpy as np
 
+from dfudet.config import CompositeWeights, Config
+from dfudet.data.checks import load_image
 from dfudet.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a backend knows about its model: from the checkpoint (PyTorch) or the export's metadata (ONNX)."""
+
+    path: str
+    model_name: str
+    backbone: str
+    img_size: int
+    num_classes: int
+    epoch: int | None
+    format: str  # checkpoint format, or the ONNX metadata format
+    dfudet_version: str | None
+    composite_weights: CompositeWeights  # the weights the model was selected with
+    digest: str | None = None  # SHA-256 of the source checkpoint (model identity); None = hash `path` when needed
+    config: Config | None = None  # the full typed run config (PyTorch checkpoints only)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description for reports."""
+        return {"path": self.path, "epoch": self.epoch, "model_name": self.model_name, "backbone": self.backbone,
+                "img_size": self.img_size, "num_classes": self.num_classes, "format": self.format,
+                "dfudet_version": self.dfudet_version}
 
 
 @dataclass(frozen=True)
@@ -72,15 +98,15 @@ class Backend(ABC):
 
     name: str  # "torch" or "onnxruntime"
     img_size: int
-    score_threshold: float  # the operating threshold (chosen on val at training time unless overridden)
+    operating_threshold: float  # chosen on val at training time unless overridden
     threshold_source: str
     tta: bool
-    info: dict[str, Any]  # checkpoint / export metadata (model_name, backbone, epoch, path, ...)
+    info: ModelInfo
 
     @property
     @abstractmethod
-    def floor(self) -> float:
-        """Lowest score the model emits: the start of any threshold sweep."""
+    def min_score(self) -> float:
+        """Lowest score the model emits (its box score threshold): the start of any threshold sweep."""
 
     @property
     @abstractmethod
@@ -89,33 +115,38 @@ class Backend(ABC):
 
     @abstractmethod
     def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
-        """Detections for HWC uint8 RGB arrays of any size (every detection down to the floor)."""
+        """Detections for HWC uint8 RGB arrays of any size (every detection down to min_score)."""
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Detections]:
         """Detections for image files (EXIF orientation applied, so boxes are in the displayed orientation)."""
-        from dfudet.data.checks import load_image
-
-        paths = [Path(p) for p in paths]
+        files = [Path(p) for p in paths]
         out: list[Detections] = []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
             out += self.predict_arrays([load_image(p) for p in chunk], batch_size)
         return out
 
     def keep(self, detections: Detections, threshold: float | None = None) -> Detections:
         """The detections at or above the threshold (default: the operating threshold)."""
-        return detections.above(self.score_threshold if threshold is None else float(threshold))
+        return detections.above(self.operating_threshold if threshold is None else float(threshold))
+
+
+_ONE_SOURCE = "give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)"
 
 
 def load_backend(checkpoint: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", score_threshold: float | None = None, tta: bool = False) -> Backend:
+                 device: str = "cpu", operating_threshold: float | None = None, tta: bool = False) -> Backend:
     """The PyTorch backend for a checkpoint or the ONNX Runtime backend for an exported model (exactly one)."""
     if (checkpoint is None) == (onnx is None):
-        raise ConfigError("give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)")
+        raise ConfigError(_ONE_SOURCE)
     if onnx is not None:
+        # lazy: onnx_predictor imports this module (cycle)
         from dfudet.inference.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor.from_onnx(onnx, score_threshold=score_threshold, tta=tta)
+        return OnnxPredictor.from_onnx(onnx, operating_threshold=operating_threshold, tta=tta)
+    if checkpoint is None:  # cannot happen after the check above; narrows the type for mypy
+        raise ConfigError(_ONE_SOURCE)
+    # lazy: predictor imports torch, which the ONNX path must not load (and predictor imports this module)
     from dfudet.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=device, score_threshold=score_threshold, tta=tta)
+    return Predictor.from_checkpoint(checkpoint, device=device, operating_threshold=operating_threshold, tta=tta)

@@ -7,10 +7,13 @@ image size so boxes stay visible on both 96 px and 4000 px images.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dfudet.utils import atomic_write_with
 
 GT_COLOUR = (0, 200, 0)
 PRED_COLOUR = (230, 25, 25)
@@ -73,7 +76,7 @@ def draw_detections(image: np.ndarray | Image.Image, boxes: Any = None, scores: 
 def _with_legend(im: Image.Image, items: list[tuple[str, tuple[int, int, int]]], font: Any, width: int) -> Image.Image:
     """The image with a strip below it naming each box colour (galleries are read without the code)."""
     probe = ImageDraw.Draw(im)
-    th = max(probe.textbbox((0, 0), "Ag", font=font)[3], 10)
+    th = max(int(probe.textbbox((0, 0), "Ag", font=font)[3]), 10)  # Pillow types the bbox as float; it is int
     pad = max(4, th // 3)
     strip = Image.new("RGB", (im.width, th + 2 * pad), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
@@ -102,8 +105,4 @@ def _label(draw: ImageDraw.ImageDraw, text: str, box: list[float], colour: tuple
 
 def save_jpeg(image: Image.Image, path: Any, quality: int = 90) -> None:
     """Write an RGB image as JPEG atomically (readers never see a half-written gallery file)."""
-    from pathlib import Path
-
-    from dfudet.utils import atomic_write_with
-
     atomic_write_with(Path(path), lambda tmp: image.save(tmp, format="JPEG", quality=quality))

@@ -2,8 +2,8 @@
 
 Boxes are compared in ORIGINAL image coordinates: predictions made on the (possibly cache-resized) stored image
 are scaled to the record's original size and matched against the record's original boxes, so the numbers do not
-depend on the cache's img_size or the model's. The score threshold is the checkpoint's operating threshold (swept
-on val during training) unless --score-threshold is given; the best threshold on the evaluated split itself is
+depend on the cache's img_size or the model's. The threshold is the checkpoint's operating threshold (swept
+on val during training) unless --operating-threshold is given; the best threshold on the evaluated split itself is
 reported separately as the "oracle" (optimistic, never used for the headline figures).
 """
 
@@ -12,13 +12,28 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from dfudet.checkpoint import check_compatible
+from dfudet.config import load_config
+from dfudet.data.checks import load_image
+from dfudet.data.dataset import DetectionDataset
+from dfudet.data.importers import import_dataset
+from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
+from dfudet.inference.report import write_galleries, write_plots, write_report_md
+from dfudet.metrics.bootstrap import bootstrap_ci
+from dfudet.metrics.coco import coco_map
+from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
+from dfudet.metrics.curves import froc, pr_curve, threshold_series
+from dfudet.metrics.scores import Scores, detection_scores, pick_best, sweep_thresholds
+from dfudet.models.factory import backbone_label
 from dfudet.utils import atomic_write_bytes
 
 COCO_SPLIT = "all"  # a COCO json given directly is evaluated whole, under this split name
@@ -27,15 +42,13 @@ MAX_CURVE_POINTS = 400  # curves in metrics.json are thinned to this many points
 
 def _thin(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, list[float]]:
     n = len(values[keys[0]])
-    idx = np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int)) if n else []
+    idx: np.ndarray | list[int] = (
+        np.unique(np.linspace(0, n - 1, min(n, MAX_CURVE_POINTS)).round().astype(int)) if n else [])
     return {k: [float(values[k][i]) for i in idx] for k in keys}
 
 
 def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
     """Import a COCO json into a temporary dataset dir with every image in one split."""
-    from dfudet.data.importers import import_dataset
-    from dfudet.data.records import read_dataset, write_dataset
-
     if images is None:
         raise ConfigError(f"--data {json_path} is a COCO json: pass --images with the folder its file_names refer to")
     out = tmp / "dataset"
@@ -49,19 +62,13 @@ def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
 
 def _check_config(config: str | Path, predictor: Backend) -> None:
     """A --config naming another model than the checkpoint's is an error (img_size may differ: inputs are resized)."""
-    from dfudet.checkpoint import check_compatible
-    from dfudet.config import load_config
-    from dfudet.models.factory import backbone_label
-
     cfg = load_config(config)
-    check_compatible(predictor.info, Path(predictor.info["path"]), cfg.model.name,
+    check_compatible(predictor.info.summary(), Path(predictor.info.path), cfg.model.name,
                      backbone_label(cfg.model.name, cfg.model.backbone), None, cfg.model.num_classes)
 
 
 def _gallery_image(dataset: Any, i: int) -> np.ndarray:
     """The original photo when it is still on disk (sharper than a resized cache copy), else the stored image."""
-    from dfudet.data.checks import load_image
-
     rec = dataset.record(i)
     if dataset.kind == "cache" and Path(rec["path"]).is_file():
         try:
@@ -76,8 +83,6 @@ def _gallery_image(dataset: Any, i: int) -> np.ndarray:
 def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progress: bool = True
                   ) -> list[dict[str, Any]]:
     """Predict every image of a DetectionDataset; boxes scaled to each record's original size."""
-    from tqdm import tqdm
-
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=None if progress else True)
     try:
@@ -97,32 +102,37 @@ def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progres
     return rows
 
 
-def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], threshold: float,
-                    iou_threshold: float, weights: Any, n_boot: int, seed: int = 0) -> dict[str, Any]:
-    """Every figure of the report from per-image predictions and ground truth (original coordinates)."""
-    from dfudet.metrics.bootstrap import bootstrap_ci
-    from dfudet.metrics.coco import coco_map
-    from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
-    from dfudet.metrics.curves import froc, pr_curve, threshold_series
-    from dfudet.metrics.scores import detection_scores, pick_best, sweep_thresholds
+@dataclass(frozen=True)
+class Curves:
+    """Full-resolution curves behind the report's PNGs (metrics.json keeps thinned copies)."""
 
+    pr: dict[str, Any]
+    froc: dict[str, Any]
+    sweep: list[Scores]
+
+
+def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], threshold: float,
+                    iou_threshold: float, weights: Any, n_boot: int, seed: int = 0
+                    ) -> tuple[dict[str, Any], Curves]:
+    """Every figure of the report from per-image predictions and ground truth (original coordinates), and the
+    curves to plot."""
     at = detection_scores(preds, gts, threshold, iou_threshold, weights)
     sweep = sweep_thresholds(preds, gts, None, iou_threshold, weights)
     oracle_t, oracle_row = pick_best(sweep)
     pr = pr_curve(preds, gts, iou_threshold)
     fr = froc(preds, gts, iou_threshold)
     out: dict[str, Any] = {
-        "at_threshold": at,
+        "at_threshold": at.as_dict(),
         "coco": coco_map(preds, gts),
-        "healthy_images": {"n": at["n_healthy_images"], "image_specificity": at["image_specificity"],
-                           "fp_per_healthy_image": at["fp_per_healthy_image"]},
-        "ulcer_images": {"n": at["n_ulcer_images"], "image_sensitivity": at["image_sensitivity"]},
+        "healthy_images": {"n": at.n_healthy_images, "image_specificity": at.image_specificity,
+                           "fp_per_healthy_image": at.fp_per_healthy_image},
+        "ulcer_images": {"n": at.n_ulcer_images, "image_sensitivity": at.image_sensitivity},
         "pr_curve": {"ap": pr["ap"], "iou_threshold": pr["iou_threshold"], "n_points": len(pr["thresholds"]),
                      **_thin(pr, ("thresholds", "precision", "recall"))},
         "froc": {"froc_score": fr["froc_score"], "fp_rates": fr["fp_rates"],
                  "sensitivity_at_rates": fr["sensitivity_at_rates"], "n_points": len(fr["fp_per_image"]),
                  **_thin(fr, ("fp_per_image", "sensitivity"))},
-        "oracle": {"threshold": oracle_t, "scores": oracle_row,
+        "oracle": {"threshold": oracle_t, "scores": oracle_row.as_dict(),
                    "note": "best threshold by composite on THIS split: optimistic, for reference only; the headline "
                            "figures use the threshold above"},
         "threshold_sweep": threshold_series(sweep),
@@ -133,40 +143,33 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
         ci.update(coco_bootstrap_ci(preds, gts, n_boot=n_boot, seed=seed))
         out["bootstrap"] = {"n": int(n_boot), "alpha": 0.05, "seed": seed, "unit": "image",
                             "ci95": {k: [lo, hi] for k, (lo, hi) in ci.items()}}
-    out["_curves"] = (pr, fr, sweep)  # full-resolution curves for the PNGs (removed before writing the json)
-    return out
+    return out, Curves(pr, fr, sweep)
 
 
 def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch_size: int, progress: bool,
              iou_threshold: float, weights: Any) -> dict[str, Any]:
     """The headline figures of another checkpoint (e.g. the untrained model) on the same photos, at its own
     threshold."""
-    from dfudet.metrics.coco import coco_map
-    from dfudet.metrics.curves import froc
-    from dfudet.metrics.scores import detection_scores
-
     other = load_backend(checkpoint=checkpoint, device=device, tta=tta)
     rows = predict_split(other, dataset, batch_size, progress)
     preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
-    return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.get("epoch"),
-                           "model_name": other.info.get("model_name"), "backbone": other.info.get("backbone")},
-            "score_threshold": other.score_threshold, "score_threshold_source": other.threshold_source,
-            "at_threshold": detection_scores(preds, gts, other.score_threshold, iou_threshold, weights),
+    return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch,
+                           "model_name": other.info.model_name, "backbone": other.info.backbone},
+            "operating_threshold": other.operating_threshold, "threshold_source": other.threshold_source,
+            "at_threshold": detection_scores(preds, gts, other.operating_threshold, iou_threshold,
+                                             weights).as_dict(),
             "coco": coco_map(preds, gts), "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]}}
 
 
 def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | Path, split: str = "test",
-                   images: str | Path | None = None, score_threshold: float | None = None,
+                   images: str | Path | None = None, operating_threshold: float | None = None,
                    iou_threshold: float = 0.5, batch_size: int = 8, bootstrap: int = 1000, tta: bool = False,
                    config: str | Path | None = None, device: str = "cpu", gallery_size: int = 12,
                    progress: bool = True, compare: str | Path | None = None,
                    onnx: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint (or an exported ONNX model) on one split of a cache, dataset dir or COCO json and write
     the report files to `out`."""
-    from dfudet.data.dataset import DetectionDataset
-    from dfudet.inference.report import write_galleries, write_plots, write_report_md
-
     start = time.perf_counter()
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ConfigError(f"--iou-threshold must be in (0, 1], got {iou_threshold}")
@@ -178,7 +181,8 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
     if not data.exists():
         raise DataError(f"{data}: data path does not exist (expected an LMDB cache dir from `dfudet data prepare`, "
                         "a dataset dir from `dfudet data import`, or a COCO json with --images)")
-    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold, tta=tta)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device,
+                             operating_threshold=operating_threshold, tta=tta)
     if config is not None:
         _check_config(config, predictor)
     out = Path(out)
@@ -194,32 +198,26 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
                  for r in rows]
         gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
-        from dfudet.config import CompositeWeights, Config
 
-        # the composite weights the model was selected with (an ONNX export carries them in its metadata)
-        weights = (Config.model_validate(predictor.info["config"]).train.composite_weights if "config" in predictor.info
-                   else CompositeWeights.model_validate(predictor.info.get("composite_weights") or {}))
-        thr = predictor.score_threshold
-        m = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
-        pr, fr, sweep = m.pop("_curves")
+        weights = predictor.info.composite_weights  # the weights the model was selected with
+        thr = predictor.operating_threshold
+        m, curves = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
         out.mkdir(parents=True, exist_ok=True)
-        files = write_plots(out, pr, fr, sweep)
+        files = write_plots(out, curves.pr, curves.froc, curves.sweep)
         gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
         compared = (_compare(compare, dataset, device, tta, batch_size, progress, iou_threshold, weights)
                     if compare is not None else None)
     info = predictor.info
     at = m["at_threshold"]
     metrics: dict[str, Any] = {
-        "checkpoint": {"path": str(checkpoint), "epoch": info.get("epoch"), "model_name": info.get("model_name"),
-                       "backbone": info.get("backbone"), "img_size": info.get("img_size"),
-                       "format": info.get("format"), "dfudet_version": info.get("dfudet_version")},
+        "checkpoint": {**info.summary(), "path": str(checkpoint if checkpoint is not None else onnx)},
         "data": {"path": str(data), "split": used_split, "kind": dataset.kind,
                  "images": str(images) if images else None},
-        "score_threshold": thr,
-        "score_threshold_source": predictor.threshold_source,
+        "operating_threshold": thr,
+        "threshold_source": predictor.threshold_source,
         "iou_threshold": float(iou_threshold),
         "tta": bool(tta),
-        "model_score_floor": predictor.floor,
+        "min_score": predictor.min_score,
         "composite_weights": weights.model_dump(),
         "counts": {"images": at["n_images"], "ulcer_images": at["n_ulcer_images"],
                    "healthy_images": at["n_healthy_images"], "gt_boxes": at["n_gt"],
@@ -231,7 +229,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
     }
     det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores")} for r in rows]
     atomic_write_bytes(out / "detections.json", json.dumps(
-        {"note": "every detection >= the model's score floor, original pixel coordinates (xyxy)",
+        {"note": "every detection >= the model's min_score, original pixel coordinates (xyxy)",
          "images": det}).encode("utf-8"))
     files += [out / "detections.json", out / "metrics.json", out / "report.md"]
     metrics["files"] = sorted(str(f.relative_to(out)) for f in files)

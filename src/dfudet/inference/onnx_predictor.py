@@ -15,14 +15,48 @@ from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
+from dfudet.config import CompositeWeights
 from dfudet.errors import CheckpointError, ConfigError
-from dfudet.inference.backend import Backend, Detections, check_image, check_threshold, nonempty, to_original
+from dfudet.inference.backend import (
+    Backend,
+    Detections,
+    ModelInfo,
+    check_image,
+    check_threshold,
+    nonempty,
+    to_original,
+)
 
 
 def metadata_path(onnx_path: str | os.PathLike[str]) -> Path:
     """The JSON sidecar of an ONNX model written by `dfudet export`: MODEL.onnx -> MODEL.json."""
     return Path(onnx_path).with_suffix(".json")
+
+
+# ONNX metadata names of dfudet-onnx-v1 exports (read only): the operating threshold and the model's minimum score
+_V1_META_NAMES = {"operating_threshold": "score_threshold", "min_score": "score_floor"}
+
+
+def _renamed(meta: dict[str, Any], key: str, default: Any = None) -> Any:
+    """meta[key], or its v1 name; KeyError when neither is there and no default is given."""
+    if key in meta:
+        return meta[key]
+    old = _V1_META_NAMES[key]
+    if old in meta or default is None:
+        return meta[old]
+    return default
+
+
+def read_metadata(meta: dict[str, Any], onnx_path: Path) -> ModelInfo:
+    """The typed model description of an export's JSON sidecar."""
+    return ModelInfo(
+        path=str(onnx_path), model_name=str(meta["model_name"]), backbone=str(meta.get("backbone") or ""),
+        img_size=int(meta["img_size"]), num_classes=int(meta.get("num_classes") or 2), epoch=meta.get("epoch"),
+        format=str(meta.get("format", "")), dfudet_version=meta.get("dfudet_version"),
+        composite_weights=CompositeWeights.model_validate(meta.get("composite_weights") or {}),
+        digest=meta.get("onnx_sha256"))
 
 
 def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:
@@ -41,32 +75,35 @@ class OnnxPredictor(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike[str], score_threshold: float | None = None,
+    def __init__(self, model_path: str | os.PathLike[str], operating_threshold: float | None = None,
                  tta: bool = False, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional `deploy` extra, needed only by this backend
 
         path = Path(model_path)
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model file does not exist")
         meta_file = metadata_path(path)
         try:
-            self.info: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
-            self.img_size = int(self.info["img_size"])
-            default_threshold = float(self.info["score_threshold"])
+            meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+            self.info = read_metadata(meta, path)
+            self.img_size = self.info.img_size
+            default_threshold = float(_renamed(meta, "operating_threshold"))
+            self._min_score = float(_renamed(meta, "min_score", 0.0))
+            self._max_detections = int(meta.get("max_detections", 100))
         except FileNotFoundError as exc:
             raise CheckpointError(f"{meta_file}: metadata file missing; re-run `dfudet export` (it writes "
                                   f"{path.name} and {meta_file.name} side by side)") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{meta_file}: not a dfudet ONNX metadata file ({exc})") from exc
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise CheckpointError(f"{meta_file}: not a dfudet ONNX metadata file ({str(exc)[:300]})") from exc
         if tta:
             raise ConfigError("--tta is not available with --onnx (the flip fusion uses torch); use --checkpoint")
-        if score_threshold is None:
-            self.score_threshold, self.threshold_source = default_threshold, "model metadata score_threshold"
+        if operating_threshold is None:
+            self.operating_threshold = check_threshold(default_threshold, f"{meta_file}: operating_threshold")
+            self.threshold_source = "model metadata operating_threshold"
         else:
-            self.score_threshold = check_threshold(score_threshold, "--score-threshold")
-            self.threshold_source = "--score-threshold"
+            self.operating_threshold = check_threshold(operating_threshold, "--operating-threshold")
+            self.threshold_source = "--operating-threshold"
         self.tta = False
-        self.info["path"] = str(path)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -80,20 +117,20 @@ class OnnxPredictor(Backend):
             raise CheckpointError(f"{path}: graph outputs {self._outputs} lack 'boxes'/'scores' (not a dfudet export)")
 
     @classmethod
-    def from_onnx(cls, path: str | os.PathLike[str], score_threshold: float | None = None, tta: bool = False,
+    def from_onnx(cls, path: str | os.PathLike[str], operating_threshold: float | None = None, tta: bool = False,
                   threads: int | None = None) -> OnnxPredictor:
         """Load MODEL.onnx and its MODEL.json sidecar written by `dfudet export`."""
-        return cls(path, score_threshold=score_threshold, tta=tta, threads=threads)
+        return cls(path, operating_threshold=operating_threshold, tta=tta, threads=threads)
 
     @property
-    def floor(self) -> float:
-        """Lowest score the model emits (its box_score_thresh)."""
-        return float(self.info.get("score_floor", 0.0))
+    def min_score(self) -> float:
+        """Lowest score the model emits (its box score threshold)."""
+        return self._min_score
 
     @property
     def max_detections(self) -> int:
         """Detections per image cap of the model."""
-        return int(self.info.get("max_detections", 100))
+        return self._max_detections
 
     def _forward(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, scale = resize_pad(image, self.img_size)

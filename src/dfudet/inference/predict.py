@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
 from dfudet.errors import DataError
 from dfudet.inference.backend import load_backend
@@ -81,17 +83,15 @@ def _csv_text(images: list[dict[str, Any]]) -> str:
 
 
 def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out: str | Path,
-                score_threshold: float | None = None, tta: bool = False, batch_size: int = 8,
+                operating_threshold: float | None = None, tta: bool = False, batch_size: int = 8,
                 device: str = "cpu", progress: bool = True, onnx: str | Path | None = None) -> dict[str, Any]:
     """Predict every image found in `inputs` and write predictions.json/.csv and annotated copies to `out`.
 
     With `onnx`, inference runs through onnxruntime (no torch needed) with the same outputs as the PyTorch path.
     """
-    from tqdm import tqdm
-
     files, skipped = collect_images(inputs)
-    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold,
-                             tta=tta)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device,
+                             operating_threshold=operating_threshold, tta=tta)
     for s in skipped:
         print(f"skipped: {s['error']}", file=sys.stderr)
     if not files:
@@ -99,7 +99,7 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
                         f"(searched for {', '.join(IMAGE_EXTENSIONS)})")
     out = Path(out)
     (out / "annotated").mkdir(parents=True, exist_ok=True)
-    thr = predictor.score_threshold
+    thr = predictor.operating_threshold
     results: list[dict[str, Any]] = []
     used: set[str] = set()
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)

@@ -10,18 +10,24 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from dfudet.checkpoint import load_for_inference
-from dfudet.config import Config
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
-from dfudet.inference.backend import Backend, Detections, check_image, check_threshold, nonempty, to_original
+from dfudet.inference.backend import (
+    Backend,
+    Detections,
+    ModelInfo,
+    check_image,
+    check_threshold,
+    nonempty,
+    to_original,
+)
+from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
 from dfudet.models.factory import get_spec
 from dfudet.models.passes import to_float_images
 from dfudet.models.spec import ModelSpec
@@ -50,60 +56,57 @@ class Predictor(Backend):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, img_size: int, score_threshold: float,
-                 device: str = "cpu", tta: bool = False, info: dict[str, Any] | None = None,
-                 threshold_source: str = "given") -> None:
+    def __init__(self, model: nn.Module, spec: ModelSpec, img_size: int, operating_threshold: float,
+                 info: ModelInfo, device: str = "cpu", tta: bool = False, threshold_source: str = "given") -> None:
         self.spec = spec
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.img_size = int(img_size)
-        self.score_threshold = check_threshold(score_threshold, "score threshold")
+        self.operating_threshold = check_threshold(operating_threshold, "operating threshold")
         self.threshold_source = threshold_source
         self.tta = bool(tta)
-        self.info = dict(info or {})
+        self.info = info
         self.transform = build_eval_transform(self.img_size)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu", score_threshold: float | None = None,
-                        tta: bool = False) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu",
+                        operating_threshold: float | None = None, tta: bool = False) -> Predictor:
         """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly."""
         path = Path(path)
         ckpt = load_for_inference(path)
-        try:
-            cfg = Config.model_validate(ckpt["config"])
-        except (ValidationError, TypeError) as exc:
-            raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid ({str(exc)[:300]})") from exc
-        img_size = int(ckpt.get("img_size") or cfg.data.img_size)
+        cfg = ckpt.config
         try:
             spec = get_spec(cfg.model.name)
-            model = spec.build(cfg.model, img_size, False)
+            model = spec.build(cfg.model, ckpt.img_size, False)
         except ConfigError as exc:
             raise CheckpointError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from exc
         try:
-            model.load_state_dict(ckpt["model_state_dict"], strict=True)
+            model.load_state_dict(ckpt.model_state_dict, strict=True)
         except (RuntimeError, KeyError, TypeError) as exc:
             raise CheckpointError(
                 f"{path}: weights do not fit model {cfg.model.name} (backbone {cfg.model.backbone}): {str(exc)[:400]}"
             ) from exc
-        if score_threshold is None:
-            threshold = float(ckpt["operating_threshold"])
-            if ckpt.get("format") == "lightning":
+        if operating_threshold is None:
+            threshold = ckpt.operating_threshold
+            if ckpt.format == "lightning":
                 source = "checkpoint operating_threshold (swept on val at the checkpoint's epoch)"
-            elif ckpt.get("epoch") == -1:  # untrained_model.pth of `dfudet train --baseline`
+            elif ckpt.epoch == -1:  # untrained_model.pth of `dfudet train --baseline`
                 source = "checkpoint operating_threshold (swept on val for the untrained model, before any training)"
             else:
-                source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.get('epoch')} of training)"
+                source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.epoch} of training)"
         else:
-            threshold = check_threshold(score_threshold, "--score-threshold")
-            source = "--score-threshold"
-        info = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "optimizer_state_dict")}
-        info["path"] = str(path)
-        return cls(model, spec, img_size, threshold, device=device, tta=tta, info=info, threshold_source=source)
+            threshold = check_threshold(operating_threshold, "--operating-threshold")
+            source = "--operating-threshold"
+        info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=ckpt.img_size,
+                         num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
+                         dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
+                         config=cfg)
+        return cls(model, spec, ckpt.img_size, threshold, info, device=device, tta=tta, threshold_source=source)
 
     @property
-    def floor(self) -> float:
-        """Lowest score the model emits (its box_score_thresh): the start of any threshold sweep."""
-        return self.spec.score_floor(self.model)
+    def min_score(self) -> float:
+        """Lowest score the model emits (its box score threshold): the start of any threshold sweep."""
+        return self.spec.min_score(self.model)
 
     @property
     def max_detections(self) -> int:
@@ -130,9 +133,7 @@ class Predictor(Backend):
         return results
 
     def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
-        """Detections for HWC uint8 RGB arrays of any size (every detection down to the model's floor)."""
-        from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
-
+        """Detections for HWC uint8 RGB arrays of any size (every detection down to the model's min_score)."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         results: list[Detections] = []
@@ -145,7 +146,7 @@ class Predictor(Backend):
                 for j, im in enumerate(chunk):
                     h, w = im.shape[:2]
                     fb, fs = outs[n + j]
-                    boxes, scores = fuse_views([outs[j], (unflip_boxes(fb, w), fs)], w, h, self.floor,
+                    boxes, scores = fuse_views([outs[j], (unflip_boxes(fb, w), fs)], w, h, self.min_score,
                                                max_detections=self.max_detections)
                     boxes = to_original(boxes, 1.0, w, h)
                     keep = nonempty(boxes)

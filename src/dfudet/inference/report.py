@@ -19,19 +19,21 @@ import torch
 from torchvision.ops import box_iou
 
 from dfudet.inference.draw import draw_detections, save_jpeg
+from dfudet.metrics.curves import plot_froc, plot_pr, plot_threshold_sweep
 from dfudet.metrics.matching import match_image
+from dfudet.metrics.scores import Scores
 from dfudet.utils import atomic_write_bytes
 
 GALLERIES = ("missed_ulcers", "false_alarms_healthy", "poor_localization")
 POOR_IOU = 0.7
 GALLERY_MIN_SIZE = 384  # small images are enlarged in galleries so boxes and scores stay readable
+# (sort key, worst first; entry: the row position and why it was picked)
+_Pick = tuple[tuple[float, ...], dict[str, Any]]
 
 
 def write_plots(out: Path, pr: dict[str, Any], froc_points: dict[str, Any],
-                sweep: Sequence[dict[str, Any]]) -> list[Path]:
+                sweep: Sequence[Scores]) -> list[Path]:
     """pr_curve.png, froc.png and threshold_sweep.png (composite and its parts vs the score threshold)."""
-    from dfudet.metrics.curves import plot_froc, plot_pr, plot_threshold_sweep
-
     return [plot_pr(pr, out / "pr_curve.png"), plot_froc(froc_points, out / "froc.png"),
             plot_threshold_sweep(sweep, out / "threshold_sweep.png")]
 
@@ -39,7 +41,9 @@ def write_plots(out: Path, pr: dict[str, Any], froc_points: dict[str, Any],
 def select_gallery(rows: Sequence[dict[str, Any]], threshold: float, iou_threshold: float, n: int = 12
                    ) -> dict[str, list[dict[str, Any]]]:
     """The worst `n` images of each gallery category (row positions and why each was picked)."""
-    missed, alarms, loose = [], [], []
+    missed: list[_Pick] = []
+    alarms: list[_Pick] = []
+    loose: list[_Pick] = []
     for pos, r in enumerate(rows):
         boxes = np.asarray(r["boxes"], np.float64).reshape(-1, 4)
         scores = np.asarray(r["scores"], np.float64).reshape(-1)
@@ -140,7 +144,7 @@ def plain_summary(m: dict[str, Any]) -> str:
     if c["ulcer_images"]:
         parts.append(f"at least one ulcer was found in {at['image_sensitivity']:.0%} of the {c['ulcer_images']} "
                      "photos with ulcers")
-    return "; ".join(parts) + f" (score threshold {m['score_threshold']:.2f})."
+    return "; ".join(parts) + f" (operating threshold {m['operating_threshold']:.2f})."
 
 
 def write_report_md(path: Path, m: dict[str, Any]) -> None:
@@ -161,15 +165,15 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         f"({m['counts']['ulcer_images']} with ulcers, {m['counts']['healthy_images']} without), "
         f"{m['counts']['gt_boxes']} ulcer boxes. Boxes compared in original image coordinates.",
         "",
-        f"Score threshold **{m['score_threshold']:.3f}** ({m['score_threshold_source']}), IoU threshold "
+        f"Operating threshold **{m['operating_threshold']:.3f}** ({m['threshold_source']}), IoU threshold "
         f"{m['iou_threshold']:.2f}{', test-time augmentation (flip + WBF)' if m['tta'] else ''}.",
         "",
     ]
     if cmp_m:
         ce = cmp_m["checkpoint"]["epoch"]
         lines += [f"Compared with `{cmp_m['checkpoint']['path']}` ({'untrained' if ce == -1 else f'epoch {ce}'}), "
-                  f"same photos, at its own threshold {cmp_m['score_threshold']:.3f} "
-                  f"({cmp_m['score_threshold_source']}).", ""]
+                  f"same photos, at its own threshold {cmp_m['operating_threshold']:.3f} "
+                  f"({cmp_m['threshold_source']}).", ""]
         lines += ["| metric | this model | 95% CI | compared model |", "|---|---|---|---|"]
     else:
         lines += ["| metric | value | 95% CI |", "|---|---|---|"]

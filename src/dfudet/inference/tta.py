@@ -42,10 +42,10 @@ def fuse_views(views: list[tuple[np.ndarray, np.ndarray]], width: int, height: i
     try:
         from ensemble_boxes import weighted_boxes_fusion
     except ImportError:  # optional dependency: plain NMS over the pooled views
-        boxes = torch.from_numpy(np.concatenate([b for b, _ in views]))
-        scores = torch.from_numpy(np.concatenate([s for _, s in views]))
-        keep = nms(boxes, scores, iou_thr)[:max_detections]
-        return boxes[keep].numpy(), scores[keep].numpy()
+        pooled_boxes = torch.from_numpy(np.concatenate([b for b, _ in views]))
+        pooled_scores = torch.from_numpy(np.concatenate([s for _, s in views]))
+        keep = nms(pooled_boxes, pooled_scores, iou_thr)[:max_detections]
+        return pooled_boxes[keep].numpy(), pooled_scores[keep].numpy()
     norm = np.array([width, height, width, height], dtype=np.float32)
     boxes_list = [np.clip(b / norm, 0.0, 1.0) for b, _ in views]
     scores_list = [s for _, s in views]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dfudet.errors import ConfigError
-from dfudet.metrics.scores import prf, rank_dataset, resolve_weights, safe_mean
+from dfudet.metrics.scores import composite_score, prf, rank_dataset, resolve_weights, safe_mean
 
 CI_METRICS: tuple[str, ...] = ("f1", "recall", "precision", "composite", "mean_iou", "image_sensitivity")
 _CHUNK = 250  # replicates per batch: bounds memory at _CHUNK x n_images counts
@@ -38,10 +38,10 @@ def bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_thr
     w = resolve_weights(weights)
     ranked = rank_dataset(preds, gts, iou_threshold)
     per_image = np.zeros((len(ranked), 6), dtype=np.float64)  # tp, kept, n_gt, iou sum, ulcer image, found
-    for i, r in enumerate(ranked):
-        k = r.n_kept(score_threshold)
-        tp_i = r.is_tp[:k].sum()
-        per_image[i] = (tp_i, k, r.n_gt, r.ious[:k].sum(), r.n_gt > 0, r.n_gt > 0 and tp_i > 0)
+    for i, rm in enumerate(ranked):
+        n_kept = rm.n_kept(score_threshold)
+        tp_i = rm.is_tp[:n_kept].sum()
+        per_image[i] = (tp_i, n_kept, rm.n_gt, rm.ious[:n_kept].sum(), rm.n_gt > 0, rm.n_gt > 0 and tp_i > 0)
     n = len(ranked)
     rng = np.random.default_rng(seed)
     sums = []
@@ -56,7 +56,7 @@ def bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_thr
     values = {
         "f1": f1, "recall": r, "precision": p, "mean_iou": mean_iou,
         "image_sensitivity": safe_mean(found, ulcer_images),
-        "composite": w["f1"] * f1 + w["iou"] * mean_iou + w["recall"] * r + w["precision"] * p,
+        "composite": composite_score(f1, mean_iou, r, p, w),
     }
     q = [alpha / 2, 1 - alpha / 2]
     out: dict[str, tuple[float, float]] = {}

@@ -31,7 +31,9 @@ def _xywh(b: np.ndarray) -> list[float]:
 def coco_map(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any]) -> dict[str, float]:
     """Standard COCO detection scores for one-class ulcer detection, so results compare with the literature."""
     p, g = check_inputs(preds, gts)
-    images, anns, dets = [], [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
     for i, ((boxes, scores), gt) in enumerate(zip(p, g), start=1):
         images.append({"id": i})
         for b in gt:

@@ -27,7 +27,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dfudet.metrics.scores import pick_best, rank_dataset, scores_from_ranked
+from dfudet.metrics.scores import Scores, pick_best, rank_dataset, scores_from_ranked
 from dfudet.utils import atomic_write_bytes
 
 STANDARD_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -54,8 +54,8 @@ def pr_curve(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], iou_threshold
     ts = _distinct_scores(ranked)
     rows = scores_from_ranked(ranked, ts, iou_threshold) if len(ts) else []
     n_gt = sum(r.n_gt for r in ranked)
-    recall = [row["tp"] / n_gt if n_gt else 0.0 for row in rows]
-    precision = [row["precision"] for row in rows]
+    recall = [row.tp / n_gt if n_gt else 0.0 for row in rows]
+    precision = [row.precision for row in rows]
     return {
         "thresholds": [float(t) for t in ts], "precision": precision, "recall": recall,
         "ap": all_point_ap(recall, precision) if n_gt and rows else 0.0,
@@ -70,8 +70,8 @@ def froc(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], iou_threshold: fl
     ts = _distinct_scores(ranked)
     rows = scores_from_ranked(ranked, ts, iou_threshold) if len(ts) else []
     n_gt, n_img = sum(r.n_gt for r in ranked), len(ranked)
-    sens = np.array([0.0] + [row["tp"] / n_gt if n_gt else 0.0 for row in rows])
-    fps = np.array([0.0] + [row["fp"] / n_img for row in rows])
+    sens = np.array([0.0] + [row.tp / n_gt if n_gt else 0.0 for row in rows])
+    fps = np.array([0.0] + [row.fp / n_img for row in rows])
     # fps and sens both grow as the threshold falls; keep the best sensitivity per distinct FP value for np.interp
     uniq_fps, last = np.unique(fps[::-1], return_index=True)
     uniq_sens = sens[::-1][last]
@@ -86,11 +86,11 @@ def froc(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], iou_threshold: fl
     }
 
 
-def threshold_series(sweep: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+def threshold_series(sweep: Sequence[Scores]) -> dict[str, list[float]]:
     """Column view of a `sweep_thresholds` result: thresholds and the composite with its parts."""
-    out = {"thresholds": [float(s["score_threshold"]) for s in sweep]}
+    out = {"thresholds": [float(s.score_threshold) for s in sweep]}
     for k in SERIES_KEYS:
-        out[k] = [float(s[k]) for s in sweep]
+        out[k] = [float(getattr(s, k)) for s in sweep]
     return out
 
 
@@ -130,7 +130,7 @@ def plot_froc(points: Mapping[str, Any], path: Path | str) -> Path:
     return _save(fig, path)
 
 
-def plot_threshold_sweep(sweep: Sequence[Mapping[str, float]], path: Path | str) -> Path:
+def plot_threshold_sweep(sweep: Sequence[Scores], path: Path | str) -> Path:
     """Write the composite and its parts against the score threshold as a PNG, best threshold marked."""
     series = threshold_series(sweep)
     fig = Figure(figsize=(6, 4.5))
@@ -140,7 +140,7 @@ def plot_threshold_sweep(sweep: Sequence[Mapping[str, float]], path: Path | str)
     if sweep:
         thr, row = pick_best(sweep)
         ax.axvline(thr, color="grey", ls="--", lw=1)
-        ax.set_title(f"best threshold {thr:.2f}  composite {row['composite']:.3f}")
+        ax.set_title(f"best threshold {thr:.2f}  composite {row.composite:.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="score")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)

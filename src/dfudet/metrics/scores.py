@@ -26,8 +26,8 @@ so ``detection_scores`` (a one-threshold sweep) and ``sweep_thresholds`` give bi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -60,10 +60,43 @@ def resolve_weights(weights: Any = None) -> dict[str, float]:
     return out
 
 
-def composite_score(f1: float, iou: float, recall: float, precision: float, weights: Any = None) -> float:
-    """The model-selection score: weighted sum of F1, mean IoU, recall and precision."""
+_Num = TypeVar("_Num", float, np.ndarray)
+
+
+def composite_score(f1: _Num, iou: _Num, recall: _Num, precision: _Num, weights: Any = None) -> _Num:
+    """The model-selection score: weighted sum of F1, mean IoU, recall and precision (the one place the formula is
+    written; works on floats and, element-wise, on arrays such as a threshold sweep or bootstrap replicates)."""
     w = resolve_weights(weights)
-    return float(w["f1"] * f1 + w["iou"] * iou + w["recall"] * recall + w["precision"] * precision)
+    return w["f1"] * f1 + w["iou"] * iou + w["recall"] * recall + w["precision"] * precision
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Data-set scores at one score threshold (definitions in the module docstring)."""
+
+    precision: float
+    recall: float
+    f1: float
+    mean_iou: float       # over every kept prediction (FPs count 0 or their IoU)
+    mean_iou_tp: float    # over true positives only
+    composite: float
+    tp: int
+    fp: int
+    fn: int
+    image_sensitivity: float
+    image_specificity: float
+    fp_per_healthy_image: float
+    n_images: int
+    n_ulcer_images: int
+    n_healthy_images: int
+    n_gt: int
+    n_pred: int            # kept predictions (score >= score_threshold)
+    score_threshold: float  # the cut these scores were computed at
+    iou_threshold: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict (JSON reports)."""
+        return asdict(self)
 
 
 def prf(tp: Any, fp: Any, fn: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,9 +163,7 @@ def pool_ranked(ranked: Sequence[RankedMatch]) -> PooledMatches:
     )
 
 
-def _scores_at(pool: PooledMatches, thresholds: np.ndarray, iou_threshold: float,
-               weights: Any) -> list[dict[str, float]]:
-    w = resolve_weights(weights)
+def _scores_at(pool: PooledMatches, thresholds: np.ndarray, iou_threshold: float, weights: Any) -> list[Scores]:
     t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     k = np.searchsorted(pool.neg_scores, -t, side="right")  # number of predictions with score >= t
     tp = np.rint(pool.cum_tp[k]).astype(np.int64)
@@ -141,29 +172,29 @@ def _scores_at(pool: PooledMatches, thresholds: np.ndarray, iou_threshold: float
     p, r, f1 = prf(tp, fp, fn)
     mean_iou = safe_mean(pool.cum_iou[k], k)
     mean_iou_tp = safe_mean(pool.cum_tp_iou[k], tp)
-    comp = w["f1"] * f1 + w["iou"] * mean_iou + w["recall"] * r + w["precision"] * p
+    comp = composite_score(f1, mean_iou, r, p, weights)
     n_healthy, n_ulcer = len(pool.healthy_max), len(pool.ulcer_first_tp)
     quiet = (pool.healthy_max[None, :] < t[:, None]).sum(axis=1)
     found = (pool.ulcer_first_tp[None, :] >= t[:, None]).sum(axis=1)
     fp_healthy = pool.cum_healthy[k]
     rows = []
     for i in range(len(t)):
-        rows.append({
-            "precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]),
-            "mean_iou": float(mean_iou[i]), "mean_iou_tp": float(mean_iou_tp[i]), "composite": float(comp[i]),
-            "tp": int(tp[i]), "fp": int(fp[i]), "fn": int(fn[i]),
-            "image_sensitivity": float(found[i] / n_ulcer) if n_ulcer else 0.0,
-            "image_specificity": float(quiet[i] / n_healthy) if n_healthy else 0.0,
-            "fp_per_healthy_image": float(fp_healthy[i] / n_healthy) if n_healthy else 0.0,
-            "n_images": pool.n_images, "n_ulcer_images": n_ulcer, "n_healthy_images": n_healthy,
-            "n_gt": pool.n_gt, "n_pred": int(k[i]),
-            "score_threshold": float(t[i]), "iou_threshold": float(iou_threshold),
-        })
+        rows.append(Scores(
+            precision=float(p[i]), recall=float(r[i]), f1=float(f1[i]),
+            mean_iou=float(mean_iou[i]), mean_iou_tp=float(mean_iou_tp[i]), composite=float(comp[i]),
+            tp=int(tp[i]), fp=int(fp[i]), fn=int(fn[i]),
+            image_sensitivity=float(found[i] / n_ulcer) if n_ulcer else 0.0,
+            image_specificity=float(quiet[i] / n_healthy) if n_healthy else 0.0,
+            fp_per_healthy_image=float(fp_healthy[i] / n_healthy) if n_healthy else 0.0,
+            n_images=pool.n_images, n_ulcer_images=n_ulcer, n_healthy_images=n_healthy,
+            n_gt=pool.n_gt, n_pred=int(k[i]),
+            score_threshold=float(t[i]), iou_threshold=float(iou_threshold),
+        ))
     return rows
 
 
-def scores_from_ranked(ranked: Sequence[RankedMatch], thresholds: Sequence[float], iou_threshold: float = 0.5,
-                       weights: Any = None) -> list[dict[str, float]]:
+def scores_from_ranked(ranked: Sequence[RankedMatch], thresholds: Sequence[float] | np.ndarray,
+                       iou_threshold: float = 0.5, weights: Any = None) -> list[Scores]:
     """Scores at several thresholds from already ranked images (lets callers reuse one ranking)."""
     if not ranked:
         raise DataError("no images to score: the prediction and ground-truth lists are empty")
@@ -171,14 +202,14 @@ def scores_from_ranked(ranked: Sequence[RankedMatch], thresholds: Sequence[float
 
 
 def detection_scores(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_threshold: float = 0.5,
-                     iou_threshold: float = 0.5, weights: Any = None) -> dict[str, float]:
-    """All data-set scores at one score threshold (keys listed in the module docstring)."""
+                     iou_threshold: float = 0.5, weights: Any = None) -> Scores:
+    """All data-set scores at one score threshold (definitions in the module docstring)."""
     ranked = rank_dataset(preds, gts, iou_threshold)
     return scores_from_ranked(ranked, [score_threshold], iou_threshold, weights)[0]
 
 
 def sweep_thresholds(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], thresholds: Sequence[float] | None = None,
-                     iou_threshold: float = 0.5, weights: Any = None) -> list[dict[str, float]]:
+                     iou_threshold: float = 0.5, weights: Any = None) -> list[Scores]:
     """`detection_scores` at every threshold (default 0.01..0.99), ranking each image only once."""
     ts = DEFAULT_THRESHOLDS if thresholds is None else tuple(float(x) for x in thresholds)
     if not ts:
@@ -187,7 +218,7 @@ def sweep_thresholds(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], thres
     return scores_from_ranked(ranked, ts, iou_threshold, weights)
 
 
-def pick_best(sweep: Sequence[Mapping[str, float]], min_recall: float = 0.0) -> tuple[float, dict[str, float]]:
+def pick_best(sweep: Sequence[Scores], min_recall: float = 0.0) -> tuple[float, Scores]:
     """Row with the highest composite among those with recall >= min_recall; ties go to the higher threshold.
 
     The recall floor keeps an early, barely trained model from being "best" at a threshold where it reports a few
@@ -197,20 +228,72 @@ def pick_best(sweep: Sequence[Mapping[str, float]], min_recall: float = 0.0) -> 
     """
     if not 0.0 <= min_recall <= 1.0:
         raise ConfigError(f"min_recall must be in [0, 1], got {min_recall}")
-    eligible = [s for s in sweep if s["recall"] >= min_recall - _TIE_TOL]
+    eligible = [s for s in sweep if s.recall >= min_recall - _TIE_TOL]
     if not eligible:
-        top = max(s["recall"] for s in sweep)
-        sweep = [s for s in sweep if s["recall"] >= top - _TIE_TOL]
-    else:
-        sweep = eligible
-    best = max(s["composite"] for s in sweep)
-    tied = [s for s in sweep if s["composite"] >= best - _TIE_TOL]
-    row = max(tied, key=lambda s: s["score_threshold"])
-    return float(row["score_threshold"]), dict(row)
+        top = max(s.recall for s in sweep)
+        eligible = [s for s in sweep if s.recall >= top - _TIE_TOL]
+    best = max(s.composite for s in eligible)
+    tied = [s for s in eligible if s.composite >= best - _TIE_TOL]
+    row = max(tied, key=lambda s: s.score_threshold)
+    return float(row.score_threshold), row
 
 
 def best_threshold(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], thresholds: Sequence[float] | None = None,
                    iou_threshold: float = 0.5, weights: Any = None, min_recall: float = 0.0
-                   ) -> tuple[float, dict[str, float]]:
+                   ) -> tuple[float, Scores]:
     """Operating score threshold that maximises the composite at recall >= min_recall (ties -> higher threshold)."""
     return pick_best(sweep_thresholds(preds, gts, thresholds, iou_threshold, weights), min_recall)
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """One validation epoch: what the kept model is chosen on. The same object goes from the metrics to the
+    LightningModule, the callbacks (selection, metrics.csv) and the checkpoint, whose score fields have these names.
+
+    precision .. fn are computed at `selection_threshold`: the config's fixed threshold, or the operating threshold
+    when `train.select_at: operating`. `operating_threshold` is the threshold swept on val (with the recall floor)
+    that predict, evaluate and serve use by default.
+    """
+
+    train_loss: float
+    val_loss: float
+    precision: float
+    recall: float
+    f1: float
+    mean_iou: float
+    composite: float
+    tp: int
+    fp: int
+    fn: int
+    selection_threshold: float
+    operating_threshold: float
+    composite_at_operating: float
+    ap50: float
+    ap50_95: float
+    lr: float = float("nan")
+
+    @classmethod
+    def from_scores(cls, at: Scores, operating: Scores, *, ap50: float, ap50_95: float, train_loss: float,
+                    val_loss: float, lr: float = float("nan")) -> ValidationScores:
+        """Combine the scores at the selection threshold with the operating point and the threshold-free figures."""
+        return cls(train_loss=float(train_loss), val_loss=float(val_loss), precision=at.precision,
+                   recall=at.recall, f1=at.f1, mean_iou=at.mean_iou, composite=at.composite, tp=at.tp, fp=at.fp,
+                   fn=at.fn, selection_threshold=at.score_threshold, operating_threshold=operating.score_threshold,
+                   composite_at_operating=operating.composite, ap50=float(ap50), ap50_95=float(ap50_95),
+                   lr=float(lr))
+
+    @classmethod
+    def unknown(cls, operating_threshold: float, selection_threshold: float) -> ValidationScores:
+        """Scores of a model whose val scores were not recorded (e.g. exported from a Lightning last.ckpt): NaN,
+        never invented; the thresholds are known."""
+        nan = float("nan")
+        return cls(train_loss=nan, val_loss=nan, precision=nan, recall=nan, f1=nan, mean_iou=nan, composite=nan,
+                   tp=-1, fp=-1, fn=-1, selection_threshold=float(selection_threshold),
+                   operating_threshold=float(operating_threshold), composite_at_operating=nan, ap50=nan, ap50_95=nan)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import difflib
 import logging
 from collections import OrderedDict
+from typing import cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from timm.utils.model import freeze
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
@@ -37,6 +39,11 @@ def weights_unavailable(name: str, exc: BaseException) -> ConfigError:
     )
 
 
+def timm_feature_info(body: nn.Module) -> FeatureInfo:
+    """The stage table (channels, reduction, module per stage) of a timm `features_only` body."""
+    return cast(FeatureInfo, body.feature_info)
+
+
 class TimmFpnBackbone(nn.Module):
     """timm `features_only` body + FPN + extra levels; returns an OrderedDict of maps with `out_channels` each.
 
@@ -62,7 +69,7 @@ def _stage_modules(body: nn.Module, n_frozen: int) -> list[str]:
     """Names of the largest submodules that together make up the first `n_frozen` feature stages of `body`."""
     if n_frozen <= 0:
         return []
-    stage_module = body.feature_info.info[n_frozen - 1]["module"]  # type: ignore[union-attr,index]
+    stage_module = timm_feature_info(body).info[n_frozen - 1]["module"]
     names = [n for n, _ in body.named_modules()][1:]  # pre-order, i.e. construction (forward) order
     # index of the last module inside the stage's module: everything up to it belongs to stages 1..n_frozen
     last = max(i for i, n in enumerate(names) if n == stage_module or n.startswith(stage_module + "."))
@@ -114,10 +121,10 @@ def build_timm_fpn_backbone(
             f"model.backbone {name!r} cannot be used: timm could not create it with features_only=True, "
             f"out_indices={out_indices} ({type(exc).__name__}: {exc}); use a CNN such as efficientnet_b0..b7"
         ) from exc
-    if len(body.feature_info.info) < N_STAGES:  # type: ignore[union-attr,arg-type]
+    if len(timm_feature_info(body).info) < N_STAGES:
         raise ConfigError(f"model.backbone {name!r} has fewer than {N_STAGES} feature stages; "
                           "use a CNN such as efficientnet_b5")
-    strides = list(body.feature_info.reduction())  # type: ignore[union-attr,operator]
+    strides = list(timm_feature_info(body).reduction())
     if any(b <= a for a, b in zip(strides, strides[1:])):
         # ViT/MLP-style models give same-stride maps: no pyramid for the FPN and RoI level mapping
         raise ConfigError(
@@ -136,7 +143,7 @@ def build_timm_fpn_backbone(
         log.info("backbone %s has random weights: trainable_backbone_layers=%d ignored, all stages train",
                  name, trainable_layers)
     extra = LastLevelP6P7(fpn_channels, fpn_channels) if p6p7 else None
-    return TimmFpnBackbone(body, list(body.feature_info.channels()), fpn_channels, extra, source)  # type: ignore[union-attr,operator]
+    return TimmFpnBackbone(body, list(timm_feature_info(body).channels()), fpn_channels, extra, source)
 
 
 def backbone_norm_stats(backbone: TimmFpnBackbone) -> tuple[list[float], list[float]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
 from torchvision.models.detection import (
@@ -16,7 +17,7 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn_v2,
 )
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, poolers
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
@@ -32,19 +33,18 @@ TORCHVISION_FPN_CHANNELS = 256  # fixed inside torchvision's mobilenet/resnet FP
 def two_stage_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
                          ) -> tuple[dict[str, Tensor], Targets]:
     """RPN + RoI heads in train mode for the losses, then in eval mode for the detections (features reused)."""
-    proposals, rpn_losses = model.rpn(image_list, features, targets)
-    _, det_losses = model.roi_heads(features, proposals, image_list.image_sizes, targets)
-    model.rpn.eval()
-    model.roi_heads.eval()
-    proposals, _ = model.rpn(image_list, features)
-    detections, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+    rcnn = cast(FasterRCNN, model)  # every model of this family is one
+    proposals, rpn_losses = rcnn.rpn(image_list, features, targets)
+    _, det_losses = rcnn.roi_heads(features, proposals, image_list.image_sizes, targets)
+    rcnn.rpn.eval()
+    rcnn.roi_heads.eval()
+    proposals, _ = rcnn.rpn(image_list, features)
+    detections, _ = rcnn.roi_heads(features, proposals, image_list.image_sizes)
     return {**rpn_losses, **det_losses}, detections
 
 
 def _merge_levels_by_gather(levels: Any, unmerged_results: list[Any]) -> Any:
     """Put per-FPN-level RoIAlign outputs back in RoI order with one Gather (same values as torchvision's merge)."""
-    import torch
-
     index = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
     return torch.cat(unmerged_results, 0)[torch.argsort(index)]
 
@@ -57,8 +57,6 @@ def fast_roi_merge() -> Iterator[None]:
     onnxruntime's time (388 of 720 ms for mobilenet_v3_large_fpn @ 320, 1000 RoIs), more than PyTorch's whole
     forward pass. The argsort + gather that replaces it copies whole RoI slices.
     """
-    from torchvision.ops import poolers
-
     original = poolers._onnx_merge_levels
     poolers._onnx_merge_levels = _merge_levels_by_gather
     try:
@@ -155,8 +153,8 @@ def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], level
           ) -> ModelSpec:
     return register(ModelSpec(
         name=name, family="faster_rcnn", build=build, heads_pass=two_stage_heads_pass,
-        score_floor=lambda m: float(m.roi_heads.score_thresh),
-        max_detections=lambda m: int(m.roi_heads.detections_per_img),
+        min_score=lambda m: float(cast(FasterRCNN, m).roi_heads.score_thresh),
+        max_detections=lambda m: int(cast(FasterRCNN, m).roi_heads.detections_per_img),
         feature_levels=levels, timm_backbone=timm, export_context=fast_roi_merge,
     ))
 

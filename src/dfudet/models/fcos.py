@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
@@ -13,7 +13,13 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, 
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
-from dfudet.models.backbones import ONE_STAGE_OUT_INDICES, backbone_norm_stats, build_timm_fpn_backbone
+from dfudet.models.backbones import (
+    ONE_STAGE_OUT_INDICES,
+    backbone_norm_stats,
+    build_timm_fpn_backbone,
+    timm_feature_info,
+)
+from dfudet.models.passes import locations_per_level, split_levels
 from dfudet.models.spec import ModelSpec, Targets, register
 
 FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
@@ -87,7 +93,7 @@ def one_stage_backbone(cfg: ModelConfig, load_weights: bool) -> Any:
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        out_indices=ONE_STAGE_OUT_INDICES, p6p7=True, weights_file=cfg.weights,
                                        load_weights=load_weights)
-    strides = list(backbone.body.feature_info.reduction())  # type: ignore[union-attr,operator]
+    strides = list(timm_feature_info(backbone.body).reduction())
     if strides != list(FCOS_STRIDES[:3]):
         raise ConfigError(
             f"model.backbone {cfg.backbone!r} gives feature maps at strides {strides} for stages "
@@ -127,18 +133,19 @@ def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn
 def fcos_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
                     ) -> tuple[dict[str, Tensor], Targets]:
     """FCOS.forward's loss and detection branches on one set of head outputs (the head has no train/eval switch)."""
+    fcos = cast(ForegroundFCOS, model)  # the one model this spec builds
     feats = list(features.values())
-    head_outputs = model.head(feats)
-    anchors = model.anchor_generator(image_list, feats)
-    per_level = [f.size(2) * f.size(3) for f in feats]
-    losses = model.compute_loss(targets, head_outputs, anchors, per_level)
-    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-    split_anchors = [list(a.split(per_level)) for a in anchors]
-    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+    head_outputs = fcos.head(feats)
+    anchors = fcos.anchor_generator(image_list, feats)
+    per_level = locations_per_level(feats)
+    losses = fcos.compute_loss(targets, head_outputs, anchors, per_level)
+    split_outputs, split_anchors = split_levels(head_outputs, anchors, per_level)
+    return losses, fcos.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 register(ModelSpec(
     name="fcos_timm", family="fcos", build=_fcos_timm, heads_pass=fcos_heads_pass,
-    score_floor=lambda m: float(m.score_thresh), max_detections=lambda m: int(m.detections_per_img),
+    min_score=lambda m: float(cast(ForegroundFCOS, m).score_thresh),
+    max_detections=lambda m: int(cast(ForegroundFCOS, m).detections_per_img),
     feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True,
 ))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfudet.models.spec import ModelSpec, Targets
+
+if TYPE_CHECKING:
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 _FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -14,6 +19,20 @@ _FROZEN_IN_VAL = (_BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout
 def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
     """uint8 CHW -> float 0..1 on the same device (normalisation happens inside the torchvision transform)."""
     return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
+
+
+def locations_per_level(features: list[Tensor]) -> list[int]:
+    """Grid locations (H * W) of each (N, C, H, W) feature map, in level order."""
+    return [f.size(2) * f.size(3) for f in features]
+
+
+def split_levels(head_outputs: dict[str, Tensor], anchors: list[Tensor], per_level: list[int]
+                 ) -> tuple[dict[str, list[Tensor]], list[list[Tensor]]]:
+    """Dense-head outputs (N, sum(per_level), ...) and each image's anchors (sum(per_level), 4) split into one tensor
+    per feature level, as torchvision's FCOS/RetinaNet `forward` does before `postprocess_detections`."""
+    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    return split_outputs, split_anchors
 
 
 def _is_stochastic(m: nn.Module) -> bool:
@@ -39,6 +58,8 @@ def losses_and_detections(model: nn.Module, spec: ModelSpec, images: list[torch.
     (Faster R-CNN's RoI/anchor samplers) run under a fixed seed so val loss is repeatable. The family's
     `spec.heads_pass` runs the heads the way its torchvision `forward` does, split so the backbone runs once.
     """
+    transform = cast("GeneralizedRCNNTransform", model.transform)  # every family's torchvision detector has both
+    backbone = cast(nn.Module, model.backbone)
     was_training = model.training
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     loss_mode(model)
@@ -47,10 +68,10 @@ def losses_and_detections(model: nn.Module, spec: ModelSpec, images: list[torch.
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            image_list, tgts_t = model.transform(images, tgts)
-            features = model.backbone(image_list.tensors)
+            image_list, tgts_t = transform(images, tgts)
+            features = backbone(image_list.tensors)
             losses, detections = spec.heads_pass(model, image_list, features, tgts_t)
-        detections = model.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+        detections = transform.postprocess(detections, image_list.image_sizes, original_sizes)
     finally:
         model.train(was_training)
     return losses, detections

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
@@ -12,6 +12,7 @@ from dfudet.config import ModelConfig
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats
 from dfudet.models.fcos import group_norm, one_stage_backbone, refuse_two_stage_settings
+from dfudet.models.passes import locations_per_level, split_levels
 from dfudet.models.spec import ModelSpec, Targets, register
 
 LEVELS = 5  # P3..P7 at strides 8..128
@@ -57,20 +58,20 @@ def _retinanet_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) 
 def retinanet_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
                          ) -> tuple[dict[str, Tensor], Targets]:
     """RetinaNet.forward's loss and detection branches on one set of head outputs."""
+    retinanet = cast(ForegroundRetinaNet, model)  # the one model this spec builds
     feats = list(features.values())
-    head_outputs = model.head(feats)
-    anchors = model.anchor_generator(image_list, feats)
-    losses = model.compute_loss(targets, head_outputs, anchors)
-    per_level = [f.size(2) * f.size(3) for f in feats]
-    per_location = head_outputs["cls_logits"].size(1) // sum(per_level)
-    per_level = [n * per_location for n in per_level]
-    split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-    split_anchors = [list(a.split(per_level)) for a in anchors]
-    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+    head_outputs = retinanet.head(feats)
+    anchors = retinanet.anchor_generator(image_list, feats)
+    losses = retinanet.compute_loss(targets, head_outputs, anchors)
+    locations = locations_per_level(feats)
+    per_location = head_outputs["cls_logits"].size(1) // sum(locations)  # anchors per location
+    split_outputs, split_anchors = split_levels(head_outputs, anchors, [n * per_location for n in locations])
+    return losses, retinanet.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 register(ModelSpec(
     name="retinanet_timm", family="retinanet", build=_retinanet_timm, heads_pass=retinanet_heads_pass,
-    score_floor=lambda m: float(m.score_thresh), max_detections=lambda m: int(m.detections_per_img),
+    min_score=lambda m: float(cast(ForegroundRetinaNet, m).score_thresh),
+    max_detections=lambda m: int(cast(ForegroundRetinaNet, m).detections_per_img),
     feature_levels=LEVELS, timm_backbone=True,
 ))

@@ -32,7 +32,7 @@ class ModelSpec:
     family: str  # "faster_rcnn", "fcos", "retinanet": what the docs and the run header call it
     build: Builder
     heads_pass: HeadsPass  # losses and detections from one backbone pass (validation)
-    score_floor: Callable[[nn.Module], float]  # lowest score the model emits (start of threshold sweeps)
+    min_score: Callable[[nn.Module], float]  # lowest score the model emits (start of threshold sweeps)
     max_detections: Callable[[nn.Module], int]  # detections per image cap
     feature_levels: int  # feature maps the anchors / dense head cover (FPN levels incl. extra ones)
     anchor_free: bool = False  # no anchor_sizes / aspect_ratios / auto_anchors

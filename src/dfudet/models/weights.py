@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors.torch import load_file
 from torch import nn
 
 from dfudet.errors import ConfigError
@@ -82,8 +85,6 @@ def read_state_dict(path: str | os.PathLike[str], label: str = "model.weights fi
         raise ConfigError(f"{label} {p} does not exist")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: Any = load_file(str(p))
         else:
             obj = torch.load(p, map_location="cpu", weights_only=True)
@@ -191,8 +192,6 @@ def timm_cache_file(name: str) -> Path | None:
         return None
     hub_id = getattr(cfg, "hf_hub_id", None)
     if hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
         repo, _, revision = hub_id.partition("@")
         for fname in ("model.safetensors", "pytorch_model.bin", getattr(cfg, "hf_hub_filename", None)):
             if fname:
@@ -256,8 +255,6 @@ def _hub_unreachable(host: str = "huggingface.co", timeout: float = 3.0) -> str 
     """
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set"
-    import socket
-
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
     except OSError as exc:

@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -35,11 +36,15 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dfudet.data.checks import TooManyPixels, decode_image_bytes
+from dfudet.data.checks import max_pixels as default_max_pixels
 from dfudet.errors import ConfigError, DfudetError
 from dfudet.inference.backend import Backend, Detections, load_backend
+from dfudet.utils import sha256_file
 
 log = logging.getLogger("dfudet.serve")
 
@@ -164,6 +169,7 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file", tim
                       ) -> tuple[bytes, str]:
     """Stream a multipart/form-data body, refusing it once it exceeds max_bytes or takes longer than `timeout`
     seconds to arrive; return the `field` part's bytes."""
+    # lazy: python-multipart (optional `deploy` extra) is needed only when an upload arrives
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
@@ -239,8 +245,6 @@ async def read_upload(request: Request, max_bytes: int, field: str = "file", tim
 
 def upload_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the image header, without decoding; 413 over max_pixels, 415 for a non-image."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
@@ -258,8 +262,6 @@ def upload_size(data: bytes, max_pixels: int) -> tuple[int, int]:
 
 def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode uploaded bytes to HWC uint8 RGB in display orientation, refusing too many pixels before decoding."""
-    from dfudet.data.checks import TooManyPixels, decode_image_bytes
-
     upload_size(data, max_pixels)
     try:
         return decode_image_bytes(data, "upload", exif=True, limit=max_pixels)
@@ -273,13 +275,9 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
 def model_id(predictor: Backend) -> str:
     """A short, stable name of the loaded model: name/backbone@first 12 hex of its file's sha256."""
     info = predictor.info
-    digest = info.get("onnx_sha256") or info.get("source_checkpoint_sha256")
-    if not digest and info.get("path"):
-        from dfudet.utils import sha256_file
-
-        digest = sha256_file(Path(info["path"]))
-    name = info.get("model_name") or "model"
-    backbone = info.get("backbone")
+    digest = info.digest or sha256_file(Path(info.path))
+    name = info.model_name or "model"
+    backbone = info.backbone
     return f"{name}{'/' + backbone if backbone and backbone != name else ''}@{(digest or 'unknown')[:12]}"
 
 
@@ -291,8 +289,6 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
     max_pixels: per-image limit (default: the tool-wide limit, dfudet.data.checks.max_pixels()); pixels_in_flight:
     the decoded-pixel budget over all requests (default 2 x max_pixels).
     """
-    from dfudet.data.checks import max_pixels as default_max_pixels
-
     max_pixels = int(max_pixels or default_max_pixels())
     budget = PixelBudget(int(pixels_in_flight or 2 * max_pixels), busy_timeout)
     max_bytes = int(max_upload_mb * MB)
@@ -307,7 +303,7 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
         yield
         work.close()
 
-    app = FastAPI(title="dfudet", version=str(predictor.info.get("dfudet_version", "")), lifespan=lifespan,
+    app = FastAPI(title="dfudet", version=str(predictor.info.dfudet_version or ""), lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queue = work
     app.state.predictor = predictor
@@ -336,8 +332,8 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_id": ident, "backend": backend, "threshold": predictor.score_threshold,
-                "score_floor": predictor.floor, "img_size": predictor.img_size, "auth_required": bool(token),
+        return {"status": "ok", "model_id": ident, "backend": backend, "threshold": predictor.operating_threshold,
+                "score_floor": predictor.min_score, "img_size": predictor.img_size, "auth_required": bool(token),
                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "pixels_in_flight": budget.capacity}
 
     @app.post("/v1/detect")
@@ -349,7 +345,7 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
                 raise ApiError(401, "missing or wrong API token (send Authorization: Bearer <token>)")
         min_score = request.query_params.get("min_score")
         try:
-            floor = predictor.score_threshold if min_score is None else float(min_score)
+            floor = predictor.operating_threshold if min_score is None else float(min_score)
         except ValueError:
             raise ApiError(422, f"min_score must be a number, got {min_score!r}") from None
         data, filename = await read_upload(request, max_bytes, timeout=body_timeout)
@@ -365,7 +361,7 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
         return {
             "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
             "scores": [round(float(s), 5) for s in kept.scores],
-            "threshold": predictor.score_threshold, "min_score": floor, "model_id": ident,
+            "threshold": predictor.operating_threshold, "min_score": floor, "model_id": ident,
             "width": result.width, "height": result.height, "filename": Path(filename).name[:200],
             "sha256": hashlib.sha256(data).hexdigest(),
         }
@@ -375,8 +371,6 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
 
 def read_token(token_file: str | None = None, env: str = "DFUDET_TOKEN") -> str | None:
     """The API token from a file (first line, surrounding whitespace removed) or the environment, else None."""
-    import os
-
     if token_file:
         path = Path(token_file)
         try:
@@ -392,12 +386,12 @@ def read_token(token_file: str | None = None, env: str = "DFUDET_TOKEN") -> str 
 
 def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, max_upload_mb: float = 20.0, max_pixels: int | None = None,
-          device: str = "cpu", score_threshold: float | None = None, pixels_in_flight: int | None = None,
+          device: str = "cpu", operating_threshold: float | None = None, pixels_in_flight: int | None = None,
           busy_timeout: float = 30.0, body_timeout: float = 60.0, max_connections: int = 32) -> None:
     """Load the model and run uvicorn until interrupted (`dfudet serve`)."""
-    import uvicorn
+    import uvicorn  # lazy: optional `deploy` extra, needed only to run the server (create_app works without it)
 
-    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, score_threshold=score_threshold)
+    predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, operating_threshold=operating_threshold)
     app = create_app(predictor, token=token, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
                      pixels_in_flight=pixels_in_flight, busy_timeout=busy_timeout, body_timeout=body_timeout)
     if host not in ("127.0.0.1", "localhost", "::1"):

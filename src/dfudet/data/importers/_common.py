@@ -61,11 +61,6 @@ def absolute(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def is_image_file(path: Path) -> bool:
-    """True for a non-hidden file with an image extension (case-insensitive)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def scan_images(root: Path) -> tuple[list[Path], list[Path]]:
     """Image files under `root` (recursive, sorted, relative to root) and the non-image files that were ignored."""
     images: list[Path] = []

@@ -78,17 +78,18 @@ def _parse_file(images: Path, json_path: Path, out: ParseResult) -> None:
             continue
         ann_where = f"{json_path}: annotation id {ann.get('id', f'#{idx}')}"
         image_id = ann.get("image_id")
-        item = by_id.get(image_id) if not isinstance(image_id, (list, dict)) else None
-        if item is None:
+        target = by_id.get(image_id) if not isinstance(image_id, (list, dict)) else None
+        if target is None:
             out.problems.append(f"{ann_where}: refers to image id {image_id}, which is not in 'images'")
             continue
         bbox = _number_list(ann.get("bbox"), 4)
         if bbox is None:
-            item.problems.append(f"{ann_where} (image '{item.name}'): bbox {ann.get('bbox')!r} is not [x, y, w, h]")
+            target.problems.append(f"{ann_where} (image '{target.name}'): bbox {ann.get('bbox')!r} is not [x, y, w, h]")
             continue
-        x, y, w, h = bbox
+        x, y, bw, bh = bbox
         given = json.dumps(ann["bbox"])
-        item.boxes.append(RawBox((x, y, x + w, y + h), where=f"{ann_where} (image '{item.name}', bbox xywh {given})"))
+        target.boxes.append(RawBox((x, y, x + bw, y + bh),
+                                   where=f"{ann_where} (image '{target.name}', bbox xywh {given})"))
 
 
 def parse_coco(images: Path, annotation_files: list[Path]) -> ParseResult:

@@ -127,7 +127,7 @@ def apply_mask(item: RawItem, min_area: float) -> None:
 def _crop_positions(mask: np.ndarray, size: int, margin: float, count: int,
                     rng: np.random.Generator) -> list[tuple[int, int]]:
     """Top-left corners of up to `count` size x size windows whose pixels are all >= margin from the mask."""
-    from scipy import ndimage
+    from scipy import ndimage  # imported here: the CLI loads this module to list the import formats
 
     h, w = mask.shape
     dist = ndimage.distance_transform_edt(~mask)

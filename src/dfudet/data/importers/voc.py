@@ -51,7 +51,7 @@ def _parse_xml(images: Path, xml_path: Path, out: ParseResult) -> None:
         for tag in ("xmin", "ymin", "xmax", "ymax"):
             text = obj.findtext(f"bndbox/{tag}")
             try:
-                coords.append(float(text))  # type: ignore[arg-type]
+                coords.append(float(text or ""))  # missing (None) or empty: ValueError, as for any non-number
             except (TypeError, ValueError):
                 item.problems.append(f"{where}: <bndbox><{tag}> is missing or not a number ({text!r})")
                 break
