@@ -93,6 +93,20 @@ def test_best_payload_stores_each_field_once_and_loads_typed(tmp_path: Path):
     assert (ckpt.model_name, ckpt.backbone, ckpt.img_size) == ("fasterrcnn_efficientnet", "efficientnet_b0", 512)
 
 
+def test_the_digest_covers_the_top_level_identity_fields_and_origin_is_recorded(tmp_path: Path):
+    path = tmp_path / "best_model.pth"
+    payload = build_best_payload(epoch=3, model_state_dict={"w": torch.ones(2)}, optimizer_state_dict={},
+                                 scores=_scores(), config=_config())
+    assert payload["origin"] == "train"
+    payload["img_size"] = 640  # stored once, at the top level: an edit must not load silently
+    atomic_torch_save(payload, path)
+    with pytest.raises(CheckpointError, match="best_model.pth: the checkpoint is damaged: its config .or model_name"):
+        load_for_inference(path)
+    save_model_checkpoint(tmp_path / "ext.pth", {"w": torch.ones(2)}, _config())
+    ext = load_for_inference(tmp_path / "ext.pth")
+    assert ext.origin == "external" and ext.summary()["origin"] == "external"
+
+
 def test_a_torchvision_model_keeps_its_config_backbone(tmp_path: Path):
     cfg = load_config(None, ["model.name=fasterrcnn_mobilenet_v3_large_fpn", "model.backbone=efficientnet_b3"])
     path = tmp_path / "m.pth"

@@ -91,8 +91,14 @@ def test_the_old_threshold_name_is_read_with_a_warning(tmp_path: Path, caplog):
         cfg = load_config(old)
     assert cfg.train.selection_threshold == 0.35 and cfg.train.select_at == "selection_threshold"
     assert "train.score_threshold is now called train.selection_threshold" in caplog.text
+    # an override in either spelling wins over the file, whichever spelling the file uses
+    assert load_config(old, ["train.selection_threshold=0.4"]).train.selection_threshold == 0.4
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert load_config(shipped, ["train.score_threshold=0.3"]).train.selection_threshold == 0.3
+    both = tmp_path / "both.yaml"
+    both.write_text("train:\n  score_threshold: 0.35\n  selection_threshold: 0.4\n")
     with pytest.raises(ConfigError, match="both score_threshold .the old name. and selection_threshold"):
-        load_config(old, ["train.selection_threshold=0.4"])
+        load_config(both)
 
 
 def test_unknown_keys_get_a_did_you_mean():

@@ -161,14 +161,21 @@ def _join_config(top: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str,
     return full
 
 
+ORIGINS = ("train", "untrained", "external")
+
+
 def build_best_payload(*, epoch: int, model_state_dict: Mapping[str, Any], optimizer_state_dict: Mapping[str, Any],
-                       scores: ValidationScores, config: Config) -> dict[str, Any]:
-    """A best_model.pth dict (format v2) with the digests of its weights and stored config."""
+                       scores: ValidationScores, config: Config, origin: str = "train") -> dict[str, Any]:
+    """A best_model.pth dict (format v2) with the digests of its weights and of its whole config (the stored part
+    and the four identity fields at the top level). `origin`: "train" (kept by `dfudet train`), "untrained" (the
+    `--baseline` model) or "external" (weights saved with `save_model_checkpoint`)."""
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
     top, stored = _split_config(config)
-    return {"format": BEST_FORMAT, "dfudet_version": __version__, "epoch": int(epoch),
+    return {"format": BEST_FORMAT, "dfudet_version": __version__, "origin": origin, "epoch": int(epoch),
             "model_state_dict": dict(model_state_dict), "optimizer_state_dict": dict(optimizer_state_dict),
             **scores.as_dict(), **top, "config": stored,
-            "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(stored)}
+            "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(config_to_dict(config))}
 
 
 def save_model_checkpoint(path: str | os.PathLike[str], model_state_dict: Mapping[str, Any], config: Config, *,
@@ -177,7 +184,7 @@ def save_model_checkpoint(path: str | os.PathLike[str], model_state_dict: Mappin
     """Write weights as a best_model.pth-format file that predict/evaluate/export/serve read, e.g. a model trained
     outside `dfudet train`; val scores not given are recorded as unknown (NaN), never invented."""
     payload = build_best_payload(
-        epoch=epoch, model_state_dict=model_state_dict, optimizer_state_dict={}, config=config,
+        epoch=epoch, model_state_dict=model_state_dict, optimizer_state_dict={}, config=config, origin="external",
         scores=scores or ValidationScores.unknown(operating_threshold, config.train.selection_threshold))
     atomic_torch_save(payload, path)
     return payload
@@ -196,6 +203,7 @@ class LoadedCheckpoint:
     scores: ValidationScores | None  # None for a Lightning last.ckpt (no kept-model scores in it)
     dfudet_version: str | None = None
     slim: bool = False
+    origin: str = "train"  # "train", "untrained" (--baseline), "external" (save_model_checkpoint), "lightning"
 
     @property
     def model_name(self) -> str:
@@ -215,7 +223,7 @@ class LoadedCheckpoint:
 
     def summary(self) -> dict[str, Any]:
         """What reports and the service show about the model (JSON-ready)."""
-        return {"path": str(self.path), "epoch": self.epoch, "model_name": self.model_name,
+        return {"path": str(self.path), "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
                 "backbone": self.backbone, "img_size": self.img_size, "num_classes": self.num_classes,
                 "format": self.format, "dfudet_version": self.dfudet_version}
 
@@ -238,11 +246,10 @@ def _scores_of(ckpt: Mapping[str, Any], old: bool) -> ValidationScores:
     return ValidationScores(**values)
 
 
-def _check_digests(ckpt: Mapping[str, Any], path: Path, config_key: str = "config") -> None:
-    verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
-    if ckpt.get("config_sha256") is not None and config_digest(ckpt[config_key]) != ckpt["config_sha256"]:
-        raise CheckpointError(f"{path}: the checkpoint is damaged: its config does not match the digest written "
-                              "with it")
+def _check_config_digest(ckpt: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> None:
+    if ckpt.get("config_sha256") is not None and config_digest(config) != ckpt["config_sha256"]:
+        raise CheckpointError(f"{path}: the checkpoint is damaged: its config (or model_name / backbone / img_size / "
+                              "num_classes) does not match the digest written with it")
 
 
 def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
@@ -257,21 +264,27 @@ def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         missing = [k for k in needed if k not in ckpt]
         if missing:
             raise CheckpointError(f"{path}: best-model checkpoint misses keys {missing}")
-        _check_digests(ckpt, path)
+        verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
         if not isinstance(ckpt["config"], dict):
             raise CheckpointError(f"{path}: the checkpoint's config is a {type(ckpt['config']).__name__}, not a dict")
         if old:
+            _check_config_digest(ckpt, path, ckpt["config"])
             cfg = _validated(path, ckpt["config"])
             top, _ = _split_config(cfg)
             differ = [k for k in top if top[k] != ckpt[k]]
             if differ:  # v1 stored these twice; two different values mean the file was edited or damaged
                 raise CheckpointError(f"{path}: the checkpoint's {differ} differ from its config's")
         else:
-            cfg = _validated(path, _join_config(ckpt, ckpt["config"]))
+            full = _join_config(ckpt, ckpt["config"])
+            _check_config_digest(ckpt, path, full)  # the identity fields are covered too
+            cfg = _validated(path, full)
+        epoch = int(ckpt["epoch"])
+        origin = ckpt.get("origin") or ("untrained" if epoch == -1 else "train")  # v1: epoch -1 = --baseline
         return LoadedCheckpoint(
             path=path, format=str(fmt), config=cfg, model_state_dict=ckpt["model_state_dict"],
-            epoch=int(ckpt["epoch"]), operating_threshold=float(ckpt["operating_threshold"]),
-            scores=_scores_of(ckpt, old), dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")))
+            epoch=epoch, operating_threshold=float(ckpt["operating_threshold"]),
+            scores=_scores_of(ckpt, old), dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")),
+            origin=str(origin))
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:
         hp = ckpt["hyper_parameters"]
         config = hp.get("config") if isinstance(hp, dict) else None
@@ -284,7 +297,8 @@ def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         return LoadedCheckpoint(
             path=path, format="lightning", config=cfg, model_state_dict=state, epoch=ckpt.get("epoch"),
-            operating_threshold=float(extra.get("operating_threshold", cfg.train.selection_threshold)), scores=None)
+            operating_threshold=float(extra.get("operating_threshold", cfg.train.selection_threshold)), scores=None,
+            origin="lightning")
     raise CheckpointError(
         f"{path}: not a dfudet checkpoint (expected best_model.pth with format {BEST_FORMAT!r} or a Lightning .ckpt)"
     )

@@ -260,6 +260,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _renamed_in_yaml(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """train.score_threshold of older configs read as train.selection_threshold (before overrides, so an override
+    in either spelling wins over the file)."""
+    train = raw.get("train")
+    if isinstance(train, dict) and RENAMED_TRAIN_KEY in train:
+        log.warning("%s: train.%s is now called train.selection_threshold (read as that; please rename it)",
+                    source, RENAMED_TRAIN_KEY)
+        if "selection_threshold" in train:
+            raise ConfigError(f"invalid configuration in {source}: train sets both {RENAMED_TRAIN_KEY} (the old name) "
+                              "and selection_threshold; keep selection_threshold")
+        train = dict(train)
+        train["selection_threshold"] = train.pop(RENAMED_TRAIN_KEY)
+        raw = {**raw, "train": train}
+    return raw
+
+
+def _renamed_override(text: str) -> str:
+    old = f"train.{RENAMED_TRAIN_KEY}="
+    if text.strip().startswith(old):
+        log.warning("override %s: train.%s is now called train.selection_threshold (read as that)",
+                    text.strip(), RENAMED_TRAIN_KEY)
+        return "train.selection_threshold=" + text.strip()[len(old):]
+    return text
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults), apply overrides and validate, with errors that name the key."""
     raw: dict[str, Any] = {}
@@ -279,13 +304,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             raise ConfigError(f"config file {p} must hold a mapping (sections data/model/train), "
                               f"got {type(loaded).__name__}")
         raw = loaded
+    raw = _renamed_in_yaml(raw, source)
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        raw = apply_overrides(raw, [_renamed_override(o) for o in overrides])
         source += " + command-line overrides"
-    train = raw.get("train")
-    if isinstance(train, dict) and RENAMED_TRAIN_KEY in train:
-        log.warning("%s: train.%s is now called train.selection_threshold (read as that; please rename it)",
-                    source, RENAMED_TRAIN_KEY)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -192,7 +192,7 @@ def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Pat
     from dfudet.checkpoint import safe_torch_load
 
     ckpt = safe_torch_load(tiny_ckpt)
-    ckpt["epoch"] = -1
+    ckpt["epoch"], ckpt["origin"] = -1, "untrained"  # as `dfudet train --baseline` writes it
     torch.save(ckpt, tmp_path / "untrained_model.pth")
     m = run_evaluation(tmp_path / "untrained_model.pth", demo_data["cache"], tmp_path / "out", split="test",
                        bootstrap=0, progress=False)

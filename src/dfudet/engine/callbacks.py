@@ -37,7 +37,8 @@ def is_better(score: float, best: float | None) -> bool:
     return best is None or score > best
 
 
-def best_payload(pl_module: Any, v: ValidationScores, epoch: int, optimizer_state: dict[str, Any]) -> dict[str, Any]:
+def best_payload(pl_module: Any, v: ValidationScores, epoch: int, optimizer_state: dict[str, Any],
+                 origin: str = "train") -> dict[str, Any]:
     """The best_model.pth dict (docs/checkpoints.md) of a module with its val scores `v`."""
     return build_best_payload(
         epoch=int(epoch),
@@ -45,6 +46,7 @@ def best_payload(pl_module: Any, v: ValidationScores, epoch: int, optimizer_stat
         optimizer_state_dict=optimizer_state,
         scores=v,
         config=pl_module.cfg,
+        origin=origin,
     )
 
 

@@ -280,7 +280,7 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         log.info("untrained model on val: composite %.4f (F1 %.3f, IoU %.3f)", base.composite, base.f1,
                  base.mean_iou)
         if _rank() == 0:  # same schema as best_model.pth, so `dfudet evaluate` can score it on any split
-            atomic_torch_save(best_payload(module, base, -1, {}), run_dir / UNTRAINED_NAME)
+            atomic_torch_save(best_payload(module, base, -1, {}, origin="untrained"), run_dir / UNTRAINED_NAME)
             log.info("untrained model written to %s", run_dir / UNTRAINED_NAME)
     elif baseline and (run_dir / UNTRAINED_NAME).is_file():  # resumed: the baseline scored when the run began
         base = load_for_inference(run_dir / UNTRAINED_NAME).scores

@@ -112,6 +112,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
         "source_checkpoint": checkpoint.name,
         "source_checkpoint_sha256": sha256_file(checkpoint),
         "epoch": info.epoch,
+        "origin": info.origin,
         "input": {"name": INPUT_NAME, "shape": [1, 3, size, size], "dtype": "float32", "layout": "NCHW RGB",
                   "range": [0.0, 1.0],
                   "preprocessing": (f"resize so the long side is {size} px (bilinear, new side = round(side * "

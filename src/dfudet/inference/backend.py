@@ -40,10 +40,12 @@ class ModelInfo:
     composite_weights: CompositeWeights  # the weights the model was selected with
     digest: str | None = None  # SHA-256 of the source checkpoint (model identity); None = hash `path` when needed
     config: Config | None = None  # the full typed run config (PyTorch checkpoints only)
+    origin: str = "train"  # "train", "untrained" (--baseline), "external" (saved outside training), "lightning"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
-        return {"path": self.path, "epoch": self.epoch, "model_name": self.model_name, "backbone": self.backbone,
+        return {"path": self.path, "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
+                "backbone": self.backbone,
                 "img_size": self.img_size, "num_classes": self.num_classes, "format": self.format,
                 "dfudet_version": self.dfudet_version}
 

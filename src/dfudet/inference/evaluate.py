@@ -154,7 +154,7 @@ def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch
     rows = predict_split(other, dataset, batch_size, progress)
     preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
-    return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch,
+    return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch, "origin": other.info.origin,
                            "model_name": other.info.model_name, "backbone": other.info.backbone},
             "operating_threshold": other.operating_threshold, "threshold_source": other.threshold_source,
             "at_threshold": detection_scores(preds, gts, other.operating_threshold, iou_threshold,

@@ -56,7 +56,7 @@ def read_metadata(meta: dict[str, Any], onnx_path: Path) -> ModelInfo:
         img_size=int(meta["img_size"]), num_classes=int(meta.get("num_classes") or 2), epoch=meta.get("epoch"),
         format=str(meta.get("format", "")), dfudet_version=meta.get("dfudet_version"),
         composite_weights=CompositeWeights.model_validate(meta.get("composite_weights") or {}),
-        digest=meta.get("onnx_sha256"))
+        digest=meta.get("onnx_sha256"), origin=str(meta.get("origin", "train")))
 
 
 def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:

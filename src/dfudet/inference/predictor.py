@@ -88,10 +88,13 @@ class Predictor(Backend):
             ) from exc
         if operating_threshold is None:
             threshold = ckpt.operating_threshold
-            if ckpt.format == "lightning":
+            if ckpt.origin == "lightning":
                 source = "checkpoint operating_threshold (swept on val at the checkpoint's epoch)"
-            elif ckpt.epoch == -1:  # untrained_model.pth of `dfudet train --baseline`
+            elif ckpt.origin == "untrained":  # untrained_model.pth of `dfudet train --baseline`
                 source = "checkpoint operating_threshold (swept on val for the untrained model, before any training)"
+            elif ckpt.origin == "external":
+                source = ("checkpoint operating_threshold (given when the weights were saved outside `dfudet train`; "
+                          "not tuned on val)")
             else:
                 source = f"checkpoint operating_threshold (swept on val at epoch {ckpt.epoch} of training)"
         else:
@@ -100,7 +103,7 @@ class Predictor(Backend):
         info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=ckpt.img_size,
                          num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
                          dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
-                         config=cfg)
+                         config=cfg, origin=ckpt.origin)
         return cls(model, spec, ckpt.img_size, threshold, info, device=device, tta=tta, threshold_source=source)
 
     @property

@@ -147,6 +147,16 @@ def plain_summary(m: dict[str, Any]) -> str:
     return "; ".join(parts) + f" (operating threshold {m['operating_threshold']:.2f})."
 
 
+def model_label(checkpoint: dict[str, Any]) -> str:
+    """"epoch N", "untrained" or "saved outside training" for a report's checkpoint entry (older reports: epoch)."""
+    origin, epoch = checkpoint.get("origin"), checkpoint.get("epoch")
+    if origin == "untrained" or (origin is None and epoch == -1):
+        return "untrained"
+    if origin == "external":
+        return "weights saved outside `dfudet train`"
+    return f"epoch {epoch}"
+
+
 def write_report_md(path: Path, m: dict[str, Any]) -> None:
     """report.md: a summary in words, one table (with a compared model when given), the threshold's source, a
     glossary of every figure, the oracle, the figures and the galleries."""
@@ -154,8 +164,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
     cmp_m = m.get("compare")
     rows = _table_rows(m)
     cmp_rows = dict(_table_rows(cmp_m)) if cmp_m else {}
-    epoch = m["checkpoint"]["epoch"]
-    epoch_s = "untrained" if epoch == -1 else f"epoch {epoch}"
+    epoch_s = model_label(m["checkpoint"])
     lines = [
         f"# Evaluation of `{m['checkpoint']['path']}` ({epoch_s})",
         "",
@@ -170,8 +179,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         "",
     ]
     if cmp_m:
-        ce = cmp_m["checkpoint"]["epoch"]
-        lines += [f"Compared with `{cmp_m['checkpoint']['path']}` ({'untrained' if ce == -1 else f'epoch {ce}'}), "
+        lines += [f"Compared with `{cmp_m['checkpoint']['path']}` ({model_label(cmp_m['checkpoint'])}), "
                   f"same photos, at its own threshold {cmp_m['operating_threshold']:.3f} "
                   f"({cmp_m['threshold_source']}).", ""]
         lines += ["| metric | this model | 95% CI | compared model |", "|---|---|---|---|"]
