@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 import dfudet
+from dfudet.data import instance_masks
 from dfudet.data.checks import decode_image_bytes, load_image, open_image
 from dfudet.data.records import ImageRecord, read_dataset, summarize
 from dfudet.errors import DataError
@@ -273,6 +274,8 @@ def encode_record(record: ImageRecord, img_size: int | None, jpeg_quality: int) 
         "stored_height": nh,
         "scale": factor,
         "boxes": boxes.astype(np.float32).tolist(),
+        # wound masks resized with the image (nearest), one RLE per box; absent for box-only records
+        **({"masks": [instance_masks.resize(m, nw, nh) for m in record.masks]} if record.masks is not None else {}),
         "healthy": bool(record.healthy),
         "kind": record.kind,
         "encoding": encoding,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dfudet.data import instance_masks
 from dfudet.data.cache import MANIFEST_FILE, read_entry, read_manifest, read_split_meta
 from dfudet.data.checks import decode_image_bytes, load_image
 from dfudet.data.records import DATASET_FILE, SPLITS, read_dataset, summarize
+from dfudet.data.transforms import DetectionTransform
 from dfudet.errors import DataError
-
-Transform = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, float]]
 
 
 def _split_error(source: Path, split: str, counts: dict[str, int]) -> DataError:
@@ -40,7 +39,7 @@ def _split_error(source: Path, split: str, counts: dict[str, int]) -> DataError:
 class DetectionDataset(Dataset):
     """One split of a cache or dataset dir, auto-detected, returning uint8 images and xyxy targets."""
 
-    def __init__(self, source: str | Path, split: str, transform: Transform | None = None,
+    def __init__(self, source: str | Path, split: str, transform: DetectionTransform | None = None,
                  seed: int | None = None) -> None:
         self.source = Path(source)
         self.split = split
@@ -66,7 +65,7 @@ class DetectionDataset(Dataset):
                 raise _split_error(self.source, split, {s: v["images"] for s, v in summarize(records).items()})
             self._entries = [
                 {"path": r.path, "width": r.width, "height": r.height, "boxes": r.boxes, "healthy": r.healthy,
-                 "kind": r.kind, "scale": 1.0, "stored_width": r.width, "stored_height": r.height}
+                 "kind": r.kind, "scale": 1.0, "stored_width": r.width, "stored_height": r.height, "masks": r.masks}
                 for r in mine
             ]
         else:
@@ -109,7 +108,7 @@ class DetectionDataset(Dataset):
             if seed is None:
                 return
         transform = self.transform
-        if transform is not None and hasattr(transform, "set_random_seed"):
+        if transform is not None:
             transform.set_random_seed(seed)
         else:
             random.seed(seed)
@@ -119,29 +118,41 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """Decoded RGB image, boxes in that image and the cache resize factor."""
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """Decoded RGB image, boxes in that image, its (N, H, W) uint8 masks (None: box-only data) and the cache
+        resize factor."""
         e = self._entries[i]
         if self.kind == "cache":
             header, data = read_entry(self.source, self.split, i, e)
-            image = decode_image_bytes(data, f"{self.source / self.split} entry {i} ({e['path']})")
+            where = f"{self.source / self.split} entry {i} ({e['path']})"
+            image = decode_image_bytes(data, where)
             boxes = np.asarray(header["boxes"], dtype=np.float32).reshape(-1, 4)
-            return image, boxes, float(header["scale"])
+            return image, boxes, self._masks(header.get("masks"), image, where), float(header["scale"])
         image = load_image(e["path"])
         if image.shape[:2] != (e["height"], e["width"]):
             raise DataError(f"{e['path']}: image is {image.shape[1]}x{image.shape[0]} but the dataset record says "
                             f"{e['width']}x{e['height']}; re-import the dataset")
-        return image, np.asarray(e["boxes"], dtype=np.float32).reshape(-1, 4), 1.0
+        boxes = np.asarray(e["boxes"], dtype=np.float32).reshape(-1, 4)
+        return image, boxes, self._masks(e.get("masks"), image, e["path"]), 1.0
+
+    @staticmethod
+    def _masks(rles: list[dict[str, Any]] | None, image: np.ndarray, where: str) -> np.ndarray | None:
+        if rles is None:
+            return None
+        try:
+            return instance_masks.stack(rles, image.shape[1], image.shape[0])
+        except (DataError, ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"{where}: unreadable wound mask ({exc})") from None
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = len(self._entries)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for split {self.split!r} of {self.source} ({n} images)")
         i = int(i) % n
-        image, boxes, scale = self._load(i)
+        image, boxes, masks, scale = self._load(i)
         if self.transform is not None:
             self._seed_transform(i)
-            image, boxes, extra = self.transform(image, boxes)
+            image, boxes, masks, extra = self.transform.with_masks(image, boxes, masks)
             scale *= float(extra)
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -152,6 +163,8 @@ class DetectionDataset(Dataset):
             "healthy": torch.tensor(self.healthy_flags[i], dtype=torch.bool),
             "scale": torch.tensor(scale, dtype=torch.float32),
         }
+        if masks is not None:  # (N, H, W) uint8, one per box: what Mask R-CNN style heads train on
+            target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
         return tensor, target
 
     def record(self, i: int) -> dict[str, Any]:

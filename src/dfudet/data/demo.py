@@ -16,11 +16,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dfudet.data import instance_masks
 from dfudet.data.records import SPLITS
 from dfudet.errors import ConfigError, DataError
 from dfudet.utils import atomic_write_bytes
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: annotations carry each lesion's mask (segmentation RLE)
 MIN_N = 12  # 6 per class: 2 train / 2 val / 2 test at the least
 MIN_SIZE = 64
 README_MARKER = "<!-- dfudet synthetic demo data -->"
@@ -457,7 +458,8 @@ def generate_demo(out: Path, n: int = 300, seed: int = 0, size: int = 320) -> di
                 w, h = box[2] - box[0], box[3] - box[1]
                 coco[sp]["annotations"].append({"id": ann_id, "image_id": num, "category_id": 1,
                                                 "bbox": [box[0], box[1], w, h], "area": w * h,
-                                                "mask_area": int(mask.sum()), "iscrowd": 0})
+                                                "mask_area": int(mask.sum()),
+                                                "segmentation": instance_masks.encode(mask), "iscrowd": 0})
                 counts[sp]["boxes"] += 1
     for sp in SPLITS:
         coco[sp]["images"].sort(key=lambda im: im["id"])
@@ -489,7 +491,7 @@ alone does not find the ulcers. Use it to try the pipeline, never to judge a mod
 {rows}
 
 - `images/<split>/demo_XXXXX.jpg` with `annotations/<split>.json` (COCO, category 1 "ulcer", bbox = tight box
-  of the drawn lesion, `mask_area` = its pixel count)
+  of the drawn lesion, `segmentation` = its mask as COCO RLE, `mask_area` = its pixel count, known exactly)
 - `healthy/<split>/healthy_XXXXX.jpg`: no ulcer (hard negatives)
 """
     atomic_write_bytes(out / "README.md", text.encode("utf-8"))

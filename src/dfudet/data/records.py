@@ -4,7 +4,8 @@ A dataset dir holds:
   dataset.json        {"format": "dfudet-dataset", "version": 1, "records": [ImageRecord...], "summary": {...}}
   import_report.txt   human-readable list of what was clipped / dropped / skipped (always written)
   negatives/          hard-negative crops cut from ulcer-free parts of masked images (only when asked for)
-Image paths are absolute (images are not copied); boxes are xyxy pixels in the image *after* EXIF orientation.
+Image paths are absolute (images are not copied); boxes are xyxy pixels in the image *after* EXIF orientation, and
+`masks` (when the import had them) one COCO RLE per box in that same image.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ class ImageRecord:
     source: str = ""  # where the record came from, e.g. "coco:/data/train.json"
     patient: str | None = None
     kind: str = "photo"  # "photo" | "negative_crop"
+    # one wound mask per box, same order, as COCO RLE of this (oriented) image (dfudet.data.instance_masks);
+    # None for box-only data
+    masks: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.boxes = [[float(v) for v in b] for b in self.boxes]
+        if self.masks is not None and len(self.masks) != len(self.boxes):
+            raise DataError(f"{self.path}: {len(self.masks)} masks for {len(self.boxes)} boxes; a record with masks "
+                            "needs one per box")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

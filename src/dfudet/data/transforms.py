@@ -9,6 +9,9 @@ BEFORE albumentations sees them (it raises on zero-area boxes). In training, a r
 background, and an ulcer photo whose boxes all vanish would become a false negative example. On FUSeg (many 5-16 px
 ulcers) 2 of 1,670 boxes were dropped per 2 epochs without the redraw. The eval transform never drops a box
 (evaluation must see every ground-truth box).
+
+Wound masks (`with_masks`) move with the image (nearest neighbour, zero fill), stay in step with their boxes, and
+then define the boxes: each box becomes its moved mask's tight box.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dfudet.config import AugmentConfig  # noqa: E402
+from dfudet.data.instance_masks import tight_boxes as mask_boxes  # noqa: E402
+from dfudet.errors import DataError  # noqa: E402
 
 _LABELS = "labels"
 MAX_DRAWS = 4  # random draws per training sample before falling back to resize + pad
@@ -31,13 +36,19 @@ MAX_DRAWS = 4  # random draws per training sample before falling back to resize 
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int, min_size: float = 0.0) -> np.ndarray:
     """Clip xyxy boxes to the image and drop non-finite, zero-area or smaller-than-min_size ones."""
+    return kept_boxes(boxes, width, height, min_size)[0]
+
+
+def kept_boxes(boxes: np.ndarray, width: int, height: int, min_size: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """`clean_boxes` and the indices of the input boxes it kept (to keep masks in step with their boxes)."""
     b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    b = b[np.all(np.isfinite(b), axis=1)]
+    idx = np.flatnonzero(np.all(np.isfinite(b), axis=1))
+    b = b[idx]
     b = np.stack([np.clip(b[:, 0], 0, width), np.clip(b[:, 1], 0, height),
                   np.clip(b[:, 2], 0, width), np.clip(b[:, 3], 0, height)], axis=1) if len(b) else b
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     keep = (w > 1e-3) & (h > 1e-3) & (w >= min_size) & (h >= min_size)
-    return np.ascontiguousarray(b[keep], dtype=np.float32)
+    return np.ascontiguousarray(b[keep], dtype=np.float32), idx[keep]
 
 
 def _resize_pad(img_size: int) -> list[A.BasicTransform]:
@@ -109,30 +120,63 @@ class DetectionTransform:
         self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        img, result, _, scale = self.with_masks(image, boxes, None)
+        return img, result, scale
+
+    def with_masks(self, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """(image, boxes, masks, scale): the (N, H, W) uint8 masks, one per box, move with the image (nearest
+        neighbour, zero fill) and stay in step with their boxes when a box is dropped; None when there are none."""
         h, w = image.shape[:2]
-        boxes = clean_boxes(boxes, w, h)
-        labels = np.ones(len(boxes), dtype=np.int64)
+        n_given = len(np.asarray(boxes).reshape(-1, 4))
+        boxes, idx = kept_boxes(boxes, w, h)
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.uint8)
+            if masks.shape != (n_given, h, w):
+                raise DataError(f"masks of shape {masks.shape} for {n_given} boxes in a {w}x{h} image; expected "
+                                f"({n_given}, {h}, {w})")
+            masks = masks[idx]
         if self.aug is None:
-            img, result = self._apply(self.pipeline, image, boxes, labels, 0.0)
-            return img, result, self.img_size / max(h, w)
+            img, result, out_masks = self._apply(self.pipeline, image, boxes, masks, 0.0)
+            return img, result, out_masks, self.img_size / max(h, w)
         # Training: the geometry is random, so no single factor maps back to the input; report 1.0 ("unknown").
         min_size = float(self.aug["min_box_size"])
         for _ in range(MAX_DRAWS):
-            img, result = self._apply(self.pipeline, image, boxes, labels, min_size)
+            img, result, out_masks = self._apply(self.pipeline, image, boxes, masks, min_size)
             if len(result) == len(boxes):
-                return img, result, 1.0
+                return img, result, out_masks, 1.0
         if self._fallback is None:
             self._fallback = self._build(eval_only=True)
-        img, result = self._apply(self._fallback, image, boxes, labels, min_size)  # drops only boxes already tiny
-        return img, result, 1.0
+        # drops only boxes already tiny
+        img, result, out_masks = self._apply(self._fallback, image, boxes, masks, min_size)
+        return img, result, out_masks, 1.0
 
     @staticmethod
-    def _apply(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-               min_size: float) -> tuple[np.ndarray, np.ndarray]:
-        out = pipeline(image=image, bboxes=boxes, labels=labels)
+    def _apply(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+               min_size: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        # labels carry each box's index, so the masks of the boxes albumentations keeps can be picked out
+        labels = np.arange(len(boxes), dtype=np.int64)
+        if masks is None or not len(masks):
+            out = pipeline(image=image, bboxes=boxes, labels=labels)
+        else:
+            out = pipeline(image=image, bboxes=boxes, labels=labels, masks=list(masks))
         img = out["image"]
+        h, w = img.shape[:2]
         result = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        return img, clean_boxes(result, img.shape[1], img.shape[0], min_size=min_size)
+        survivors = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        if masks is None:
+            return (img, *kept_boxes(result, w, h, min_size=min_size)[:1], None)
+        if not len(masks):
+            return img, kept_boxes(result, w, h, min_size=min_size)[0], np.zeros((0, h, w), np.uint8)
+        moved = np.asarray(out["masks"], dtype=np.uint8).reshape(len(masks), h, w)[survivors]
+        # With masks the box is the moved mask's own tight box: exact after rotation and scaling (albumentations'
+        # rotated box is an approximation). A mask that resampling emptied (a 1-2 px ulcer scaled down) keeps
+        # albumentations' box, so no box is lost to it.
+        tight = mask_boxes(moved)
+        empty = ~moved.any(axis=(1, 2))
+        tight[empty] = result[empty]
+        result, keep = kept_boxes(tight, w, h, min_size=min_size)
+        return img, result, np.ascontiguousarray(moved[keep])
 
 
 def build_train_transform(aug: AugmentConfig, img_size: int) -> DetectionTransform:

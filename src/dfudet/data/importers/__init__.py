@@ -12,7 +12,9 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from dfudet.data import instance_masks
 from dfudet.data.checks import check_box, describe_clip, load_pil, open_image
 from dfudet.data.importers import masks as masks_mod
 from dfudet.data.importers._common import ParseResult, RawItem, require_dir
@@ -100,6 +102,9 @@ class ImportResult:
         lines.append(f"  clipped boxes: {c.get('clipped_boxes', 0)}  dropped mask components: "
                      f"{c.get('dropped_components', 0)}  skipped images: {c.get('skipped_images', 0)}  "
                      f"skipped entries: {c.get('skipped_entries', 0)}")
+        masked = c.get("masked_ulcers", 0)
+        lines.append(f"  ulcers with an outline (mask): {masked} of {total['boxes']}"
+                     + ("" if masked else " (box-only data: detection works, outlines and areas need masks)"))
         lines.append(f"  report: {self.dataset_dir / REPORT_FILE}")
         return "\n".join(lines)
 
@@ -182,6 +187,7 @@ def _validate(item: RawItem, min_area: float) -> None:
     if item.mask_path is not None:
         masks_mod.apply_mask(item, min_area)
         return
+    masks: list[dict[str, Any]] = []
     for rb in item.boxes:
         coords = rb.coords
         if rb.normalized:
@@ -194,12 +200,35 @@ def _validate(item: RawItem, min_area: float) -> None:
         if res.clipped:
             item.clipped += 1
             item.notes.append(f"clipped: {rb.where}: {describe_clip(coords, res.box, width, height)}")
+        if rb.segmentation is not None:
+            try:
+                masks.append(_segmentation_rle(rb.segmentation, width, height, rb.where))
+            except DataError as exc:
+                item.problems.append(str(exc))
+    with_masks = sum(rb.segmentation is not None for rb in item.boxes)
+    if with_masks and with_masks < len(item.boxes):
+        item.notes.append(f"masks dropped: {_ref(item)}: {with_masks} of {len(item.boxes)} ulcers have a "
+                          "segmentation; the image is kept with boxes only (a mask per ulcer or none)")
+    elif with_masks and not item.problems:
+        item.final_masks = masks
+
+
+def _segmentation_rle(seg: Any, width: int, height: int, where: str) -> dict[str, Any]:
+    """A COCO segmentation (polygons or RLE) as a checked RLE of the oriented image."""
+    if isinstance(seg, list):
+        polygons = [p for p in seg if isinstance(p, list)]
+        if not polygons or any(len(p) < 6 or len(p) % 2 or not all(isinstance(v, (int, float)) for v in p)
+                               for p in polygons):
+            raise DataError(f"{where}: segmentation is not a list of polygons [x1, y1, x2, y2, x3, y3, ...]")
+        return instance_masks.from_polygons(polygons, width, height)
+    return instance_masks.check(seg, width, height, f"{where}: segmentation")
 
 
 def _to_record(item: RawItem) -> ImageRecord:
     return ImageRecord(
         path=str(item.path), width=item.width, height=item.height, boxes=item.final_boxes,
         split=str(item.split), healthy=not item.final_boxes, source=item.source, patient=item.patient, kind="photo",
+        masks=item.final_masks,
     )
 
 
@@ -255,6 +284,8 @@ def import_dataset(fmt: str, images: Path | None, annotations: list[Path], healt
         "skipped_images": len(bad),
         "skipped_entries": len(entry_problems),
         "negative_crops": len(crop_records),
+        # ulcers kept with their outline (masks importer, COCO segmentations): what area and outline models use
+        "masked_ulcers": sum(len(r.masks or []) for r in records),
     }
     extra_summary = {"import": {
         "format": fmt, "images": str(Path(images).resolve()), "annotations": [str(a.resolve()) for a in annotations],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dfudet.data.checks import IMAGE_EXTENSIONS
 from dfudet.errors import DataError
@@ -17,6 +18,7 @@ class RawBox:
     coords: tuple[float, ...]
     where: str  # "file:line" or "file: annotation id N", for messages
     normalized: bool = False
+    segmentation: Any = None  # COCO polygons or RLE of this ulcer, when the annotation has one
 
 
 @dataclass
@@ -39,6 +41,7 @@ class RawItem:
     width: int = 0
     height: int = 0
     final_boxes: list[list[float]] = field(default_factory=list)
+    final_masks: list[dict[str, Any]] | None = None  # one RLE per final box, when the source has masks
     clipped: int = 0
     dropped: int = 0
 

@@ -88,8 +88,10 @@ def _parse_file(images: Path, json_path: Path, out: ParseResult) -> None:
             continue
         x, y, bw, bh = bbox
         given = json.dumps(ann["bbox"])
+        seg = ann.get("segmentation")
         target.boxes.append(RawBox((x, y, x + bw, y + bh),
-                                   where=f"{ann_where} (image '{target.name}', bbox xywh {given})"))
+                                   where=f"{ann_where} (image '{target.name}', bbox xywh {given})",
+                                   segmentation=seg if seg not in (None, [], {}) else None))
 
 
 def parse_coco(images: Path, annotation_files: list[Path]) -> ParseResult:

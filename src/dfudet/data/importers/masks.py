@@ -6,7 +6,9 @@
   foreground is `> 127`, or `> 0` for 0/1 masks (maximum value 1). Its size must equal the oriented image size.
 - Components with fewer than `min_area` pixels are dropped and reported, except that the largest component of a
   non-empty mask is always kept (the rule used for the FUSeg boxes). Box = tight xyxy of the component
-  (x_min, y_min, x_max + 1, y_max + 1). An empty mask is an ulcer-free image ("wound just healed").
+  (x_min, y_min, x_max + 1, y_max + 1); the component itself is kept with the record as its mask (COCO RLE), so
+  the outline and area of every ulcer travel to the cache and the model. An empty mask is an ulcer-free image
+  ("wound just healed").
 - Hard-negative crops: up to N squares of `crop_size` (clamped to the image) whose every pixel is at least
   `crop_margin` px (Euclidean) from every mask pixel, picked at seeded random, overlapping each other by at most
   half, written as PNG under out/negatives/{split}/.
@@ -17,10 +19,12 @@ from __future__ import annotations
 import zlib
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import ImageOps, UnidentifiedImageError
 
+from dfudet.data import instance_masks
 from dfudet.data.checks import load_pil, open_image
 from dfudet.data.importers._common import ParseResult, RawItem, absolute, ignored_note, scan_images, stem_key
 from dfudet.data.importers.splits import split_from_relpath
@@ -80,16 +84,18 @@ def load_mask(path: Path) -> np.ndarray:
     return arr > (0 if arr.size and arr.max() <= 1 else 127)
 
 
-def mask_boxes(mask: np.ndarray, min_area: float) -> tuple[list[list[float]], list[int]]:
-    """Boxes (xyxy) of the kept 8-connected components and the pixel counts of the dropped ones."""
+def mask_components(mask: np.ndarray, min_area: float
+                    ) -> tuple[list[list[float]], list[dict[str, Any]], list[int]]:
+    """Boxes (xyxy) and RLE masks of the kept 8-connected components, and the pixel counts of the dropped ones."""
     from scipy import ndimage  # imported here: the CLI loads this module to list the import formats
 
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if n == 0:
-        return [], []
+        return [], [], []
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     largest = int(np.argmax(sizes))
     boxes: list[list[float]] = []
+    rles: list[dict[str, Any]] = []
     dropped: list[int] = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
         if sizes[i] < min_area and i != largest:
@@ -97,7 +103,8 @@ def mask_boxes(mask: np.ndarray, min_area: float) -> tuple[list[list[float]], li
             continue
         ys, xs = sl
         boxes.append([float(xs.start), float(ys.start), float(xs.stop), float(ys.stop)])
-    return boxes, sorted(dropped)
+        rles.append(instance_masks.encode(labels == i + 1))
+    return boxes, rles, sorted(dropped)
 
 
 def apply_mask(item: RawItem, min_area: float) -> None:
@@ -114,8 +121,9 @@ def apply_mask(item: RawItem, min_area: float) -> None:
             f"{item.width}x{item.height} (after EXIF orientation); a mask must have its image's size"
         )
         return
-    boxes, dropped = mask_boxes(mask, min_area)
+    boxes, rles, dropped = mask_components(mask, min_area)
     item.final_boxes = boxes
+    item.final_masks = rles  # kept with the record: the outline of each ulcer, not only its box
     item.dropped = len(dropped)
     if dropped:
         item.notes.append(

@@ -1,0 +1,93 @@
+"""Per-ulcer wound masks as COCO run-length encodings (RLE), the form records, caches and COCO files share.
+
+A record with masks holds one RLE per box, in the same order, each `{"size": [h, w], "counts": str}` of the image
+the record describes (pycocotools' compressed counts, ASCII, so it fits in JSON and in the cache header). A FUSeg
+mask of a 512 x 512 photo takes a few hundred bytes this way. Records without masks keep `masks = None` and every
+step treats them as box-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from dfudet.errors import DataError
+
+Rle = dict[str, Any]
+
+
+def encode(mask: np.ndarray) -> Rle:
+    """RLE of a boolean or 0/1 (H, W) mask."""
+    m = np.asfortranarray(np.asarray(mask, dtype=np.uint8).reshape(mask.shape[0], mask.shape[1]))
+    rle = mask_utils.encode(m)
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode(rle: Rle) -> np.ndarray:
+    """The boolean (H, W) mask of an RLE (compressed string counts or COCO's uncompressed list counts)."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed COCO RLE
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(compressed).astype(bool)
+
+
+def from_polygons(polygons: Sequence[Sequence[float]], width: int, height: int) -> Rle:
+    """RLE of COCO polygons ([[x1, y1, x2, y2, ...], ...]) in an image of width x height."""
+    parts = mask_utils.frPyObjects([list(map(float, p)) for p in polygons], height, width)
+    return encode(mask_utils.decode(mask_utils.merge(parts)).astype(bool))
+
+
+def check(rle: Any, width: int, height: int, where: str) -> Rle:
+    """A well-formed RLE of an image of width x height, or a DataError naming `where`."""
+    if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+        raise DataError(f"{where}: a mask must be a COCO RLE {{'size': [h, w], 'counts': ...}}, got {str(rle)[:80]}")
+    try:
+        h, w = (int(v) for v in rle["size"])
+        mask = decode(rle)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"{where}: unreadable mask RLE ({exc})") from None
+    if (w, h) != (width, height) or mask.shape != (height, width):
+        raise DataError(f"{where}: the mask is {w}x{h} but its image is {width}x{height}")
+    return encode(mask)
+
+
+def area(rle: Rle) -> int:
+    """Pixels of the mask."""
+    return int(decode(rle).sum())
+
+
+def resize(rle: Rle, width: int, height: int) -> Rle:
+    """The mask resized to width x height (nearest neighbour, as the image is resized for the cache)."""
+    h, w = (int(v) for v in rle["size"])
+    if (w, h) == (width, height):
+        return rle
+    m = cv2.resize(decode(rle).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    return encode(m.astype(bool))
+
+
+def stack(rles: Sequence[Rle], width: int, height: int) -> np.ndarray:
+    """(N, H, W) uint8 masks of N RLEs (N may be 0)."""
+    out = np.zeros((len(rles), height, width), dtype=np.uint8)
+    for i, r in enumerate(rles):
+        m = decode(r)
+        if m.shape != (height, width):
+            raise DataError(f"mask {i} is {m.shape[1]}x{m.shape[0]}, its image {width}x{height}")
+        out[i] = m
+    return out
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 xyxy pixel-edge boxes of (N, H, W) masks (all zeros for an empty mask)."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    return boxes
