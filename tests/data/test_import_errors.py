@@ -146,7 +146,7 @@ def test_skip_bad_skips_whole_images_and_writes_the_report(tmp_path: Path) -> No
         f"skipped: {ann}: image id 3 ('gone.jpg'): {tmp_path / 'img' / 'gone.jpg'}: image file does not exist",
     ]
     assert res.counts == {"clipped_boxes": 0, "dropped_components": 0, "skipped_images": 2,
-                          "skipped_entries": 1, "negative_crops": 0}
+                          "skipped_entries": 1, "negative_crops": 0, "masked_ulcers": 0}
 
 
 def test_failed_import_keeps_the_existing_dataset(tmp_path: Path) -> None:
