@@ -221,12 +221,6 @@ class LoadedCheckpoint:
     def num_classes(self) -> int:
         return self.config.model.num_classes
 
-    def summary(self) -> dict[str, Any]:
-        """What reports and the service show about the model (JSON-ready)."""
-        return {"path": str(self.path), "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
-                "backbone": self.backbone, "img_size": self.img_size, "num_classes": self.num_classes,
-                "format": self.format, "dfudet_version": self.dfudet_version}
-
 
 def _validated(path: Path, raw: Any) -> Config:
     try:
@@ -306,8 +300,8 @@ def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
 
 def check_compatible(have: Mapping[str, Any], path: Path, model_name: str | None, backbone: str | None,
                      img_size: int | None, num_classes: int | None) -> None:
-    """Raise a clear error when a checkpoint (its `summary()` or an ONNX model's metadata) was trained for another
-    model than the one asked for."""
+    """Raise a clear error when a model (a backend's `info.summary()`: checkpoint or ONNX metadata) was trained for
+    another model than the one asked for."""
     wanted = {"model_name": model_name, "backbone": backbone, "img_size": img_size, "num_classes": num_classes}
     diffs = [f"{k}: checkpoint has {have.get(k)!r}, config asks for {v!r}" for k, v in wanted.items()
              if v is not None and have.get(k) != v]

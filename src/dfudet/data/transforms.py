@@ -165,7 +165,7 @@ class DetectionTransform:
         result = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         survivors = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         if masks is None:
-            return (img, *kept_boxes(result, w, h, min_size=min_size)[:1], None)
+            return img, kept_boxes(result, w, h, min_size=min_size)[0], None
         if not len(masks):
             return img, kept_boxes(result, w, h, min_size=min_size)[0], np.zeros((0, h, w), np.uint8)
         moved = np.asarray(out["masks"], dtype=np.uint8).reshape(len(masks), h, w)[survivors]
