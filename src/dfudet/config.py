@@ -96,6 +96,10 @@ class ModelConfig(_Strict):
     # locations per FPN level kept before NMS (None = 1000)
     head_convs: int | None = Field(None, ge=1, le=8)
     topk_candidates: int | None = Field(None, ge=1)
+    # outline models (maskrcnn_efficientnet) only: channels of each of the mask head's conv layers (None = the FPN's)
+    # and how many there are (torchvision: 4 of 256)
+    mask_head_channels: int | None = Field(None, ge=8)
+    mask_head_convs: int | None = Field(None, ge=1, le=8)
 
     @model_validator(mode="after")
     def _weights_need_pretrained(self) -> ModelConfig:

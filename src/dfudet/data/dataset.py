@@ -174,7 +174,8 @@ class DetectionDataset(Dataset):
         sy = e["stored_height"] / e["height"]
         boxes = np.asarray(e["boxes"], dtype=np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
         return {"path": e["path"], "width": e["width"], "height": e["height"], "boxes": boxes.tolist(),
-                "healthy": bool(e["healthy"]), "kind": e.get("kind", "photo"), "split": self.split}
+                "healthy": bool(e["healthy"]), "kind": e.get("kind", "photo"), "split": self.split,
+                "has_masks": e.get("masks") is not None}
 
 
 def collate_detection(

@@ -20,7 +20,7 @@ from dfudet.engine import rng
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import ValidationScores, best_threshold, detection_scores
 from dfudet.models.factory import backbone_label, get_spec
-from dfudet.models.passes import losses_and_detections, to_float_images
+from dfudet.models.passes import losses_and_detections, model_targets, to_float_images
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
@@ -57,8 +57,7 @@ class DetectorModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        losses = self.model(to_float_images(images), tgts)
+        losses = self.model(to_float_images(images), model_targets(self.spec, images, targets))
         loss = sum(losses.values())
         bs = len(images)
         self._accumulate("train", loss, bs)

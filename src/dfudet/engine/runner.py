@@ -133,6 +133,24 @@ def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> tuple[list[list[float
     return sizes, ratios
 
 
+def check_masks(cfg: Config, dm: DetectionDataModule) -> None:
+    """An outline model trains on wound masks: every ulcer image of train and val must have them (named if not)."""
+    if not get_spec(cfg.model.name).masks:
+        return
+    for ds in (dm.train_ds, dm.val_ds):
+        if ds is None:
+            continue
+        records = [ds.record(i) for i in range(len(ds))]
+        missing = [r for r in records if r["boxes"] and not r["has_masks"]]
+        if missing:
+            names = ", ".join(str(r["path"]) for r in missing[:5])
+            raise ConfigError(
+                f"model.name={cfg.model.name} outlines ulcers and trains on wound masks, but {len(missing)} ulcer "
+                f"image(s) of split {ds.split!r} in {cfg.data.cache or cfg.data.dataset} have boxes only "
+                f"(first: {names}). Import masks (`dfudet data import --format masks`, or COCO segmentations), "
+                "then `dfudet data prepare` again; or use a box model such as fasterrcnn_efficientnet")
+
+
 def resolve_hardware(cfg: Config) -> tuple[str, Any, Precision]:
     """accelerator, devices and precision; CPU always runs fp32 (autocast is for CUDA)."""
     acc = cfg.train.accelerator
@@ -255,6 +273,7 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
+    check_masks(cfg, dm)
     # anchor-free models refuse auto_anchors when they are built, with the reason
     if (cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume
             and not get_spec(cfg.model.name).anchor_free):

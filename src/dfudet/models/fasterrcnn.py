@@ -12,10 +12,13 @@ from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights
 from torchvision.models.detection import (
     FasterRCNN,
+    MaskRCNN,
     fasterrcnn_mobilenet_v3_large_320_fpn,
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn_v2,
 )
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, poolers
 
@@ -23,11 +26,12 @@ from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats, build_timm_fpn_backbone, weights_unavailable
-from dfudet.models.spec import ModelSpec, Targets, register
+from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, register
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TORCHVISION_FPN_CHANNELS = 256  # fixed inside torchvision's mobilenet/resnet FPN extractors
+TWO_MLP_HEAD_SIZE = 1024  # representation size of torchvision's default box head (TwoMLPHead)
 
 
 def two_stage_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
@@ -81,11 +85,16 @@ def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: li
     )
 
 
-def _no_one_stage_settings(cfg: ModelConfig) -> None:
+def _no_one_stage_settings(cfg: ModelConfig, masks: bool = False) -> None:
     for key in ("head_convs", "topk_candidates"):
         value = getattr(cfg, key)
         if value is not None:
             raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm, retinanet_timm), not "
+                              f"{cfg.name}; remove the setting")
+    for key in () if masks else MASK_HEAD_SETTINGS:
+        value = getattr(cfg, key)
+        if value is not None:
+            raise ConfigError(f"model.{key}={value} applies to outline models (maskrcnn_efficientnet), not "
                               f"{cfg.name}; remove the setting")
 
 
@@ -101,6 +110,38 @@ def _fasterrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True)
         num_classes=cfg.num_classes,
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        **_detector_kwargs(cfg, img_size, mean, std),
+    )
+
+
+def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
+    """Mask R-CNN on a timm backbone + FPN: the Faster R-CNN above plus torchvision's mask branch, which outlines each
+    detected box on a 28 x 28 grid (RoIAlign 14 x 14 on the four FPN levels, `mask_head_convs` convs, a 2x deconv).
+
+    The mask head is `mask_head_convs` x `mask_head_channels` (default 4 x the FPN width; torchvision: 4 x 256).
+    Trained jointly with the boxes: the mask loss is taken on the RoIs sampled as positives for the box head.
+    """
+    _no_one_stage_settings(cfg, masks=True)
+    anchors = anchor_generator_for(cfg, img_size, 5)
+    backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
+                                       weights_file=cfg.weights, load_weights=load_weights)
+    mean, std = backbone_norm_stats(backbone)
+    channels = cfg.mask_head_channels or cfg.fpn_channels
+    levels = ["0", "1", "2", "3"]
+    mask_predictor = MaskRCNNPredictor(channels, channels, cfg.num_classes)
+    # small initial logits (detectron2's init of this layer): torchvision's kaiming init starts the mask loss near 30
+    # on a pretrained FPN, whose gradients then reach the shared backbone in the first steps
+    nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=0.001)
+    nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
+    return MaskRCNN(
+        backbone,
+        num_classes=None,  # torchvision: given through the two predictors when the mask predictor is custom
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head_convs or 4), 1),
+        box_predictor=FastRCNNPredictor(TWO_MLP_HEAD_SIZE, cfg.num_classes),  # after torchvision's default box head
+        mask_predictor=mask_predictor,
         **_detector_kwargs(cfg, img_size, mean, std),
     )
 
@@ -149,10 +190,11 @@ def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: 
     return build
 
 
-def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], levels: int, timm: bool = False
-          ) -> ModelSpec:
+def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], levels: int, timm: bool = False,
+          masks: bool = False) -> ModelSpec:
     return register(ModelSpec(
-        name=name, family="faster_rcnn", build=build, heads_pass=two_stage_heads_pass,
+        name=name, family="mask_rcnn" if masks else "faster_rcnn", build=build, heads_pass=two_stage_heads_pass,
+        masks=masks,
         min_score=lambda m: float(cast(FasterRCNN, m).roi_heads.score_thresh),
         max_detections=lambda m: int(cast(FasterRCNN, m).roi_heads.detections_per_img),
         feature_levels=levels, timm_backbone=timm, export_context=fast_roi_merge,
@@ -161,6 +203,8 @@ def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], level
 
 # strides 4..32 + the FPN's pool level; the RoI pool reads the four conv levels
 _spec("fasterrcnn_efficientnet", _fasterrcnn_timm, 5, timm=True)
+# the same + an outline (mask) of each detection, trained on the data's wound masks
+_spec("maskrcnn_efficientnet", _maskrcnn_timm, 5, timm=True, masks=True)
 # torchvision MobileNetV3-Large FPN Faster R-CNN (fast on CPU)
 _spec("fasterrcnn_mobilenet_v3_large_fpn",
       _torchvision_detector(fasterrcnn_mobilenet_v3_large_fpn, MobileNet_V3_Large_Weights.IMAGENET1K_V1, 3), 3)

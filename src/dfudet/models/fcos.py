@@ -20,7 +20,7 @@ from dfudet.models.backbones import (
     timm_feature_info,
 )
 from dfudet.models.passes import locations_per_level, split_levels
-from dfudet.models.spec import ModelSpec, Targets, register
+from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, register
 
 FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
 
@@ -65,12 +65,12 @@ def _fcos_head(channels: int, num_foreground: int, num_convs: int) -> FCOSHead:
 def refuse_two_stage_settings(cfg: ModelConfig) -> None:
     """One-stage models have no RPN or RoI sampler; their GroupNorm heads need an even FPN width."""
     defaults = ModelConfig()
-    two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image")
+    two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image", *MASK_HEAD_SETTINGS)
                  if getattr(cfg, k) != getattr(defaults, k)]
     if two_stage:
         verb, what = ("apply", "those settings") if len(two_stage) > 1 else ("applies", "the setting")
-        raise ConfigError(f"{', '.join('model.' + k for k in two_stage)} {verb} to Faster R-CNN, not {cfg.name} "
-                          f"(it has no RPN or RoI sampler); remove {what}")
+        raise ConfigError(f"{', '.join('model.' + k for k in two_stage)} {verb} to Faster/Mask R-CNN, not "
+                          f"{cfg.name} (it has no RPN, RoI sampler or mask head); remove {what}")
     if cfg.fpn_channels % 2:
         raise ConfigError(f"model.fpn_channels={cfg.fpn_channels} must be even for {cfg.name} (its head's GroupNorm "
                           "uses gcd(32, fpn_channels / 2) groups)")

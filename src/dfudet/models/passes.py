@@ -21,6 +21,27 @@ def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
 
 
+def model_targets(spec: ModelSpec, images: list[Tensor], targets: Targets) -> Targets:
+    """What the detector trains on: boxes and labels, plus (outline models) each box's (N, H, W) uint8 mask.
+
+    An image without boxes gets an empty (0, H, W) mask stack; an ulcer image without masks cannot train an outline
+    model, and the error names it (the runner checks the whole data set before training, see engine/runner.py).
+    """
+    out: Targets = []
+    for image, t in zip(images, targets):
+        tgt = {"boxes": t["boxes"], "labels": t["labels"]}
+        if spec.masks:
+            if "masks" in t:
+                tgt["masks"] = t["masks"]
+            elif len(t["boxes"]) == 0:
+                tgt["masks"] = torch.zeros((0, *image.shape[-2:]), dtype=torch.uint8, device=image.device)
+            else:
+                raise ValueError(f"image_id {int(t['image_id']) if 'image_id' in t else '?'} has "
+                                 f"{len(t['boxes'])} ulcer box(es) but no wound masks; {spec.name} trains on masks")
+        out.append(tgt)
+    return out
+
+
 def locations_per_level(features: list[Tensor]) -> list[int]:
     """Grid locations (H * W) of each (N, C, H, W) feature map, in level order."""
     return [f.size(2) * f.size(3) for f in features]
@@ -63,7 +84,7 @@ def losses_and_detections(model: nn.Module, spec: ModelSpec, images: list[torch.
     was_training = model.training
     original_sizes = [tuple(im.shape[-2:]) for im in images]
     loss_mode(model)
-    tgts = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+    tgts = model_targets(spec, images, targets)
     devices = [images[0].device] if images[0].device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):

@@ -21,6 +21,8 @@ Builder = Callable[[ModelConfig, int, bool], nn.Module]
 Targets = list[dict[str, Tensor]]
 # The heads of one val pass on features computed once: (model, image_list, features, targets) -> (losses,
 # detections in the transformed image's pixels). Called with BatchNorm/dropout frozen and the RNG forked.
+# model settings that only outline (mask) models take; the other builders refuse a non-default value
+MASK_HEAD_SETTINGS = ("mask_head_channels", "mask_head_convs")
 HeadsPass = Callable[[nn.Module, Any, "dict[str, Tensor]", Targets], tuple[dict[str, Tensor], Targets]]
 
 
@@ -37,6 +39,7 @@ class ModelSpec:
     feature_levels: int  # feature maps the anchors / dense head cover (FPN levels incl. extra ones)
     anchor_free: bool = False  # no anchor_sizes / aspect_ratios / auto_anchors
     timm_backbone: bool = False  # backbone from model.backbone (a timm name); others fix their own
+    masks: bool = False  # also outlines each detection (Mask R-CNN): trains on and needs the data's wound masks
     # tracing tweaks while exporting to ONNX (e.g. a faster RoI merge for two-stage models)
     export_context: Callable[[], AbstractContextManager[Any]] = nullcontext
 
