@@ -60,7 +60,41 @@ def check(rle: Any, width: int, height: int, where: str) -> Rle:
 
 def area(rle: Rle) -> int:
     """Pixels of the mask."""
-    return int(decode(rle).sum())
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return int(decode(rle).sum())
+    return int(mask_utils.area({"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str)
+                                else counts}))
+
+
+def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
+    """The mask's outer outlines as COCO polygons [[x1, y1, x2, y2, ...], ...] (pixel centres), each simplified to
+    within `tolerance` pixels (Douglas-Peucker, cv2.approxPolyDP); parts of fewer than 3 points are left out."""
+    m = np.ascontiguousarray(decode(rle).astype(np.uint8))
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = []
+    for c in contours:
+        if tolerance > 0:
+            c = cv2.approxPolyDP(c, tolerance, True)
+        if len(c) >= 3:
+            out.append([float(v) for v in c.reshape(-1)])
+    return out
+
+
+def from_probabilities(probs: np.ndarray, scale: float, width: int, height: int, threshold: float = 0.5
+                       ) -> list[Rle]:
+    """RLEs in a photo of width x height from (N, S, S) mask probabilities of the model input (the photo resized by
+    `scale` and padded bottom/right): crop the photo's part, resize it bilinearly, then threshold."""
+    out = []
+    h_in = min(probs.shape[1], max(1, round(height * scale))) if len(probs) else 0
+    w_in = min(probs.shape[2], max(1, round(width * scale))) if len(probs) else 0
+    for p in probs:
+        crop = np.ascontiguousarray(p[:h_in, :w_in], dtype=np.float32)
+        if crop.shape != (height, width):
+            crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+        out.append(encode(crop > threshold))
+    return out
 
 
 def resize(rle: Rle, width: int, height: int) -> Rle:

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from dfudet.config import CompositeWeights, Config
+from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
+from dfudet.data.instance_masks import Rle
 from dfudet.errors import ConfigError, DataError
 
 
@@ -41,13 +43,14 @@ class ModelInfo:
     digest: str | None = None  # SHA-256 of the source checkpoint (model identity); None = hash `path` when needed
     config: Config | None = None  # the full typed run config (PyTorch checkpoints only)
     origin: str = "train"  # "train", "untrained" (--baseline), "external" (saved outside training), "lightning"
+    outlines: bool = False  # the model outlines each detection (Detections.masks is set)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
         return {"path": self.path, "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
                 "backbone": self.backbone,
                 "img_size": self.img_size, "num_classes": self.num_classes, "format": self.format,
-                "dfudet_version": self.dfudet_version}
+                "dfudet_version": self.dfudet_version, "outlines": self.outlines}
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,18 @@ class Detections:
     width: int
     height: int
     threshold: float | None = None  # the threshold `keep()` applied, None when unfiltered
+    # outline models: one COCO RLE (instance_masks) per box, in the photo's pixels; None for box-only models
+    masks: tuple[Rle, ...] | None = None
 
     def above(self, threshold: float) -> Detections:
         """Only the detections with score >= threshold."""
         m = self.scores >= threshold
-        return replace(self, boxes=self.boxes[m], scores=self.scores[m], threshold=float(threshold))
+        masks = None if self.masks is None else tuple(r for r, k in zip(self.masks, m) if k)
+        return replace(self, boxes=self.boxes[m], scores=self.scores[m], threshold=float(threshold), masks=masks)
+
+    def areas_px(self) -> list[int] | None:
+        """Pixels of each detection's outline (None for a box-only model)."""
+        return None if self.masks is None else [instance_masks.area(r) for r in self.masks]
 
 
 def to_original(boxes: Any, scale: float, width: int, height: int) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dfudet.checkpoint import load_for_inference
+from dfudet.data import instance_masks
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference.backend import (
@@ -65,6 +66,9 @@ class Predictor(Backend):
         self.operating_threshold = check_threshold(operating_threshold, "operating threshold")
         self.threshold_source = threshold_source
         self.tta = bool(tta)
+        if self.tta and spec.masks:
+            raise ConfigError(f"test-time augmentation fuses boxes only, not outlines; {spec.name} outlines each "
+                              "ulcer, so run it without --tta")
         self.info = info
         self.transform = build_eval_transform(self.img_size)
 
@@ -103,7 +107,7 @@ class Predictor(Backend):
         info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=ckpt.img_size,
                          num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
                          dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
-                         config=cfg, origin=ckpt.origin)
+                         config=cfg, origin=ckpt.origin, outlines=spec.masks)
         return cls(model, spec, ckpt.img_size, threshold, info, device=device, tta=tta, threshold_source=source)
 
     @property
@@ -121,8 +125,8 @@ class Predictor(Backend):
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), float(scale)
 
     @torch.inference_mode()
-    def _forward(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One batched forward pass; (boxes, scores) per image in that image's own pixel coordinates."""
+    def _forward(self, images: list[np.ndarray]) -> list[Detections]:
+        """One batched forward pass; the detections of each image in its own pixel coordinates."""
         prepared = [self._prepare(im) for im in images]
         tensors = to_float_images([t.to(self.device) for t, _ in prepared])
         outputs = self.model(tensors)
@@ -132,7 +136,11 @@ class Predictor(Backend):
             boxes = to_original(out["boxes"].float().cpu().numpy(), scale, w, h)
             scores = out["scores"].float().cpu().numpy().astype(np.float32)
             keep = nonempty(boxes)
-            results.append((boxes[keep], scores[keep]))
+            masks = None
+            if self.spec.masks:  # (N, 1, S, S) probabilities pasted into the padded input by torchvision
+                probs = out["masks"][:, 0].float().cpu().numpy()[keep]
+                masks = tuple(instance_masks.from_probabilities(probs, scale, w, h))
+            results.append(Detections(boxes[keep], scores[keep], w, h, masks=masks))
         return results
 
     def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
@@ -145,19 +153,15 @@ class Predictor(Backend):
             if self.tta:
                 outs = self._forward(chunk + [flip_image(im) for im in chunk])
                 n = len(chunk)
-                fused = []
                 for j, im in enumerate(chunk):
                     h, w = im.shape[:2]
-                    fb, fs = outs[n + j]
-                    boxes, scores = fuse_views([outs[j], (unflip_boxes(fb, w), fs)], w, h, self.min_score,
-                                               max_detections=self.max_detections)
+                    flipped = outs[n + j]
+                    boxes, scores = fuse_views([(outs[j].boxes, outs[j].scores),
+                                                (unflip_boxes(flipped.boxes, w), flipped.scores)], w, h,
+                                               self.min_score, max_detections=self.max_detections)
                     boxes = to_original(boxes, 1.0, w, h)
                     keep = nonempty(boxes)
-                    fused.append((boxes[keep], scores[keep]))
-                outs = fused
+                    results.append(Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), w, h))
             else:
-                outs = self._forward(chunk)
-            for im, (boxes, scores) in zip(chunk, outs):
-                results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), int(im.shape[1]),
-                                          int(im.shape[0])))
+                results += self._forward(chunk)
         return results
