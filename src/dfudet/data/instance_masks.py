@@ -91,9 +91,9 @@ def from_probabilities(probs: np.ndarray, scale: float, width: int, height: int,
     w_in = min(probs.shape[2], max(1, round(width * scale))) if len(probs) else 0
     for p in probs:
         crop = np.ascontiguousarray(p[:h_in, :w_in], dtype=np.float32)
-        if crop.shape != (height, width):
-            crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
-        out.append(encode(crop > threshold))
+        photo = crop if crop.shape == (height, width) else cv2.resize(crop, (width, height),
+                                                                      interpolation=cv2.INTER_LINEAR)
+        out.append(encode(photo > threshold))
     return out
 
 

@@ -73,6 +73,20 @@ def draw_detections(image: np.ndarray | Image.Image, boxes: Any = None, scores: 
     return im
 
 
+def draw_outlines(image: Image.Image, outlines: list[list[list[float]]], colour: tuple[int, int, int] = PRED_COLOUR,
+                  factor: float = 1.0) -> Image.Image:
+    """Draw each detection's outline (COCO polygons [[x1, y1, x2, y2, ...], ...] in `image` pixels / factor) in place
+    and return the image; line width follows the image size as for boxes."""
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 250))
+    for polys in outlines:
+        for poly in polys:
+            pts = [(float(x) * factor, float(y) * factor) for x, y in zip(poly[0::2], poly[1::2])]
+            if len(pts) >= 3:
+                draw.line(pts + pts[:1], fill=colour, width=width, joint="curve")
+    return image
+
+
 def _with_legend(im: Image.Image, items: list[tuple[str, tuple[int, int, int]]], font: Any, width: int) -> Image.Image:
     """The image with a strip below it naming each box colour (galleries are read without the code)."""
     probe = ImageDraw.Draw(im)

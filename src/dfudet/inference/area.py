@@ -1,0 +1,32 @@
+"""Wound area in physical units: pixels always, mm² only when the photo's scale is known (never guessed).
+
+The scale is millimetres per pixel of the photo as read (after EXIF rotation, which does not change it): from a
+ruler or calibration sticker in the photo, or the camera set-up of a clinic. `dfudet predict --mm-per-px`, the
+`scale` column of a photo list / VISITS.csv and the service's `mm_per_px` field all go through `check_mm_per_px`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dfudet.errors import ConfigError
+
+NO_SCALE_NOTE = "no scale given (mm per pixel): areas are in pixels only"
+
+
+def check_mm_per_px(value: float | str | None, where: str) -> float | None:
+    """A positive, finite mm-per-pixel scale, None for an empty value, or a ConfigError naming `where`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: scale {value!r} is not a number (millimetres per pixel, e.g. 0.2)") from None
+    if not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"{where}: scale must be a positive number of millimetres per pixel, got {value!r}")
+    return v
+
+
+def area_mm2(area_px: float, mm_per_px: float | None) -> float | None:
+    """Area in mm² of `area_px` pixels at `mm_per_px` (None when the scale is unknown)."""
+    return None if mm_per_px is None else float(area_px) * mm_per_px * mm_per_px
