@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.cli import main
-from dfudet.errors import DataError
-from dfudet.inference.predict import collect_images, run_predict
+from dfudet.data import instance_masks
+from dfudet.data.demo import render_sample
+from dfudet.errors import ConfigError, DataError, DfudetError
+from dfudet.inference.backend import load_backend
+from dfudet.inference.predict import collect_images, read_photo_list, run_predict
 
 
 def _photo(path: Path, w: int, h: int, seed: int = 0, **save: object) -> Path:
@@ -142,3 +146,83 @@ def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) 
     assert all((im["width"], im["height"]) == (512, 512) for im in data["images"])
     assert max(b[2] for im in data["images"] for b in im["boxes"]) > 128  # original 512-px coordinates
     assert len(list((tmp_path / "out" / "annotated").glob("*.jpg"))) == 6
+
+
+# ------------------------------------------------------------------------------------------ outlines and areas
+@pytest.fixture(scope="module")
+def mask_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Mask R-CNN (outline model) trained a few steps on demo images."""
+    return train_demo_checkpoint(tmp_path_factory.mktemp("mask") / "best_model.pth", overrides=MASK_OVERRIDES)
+
+
+@pytest.fixture(scope="module")
+def demo_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("demo_photos")
+    for i, size in enumerate((128, 160)):
+        Image.fromarray(render_sample(0, 10 + i, size, healthy=False).image).save(d / f"visit{i}.png")
+    return d
+
+
+def test_outline_model_reports_outlines_and_areas_with_the_given_scale(mask_ckpt: Path, demo_photos: Path,
+                                                                       tmp_path: Path) -> None:
+    (demo_photos / "list.csv").write_text("photo,scale\nvisit0.png,0.25\nvisit1.png,\n")
+    run_predict([], mask_ckpt, tmp_path, photo_list=demo_photos / "list.csv", progress=False)
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert data["outlines"] is True and "pixels only" in data["area_note"]
+    backend = load_backend(checkpoint=mask_ckpt)
+    by_name = {Path(im["file"]).name: im for im in data["images"]}
+    for name, scale in (("visit0.png", 0.25), ("visit1.png", None)):
+        im = by_name[name]
+        kept = backend.keep(backend.predict_paths([demo_photos / name])[0])
+        assert kept.masks is not None and len(kept.masks) == len(im["boxes"]) > 0
+        assert im["areas_px"] == [instance_masks.area(m) for m in kept.masks]  # the backend's own outlines
+        assert im["mm_per_px"] == scale
+        if scale is None:
+            assert im["areas_mm2"] == [None] * len(im["boxes"])
+        else:
+            assert im["areas_mm2"] == pytest.approx([a * scale * scale for a in im["areas_px"]], abs=0.01)
+        assert max(im["areas_px"]) > 0
+        for polys, area, (x1, y1, x2, y2) in zip(im["outlines"], im["areas_px"], im["boxes"]):
+            xs = [x for p in polys for x in p[0::2]]
+            ys = [y for p in polys for y in p[1::2]]
+            assert bool(xs) == (area > 0)  # every non-empty mask has an outline
+            # Mask R-CNN pastes each mask into its box (torchvision widens it by a pixel or two)
+            assert not xs or (x1 - 2 <= min(xs) and max(xs) <= x2 + 2 and y1 - 2 <= min(ys) and max(ys) <= y2 + 2)
+    rows = list(csv.reader((tmp_path / "predictions.csv").open()))
+    assert rows[0][-2:] == ["area_px", "area_mm2"]
+    assert {r[-1] == "" for r in rows[1:] if Path(r[0]).name == "visit1.png"} == {True}
+
+
+def test_mm_per_px_applies_to_every_photo_and_a_list_scale_wins(mask_ckpt: Path, demo_photos: Path,
+                                                               tmp_path: Path) -> None:
+    (demo_photos / "one.csv").write_text("photo,scale\nvisit0.png,0.5\n")
+    run_predict([demo_photos / "visit1.png"], mask_ckpt, tmp_path, mm_per_px=0.1,
+                photo_list=demo_photos / "one.csv", progress=False)
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert {Path(im["file"]).name: im["mm_per_px"] for im in data["images"]} == {"visit0.png": 0.5,
+                                                                                 "visit1.png": 0.1}
+    assert "area_note" not in data
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("file,scale\nvisit0.png,1\n", "needs a 'photo' column"),
+    ("photo,scale\nvisit0.png,abc\n", r"row 2: scale 'abc' is not a number"),
+    ("photo,scale\nvisit0.png,0.2\nvisit1.png,-1\n", r"row 3: scale must be a positive number"),
+])
+def test_bad_photo_lists_name_the_row(mask_ckpt: Path, demo_photos: Path, tmp_path: Path, text: str,
+                                      message: str) -> None:
+    (tmp_path / "list.csv").write_text(text)
+    with pytest.raises(DfudetError, match=message):
+        read_photo_list(tmp_path / "list.csv")
+    with pytest.raises(ConfigError, match="--mm-per-px: scale must be a positive"):
+        run_predict([demo_photos], mask_ckpt, tmp_path / "out", mm_per_px=0.0, progress=False)
+
+
+def test_box_models_report_no_areas(tiny_ckpt: Path, demo_photos: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    run_predict([demo_photos / "visit0.png"], tiny_ckpt, tmp_path, mm_per_px=0.2, operating_threshold=0.0,
+                progress=False)
+    data = json.loads((tmp_path / "predictions.json").read_text())
+    assert data["outlines"] is False and "outlines" not in data["images"][0] and data["images"][0]["boxes"]
+    assert list(csv.reader((tmp_path / "predictions.csv").open()))[0] == ["file", "x1", "y1", "x2", "y2", "score"]
+    assert "does not outline ulcers" in capsys.readouterr().err

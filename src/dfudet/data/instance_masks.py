@@ -70,15 +70,20 @@ def area(rle: Rle) -> int:
 
 def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
     """The mask's outer outlines as COCO polygons [[x1, y1, x2, y2, ...], ...] (pixel centres), each simplified to
-    within `tolerance` pixels (Douglas-Peucker, cv2.approxPolyDP); parts of fewer than 3 points are left out."""
+    within `tolerance` pixels (Douglas-Peucker, cv2.approxPolyDP). A part too thin for a polygon (a line or a dot of
+    pixels) is outlined by the edges of its pixel box, so every non-empty mask has an outline."""
     m = np.ascontiguousarray(decode(rle).astype(np.uint8))
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for c in contours:
-        if tolerance > 0:
-            c = cv2.approxPolyDP(c, tolerance, True)
-        if len(c) >= 3:
-            out.append([float(v) for v in c.reshape(-1)])
+        simple = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
+        if len(simple) < 3:
+            simple = c
+        if len(simple) < 3:
+            x, y, w, h = cv2.boundingRect(c)
+            out.append([x - 0.5, y - 0.5, x + w - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5, x - 0.5, y + h - 0.5])
+        else:
+            out.append([float(v) for v in simple.reshape(-1)])
     return out
 
 

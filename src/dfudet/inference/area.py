@@ -8,9 +8,14 @@ ruler or calibration sticker in the photo, or the camera set-up of a clinic. `df
 from __future__ import annotations
 
 import math
+import re
 
 from dfudet.errors import ConfigError
 
+# a number and an optional unit: "0.2", "0.2 mm/px", "5 px/mm"
+_NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(.*)")
+_MM_PER_PX = {"", "mm/px", "mm/pixel", "mm/pix", "mmperpx", "mmperpixel"}
+_PX_PER_MM = {"px/mm", "pixel/mm", "pixels/mm", "pix/mm", "pxpermm", "pixelspermm", "pixelpermm"}
 NO_SCALE_NOTE = "no scale given (mm per pixel): areas are in pixels only"
 
 
@@ -30,3 +35,20 @@ def check_mm_per_px(value: float | str | None, where: str) -> float | None:
 def area_mm2(area_px: float, mm_per_px: float | None) -> float | None:
     """Area in mm² of `area_px` pixels at `mm_per_px` (None when the scale is unknown)."""
     return None if mm_per_px is None else float(area_px) * mm_per_px * mm_per_px
+
+
+def parse_scale(text: str, where: str) -> float | None:
+    """mm per pixel from "0.2", "0.2 mm/px" or "5 px/mm" (None when empty); ConfigError for anything else."""
+    t = text.strip()
+    if not t:
+        return None
+    m = _NUMBER.fullmatch(t)
+    if m is None:
+        return check_mm_per_px(t, where)  # raises: not a number
+    value = check_mm_per_px(m.group(1), where)
+    unit = re.sub(r"\s+", "", m.group(2).lower())
+    if unit in _MM_PER_PX:
+        return value
+    if unit in _PX_PER_MM and value is not None:
+        return 1.0 / value
+    raise ConfigError(f"{where}: unknown scale unit {m.group(2)!r} in {t!r} (use mm/px, e.g. '0.2 mm/px', or px/mm)")

@@ -8,10 +8,16 @@
   orientation the photo is displayed in (width/height in the outputs are the displayed ones).
 - An unreadable or missing file is reported on stderr and in the json's "skipped" list, and the run goes on; the
   run succeeds (exit 0) when at least one image was predicted, and fails (DataError, exit 2) when none was.
-- predictions.json: {"checkpoint", "threshold", "threshold_source", "tta", "images": [{file, width, height,
-  boxes [[x1,y1,x2,y2]], scores, threshold, annotated}], "skipped": [{file, error}]}; only boxes with
+- predictions.json: {"checkpoint", "threshold", "threshold_source", "tta", "outlines", "images": [{file, width,
+  height, boxes [[x1,y1,x2,y2]], scores, threshold, annotated}], "skipped": [{file, error}]}; only boxes with
   score >= threshold are listed. predictions.csv: one row per box (file,x1,y1,x2,y2,score); an image without
   boxes gets one row with the box and score fields empty.
+- Outline models (e.g. maskrcnn_efficientnet) add, per image, `outlines` (COCO polygons per box, photo pixels),
+  `areas_px` (wound pixels per box), `mm_per_px` and `areas_mm2` (null without a scale), and the CSV gains the
+  columns area_px and area_mm2; the annotated copies show the outlines. The scale comes from `--mm-per-px` (all
+  photos) or from a photo list (`--photos LIST.csv`, columns `photo` and optional `scale` in mm per pixel, paths
+  relative to the list's folder); there is no guessed scale: without one, areas are in pixels only and the JSON's
+  `area_note` says so.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dfudet.data import instance_masks
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
 from dfudet.errors import DataError
-from dfudet.inference.backend import load_backend
-from dfudet.inference.draw import draw_detections, save_jpeg
+from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px, parse_scale
+from dfudet.inference.backend import Detections, load_backend
+from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
 from dfudet.utils import atomic_write_bytes
 
 
@@ -70,25 +78,78 @@ def _unique(name: Path, used: set[str]) -> Path:
     return cand
 
 
-def _csv_text(images: list[dict[str, Any]]) -> str:
+def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "x1", "y1", "x2", "y2", "score"])
+    w.writerow(["file", "x1", "y1", "x2", "y2", "score", *(["area_px", "area_mm2"] if outlines else [])])
     for im in images:
         if not im["boxes"]:
-            w.writerow([im["file"], "", "", "", "", ""])
-        for b, s in zip(im["boxes"], im["scores"]):
-            w.writerow([im["file"], *b, s])
+            w.writerow([im["file"], "", "", "", "", "", *(["", ""] if outlines else [])])
+        for k, (b, s) in enumerate(zip(im["boxes"], im["scores"])):
+            extra = []
+            if outlines:
+                mm2 = im["areas_mm2"][k]
+                extra = [im["areas_px"][k], "" if mm2 is None else mm2]
+            w.writerow([im["file"], *b, s, *extra])
     return buf.getvalue()
+
+
+def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
+    """Photos and their mm-per-pixel scales from a CSV with a `photo` column and an optional `scale` column.
+
+    Paths are relative to the list's folder; an empty scale means unknown. A missing column, a missing photo or a
+    bad scale is an error naming the row (row 1 is the header).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the photo list ({exc.strerror or exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "photo" not in [f.strip() for f in reader.fieldnames]:
+        raise DataError(f"{path}: a photo list needs a 'photo' column (and optionally 'scale', mm per pixel); "
+                        f"found columns {reader.fieldnames}")
+    photos: list[Path] = []
+    scales: dict[str, float] = {}
+    for row_no, row in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        if not row.get("photo"):
+            raise DataError(f"{path} row {row_no}: empty photo")
+        photo = Path(row["photo"]) if Path(row["photo"]).is_absolute() else path.parent / row["photo"]
+        scale = parse_scale(row.get("scale") or "", f"{path} row {row_no}")
+        photos.append(photo)
+        if scale is not None:
+            scales[str(photo)] = scale
+    if not photos:
+        raise DataError(f"{path}: the photo list has no rows")
+    return photos, scales
+
+
+def _outline_fields(kept: Detections, mm_per_px: float | None) -> dict[str, Any]:
+    """Per-box outlines (COCO polygons), pixel areas and mm² areas (null without a scale) of an outline model."""
+    masks = kept.masks or ()
+    areas = [instance_masks.area(m) for m in masks]
+    return {"outlines": [[[round(v, 1) for v in poly] for poly in instance_masks.polygons(m)] for m in masks],
+            "areas_px": areas, "mm_per_px": mm_per_px,
+            "areas_mm2": [None if (a := area_mm2(px, mm_per_px)) is None else round(a, 2) for px in areas]}
 
 
 def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out: str | Path,
                 operating_threshold: float | None = None, tta: bool = False, batch_size: int = 8,
-                device: str = "cpu", progress: bool = True, onnx: str | Path | None = None) -> dict[str, Any]:
-    """Predict every image found in `inputs` and write predictions.json/.csv and annotated copies to `out`.
+                device: str = "cpu", progress: bool = True, onnx: str | Path | None = None,
+                mm_per_px: float | None = None, photo_list: str | Path | None = None) -> dict[str, Any]:
+    """Predict every image found in `inputs` (and in `photo_list`) and write predictions.json/.csv and annotated
+    copies to `out`.
 
     With `onnx`, inference runs through onnxruntime (no torch needed) with the same outputs as the PyTorch path.
+    `mm_per_px` (or a photo list's `scale` column, which wins for its photos) gives areas in mm² for outline models.
     """
+    default_scale = check_mm_per_px(mm_per_px, "--mm-per-px")
+    scales: dict[str, float] = {}
+    inputs = list(inputs)
+    if photo_list is not None:
+        listed, scales = read_photo_list(photo_list)
+        inputs += listed
     files, skipped = collect_images(inputs)
     predictor = load_backend(checkpoint=checkpoint, onnx=onnx, device=device,
                              operating_threshold=operating_threshold, tta=tta)
@@ -100,6 +161,10 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
     out = Path(out)
     (out / "annotated").mkdir(parents=True, exist_ok=True)
     thr = predictor.operating_threshold
+    outlines = predictor.info.outlines
+    if (default_scale is not None or scales) and not outlines:
+        print(f"note: a scale was given but {predictor.info.model_name} does not outline ulcers, so no areas are "
+              "reported", file=sys.stderr)
     results: list[dict[str, Any]] = []
     used: set[str] = set()
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)
@@ -116,20 +181,28 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
             for (path, name, image), res in zip(batch, predictor.predict_arrays(arrays, batch_size)):
                 kept = predictor.keep(res, thr)
                 rel = _unique(name, used)
-                save_jpeg(draw_detections(image, kept.boxes, kept.scores, thr), out / "annotated" / rel)
-                results.append({
+                row: dict[str, Any] = {
                     "file": str(path), "width": res.width, "height": res.height,
                     "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
                     "scores": [round(float(s), 4) for s in kept.scores],
                     "threshold": thr, "annotated": f"annotated/{rel.as_posix()}",
-                })
+                }
+                drawn = draw_detections(image, kept.boxes, kept.scores, thr)
+                if outlines:
+                    row.update(_outline_fields(kept, scales.get(str(path), default_scale)))
+                    drawn = draw_outlines(drawn, row["outlines"])
+                save_jpeg(drawn, out / "annotated" / rel)
+                results.append(row)
             bar.update(len(files[start:start + batch_size]))
     finally:
         bar.close()
-    payload = {"checkpoint": str(checkpoint), "threshold": thr, "threshold_source": predictor.threshold_source,
-               "tta": bool(tta), "images": results, "skipped": skipped}
+    payload: dict[str, Any] = {"checkpoint": str(checkpoint), "threshold": thr,
+                               "threshold_source": predictor.threshold_source, "tta": bool(tta), "outlines": outlines}
+    if outlines and any(r["mm_per_px"] is None for r in results):
+        payload["area_note"] = NO_SCALE_NOTE + " for the images whose mm_per_px is null"
+    payload.update({"images": results, "skipped": skipped})
     atomic_write_bytes(out / "predictions.json", json.dumps(payload, indent=1).encode("utf-8"))
-    atomic_write_bytes(out / "predictions.csv", _csv_text(results).encode("utf-8"))
+    atomic_write_bytes(out / "predictions.csv", _csv_text(results, outlines).encode("utf-8"))
     if not results:
         raise DataError(f"none of the {len(files)} image file(s) could be read; the reasons are listed under "
                         f"'skipped' in {out / 'predictions.json'}")
