@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from dfudet.checkpoint import check_compatible
 from dfudet.config import load_config
+from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
 from dfudet.data.dataset import DetectionDataset
 from dfudet.data.importers import import_dataset
@@ -32,12 +33,22 @@ from dfudet.metrics.bootstrap import bootstrap_ci
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
+from dfudet.metrics.outlines import outline_bootstrap_ci, outline_images, outline_scores
 from dfudet.metrics.scores import Scores, detection_scores, pick_best, sweep_thresholds
 from dfudet.models.factory import backbone_label
 from dfudet.utils import atomic_write_bytes
 
 COCO_SPLIT = "all"  # a COCO json given directly is evaluated whole, under this split name
 MAX_CURVE_POINTS = 400  # curves in metrics.json are thinned to this many points (the PNGs use every point)
+OUTLINE_DEFINITIONS = {
+    "mean_dice": "per-image wound-pixel Dice of the kept outlines' union vs the true masks' union, mean over ulcer "
+                 "images",
+    "mean_iou": "the same with IoU",
+    "aggregate_dice": "2*sum|P&G| / (sum|P| + sum|G|) over ALL images: the data-based Dice of the FUSeg challenge",
+    "healthy_false_pixel_share": "share of ulcer-free images with any predicted wound pixel",
+    "area_error": "|pred area - true area| / true area per matched ulcer (matched as the detection TPs): "
+                  "median and 90th percentile; area_bias is the mean signed error (> 0: outlines too large)",
+}
 
 
 def _thin(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, list[float]]:
@@ -82,24 +93,60 @@ def _gallery_image(dataset: Any, i: int) -> np.ndarray:
 
 def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progress: bool = True
                   ) -> list[dict[str, Any]]:
-    """Predict every image of a DetectionDataset; boxes scaled to each record's original size."""
+    """Predict every image of a DetectionDataset; boxes scaled to each record's original size. Rows also carry the
+    predicted and true outlines (`masks`, `gt_masks`: RLE lists or None) in the pixels of the stored image that was
+    predicted: pixel Dice and relative area error do not depend on the scale."""
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=None if progress else True)
     try:
         for start in range(0, len(dataset), batch_size):
             idx = list(range(start, min(start + batch_size, len(dataset))))
-            images = [dataset[i][0].permute(1, 2, 0).numpy() for i in idx]
-            for i, image, res in zip(idx, images, predictor.predict_arrays(images, batch_size)):
+            items = [dataset[i] for i in idx]
+            images = [image.permute(1, 2, 0).numpy() for image, _ in items]
+            for i, (_, target), image, res in zip(idx, items, images, predictor.predict_arrays(images, batch_size)):
                 rec = dataset.record(i)
                 sx, sy = rec["width"] / image.shape[1], rec["height"] / image.shape[0]
                 boxes = res.boxes.astype(np.float64) * np.array([sx, sy, sx, sy])
+                gt_masks = target.get("masks")
                 rows.append({"index": i, "path": rec["path"], "width": rec["width"], "height": rec["height"],
                              "healthy": rec["healthy"], "gt_boxes": rec["boxes"], "boxes": boxes.tolist(),
-                             "scores": res.scores.astype(np.float64).tolist()})
+                             "scores": res.scores.astype(np.float64).tolist(),
+                             # outlines, as RLEs in the STORED image's pixels (None: box-only model / data)
+                             "masks": list(res.masks) if res.masks is not None else None,
+                             "gt_masks": ([instance_masks.encode(m) for m in gt_masks.numpy()]
+                                          if gt_masks is not None else None)})
             bar.update(len(idx))
     finally:
         bar.close()
     return rows
+
+
+def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold: float, n_boot: int, seed: int = 0
+                    ) -> dict[str, Any] | None:
+    """The "outlines" section of metrics.json (dfudet.metrics.outlines at the operating threshold, with bootstrap
+    CIs when n_boot > 0): None when neither the model nor the data has outlines (box-only: as before), and
+    {"skipped": reason} when only one of them has."""
+    model_outlines = all(r["masks"] is not None for r in rows)
+    ulcer = [r for r in rows if len(r["gt_boxes"])]
+    unmasked = sum(r["gt_masks"] is None for r in ulcer)
+    if not model_outlines:
+        if any(r["gt_masks"] is not None for r in rows):
+            return {"skipped": "the model draws boxes only (no outlines), so the data's wound masks were not used"}
+        return None
+    if not ulcer:
+        return {"skipped": "the split has no ulcer images: no wound masks to compare the model's outlines with"}
+    if unmasked:
+        return {"skipped": f"{unmasked} of {len(ulcer)} ulcer images have no wound mask (box-only data): import "
+                           "masks (--format masks, or COCO segmentations) to score the model's outlines"}
+    images = outline_images([(r["boxes"], r["scores"], r["masks"]) for r in rows],
+                            [(r["gt_boxes"], r["gt_masks"] or []) for r in rows], threshold, iou_threshold)
+    ci = ({k: (list(v) if v is not None else None) for k, v in outline_bootstrap_ci(images, n_boot, seed).items()}
+          if n_boot > 0 else None)
+    return {**outline_scores(images, threshold, iou_threshold).as_dict(),
+            "pixels": "masks compared in the pixels of the stored image each prediction was made on",
+            "definitions": OUTLINE_DEFINITIONS,
+            "bootstrap": ({"n": int(n_boot), "alpha": 0.05, "seed": seed, "unit": "image", "ci95": ci}
+                          if ci is not None else None)}
 
 
 @dataclass(frozen=True)
@@ -202,6 +249,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         weights = predictor.info.composite_weights  # the weights the model was selected with
         thr = predictor.operating_threshold
         m, curves = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
+        outlines = outline_metrics(rows, thr, iou_threshold, bootstrap)
         out.mkdir(parents=True, exist_ok=True)
         files = write_plots(out, curves.pr, curves.froc, curves.sweep)
         gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
@@ -224,6 +272,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
                    "detections_all": int(sum(len(s) for _, s in preds)), "detections_kept": at["n_pred"],
                    "tp": at["tp"], "fp": at["fp"], "fn": at["fn"]},
         **m,
+        **({"outlines": outlines} if outlines is not None else {}),  # absent for box-only model and data
         "gallery": gallery,
         "compare": compared,
     }

@@ -123,6 +123,52 @@ GLOSSARY: dict[str, str] = {
 }
 
 
+# The outline table's figures (printed, with these lines in "How to read this", only when outlines were scored).
+OUTLINE_GLOSSARY: dict[str, str] = {
+    "mean Dice": "per photo with ulcers, overlap of the model's wound pixels with the true ones (2|P&G| / "
+                 "(|P|+|G|), 0-1), averaged over those photos",
+    "mean pixel IoU": "the same overlap as |P&G| / |P or G| (stricter than Dice), averaged over photos with ulcers",
+    "aggregate Dice": "Dice of all photos' wound pixels pooled (2*sum|P&G| / (sum|P|+sum|G|)), false pixels on "
+                      "ulcer-free photos included: the data-based Dice of the FUSeg challenge",
+    "ulcer-free photos with false wound pixels": "share of photos without ulcers where the model outlined a wound",
+    "area error, median": "for each ulcer found (matched as the TPs), |outlined area - true area| / true area: "
+                          "the middle value",
+    "area error, 90th percentile": "the same error that 9 in 10 found ulcers stay under",
+    "area bias": "mean signed area error: above 0 the outlines are too large on average, below 0 too small",
+}
+OUTLINE_BENCHMARK_NOTE = (
+    "For scale: the FUSeg 2021 challenge's best entry reached a data-based (aggregate) Dice of 0.888 on its own "
+    "200-image test set, and DFUC2022's best a mean Dice of 0.729 on its 2,000 test photos: different test sets "
+    "(and segmentation models), not directly comparable.")
+
+
+def _ci_cell(c: Any) -> str:
+    return f"{c[0]:.3f} - {c[1]:.3f}" if c else ""
+
+
+def outline_lines(o: dict[str, Any] | None) -> list[str]:
+    """The report's "Wound outlines" section: a short table, or why outlines were not scored (nothing when neither
+    the model nor the data has outlines)."""
+    if o is None:
+        return []
+    if "skipped" in o:
+        return ["", "## Wound outlines", "", f"Not scored: {o['skipped']}."]
+    ci = (o.get("bootstrap") or {}).get("ci95") or {}
+    rows = [("mean Dice", o["mean_dice"], "mean_dice"), ("mean pixel IoU", o["mean_iou"], "mean_iou"),
+            ("aggregate Dice", o["aggregate_dice"], "aggregate_dice"),
+            ("ulcer-free photos with false wound pixels", o["healthy_false_pixel_share"], None),
+            ("area error, median", o["area_error_median"], "area_error_median"),
+            ("area error, 90th percentile", o["area_error_p90"], "area_error_p90"),
+            ("area bias", o["area_bias"], None)]
+    lines = ["", "## Wound outlines", "",
+             f"{o['n_ulcer_images']} photos with ulcers, {o['n_healthy_images']} without; area errors of "
+             f"{o['area_n']} found ulcers (of {o['n_matched']} matched). Pixels of the stored images.", "",
+             "| figure | value | 95% CI |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(float(v)) if v is not None else 'n/a'} | {_ci_cell(ci.get(key)) if key else ''} |"
+              for name, v, key in rows]
+    return lines + ["", OUTLINE_BENCHMARK_NOTE]
+
+
 def _table_rows(m: dict[str, Any]) -> list[tuple[str, float]]:
     at = m["at_threshold"]
     return [("precision", at["precision"]), ("recall", at["recall"]), ("f1", at["f1"]), ("mean_iou", at["mean_iou"]),
@@ -199,9 +245,13 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
     ]
     if m.get("bootstrap"):
         lines.append(f"CIs: percentile bootstrap over images, {m['bootstrap']['n']} replicates.")
+    outlines = m.get("outlines")
+    lines += outline_lines(outlines)
     w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}
     lines += ["", "## How to read this", ""]
     lines += [f"- **{k}**: {v.format(**w) if k == 'composite' else v}" for k, v in GLOSSARY.items()]
+    if outlines and "skipped" not in outlines:
+        lines += [f"- **{k}**: {v}" for k, v in OUTLINE_GLOSSARY.items()]
     o = m["oracle"]
     lines += [
         "",
