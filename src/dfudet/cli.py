@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dfudet.errors import DfudetError
+from dfudet.errors import ConfigError, DfudetError
 
 # Every other dfudet module is imported inside the command that uses it, on purpose: `dfudet --help` starts fast,
 # config errors show before torch loads, and predict/serve never import Lightning (tests/test_import_isolation.py).
@@ -250,8 +250,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_predict(a: argparse.Namespace) -> int:
     from dfudet.inference.predict import run_predict
 
+    if not a.inputs and not a.photos:
+        raise ConfigError("give image files or folders to predict, or a photo list with --photos LIST.csv")
     s = run_predict(a.inputs, checkpoint=a.checkpoint, out=a.out, operating_threshold=a.operating_threshold, tta=a.tta,
-                    batch_size=a.batch_size, device=a.device, onnx=a.onnx)
+                    batch_size=a.batch_size, device=a.device, onnx=a.onnx, mm_per_px=a.mm_per_px,
+                    photo_list=a.photos)
     print(f"{s['images']} image(s) predicted, {s['boxes']} box(es) at threshold {s['threshold']:.3f}, "
           f"{s['skipped']} skipped; outputs in {s['out']}")
     return 0
@@ -259,9 +262,15 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect ulcers in image files/folders: predictions.json/.csv + annotated copies")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER",
                    help="image files and folders (searched recursively for JPEG/PNG/WebP/BMP/TIFF/GIF; every "
                         "other file is listed as skipped with the reason)")
+    p.add_argument("--photos", metavar="LIST.csv",
+                   help="a CSV of photos (column 'photo', paths relative to the CSV) with an optional 'scale' column "
+                        "(mm per pixel: 0.2, '0.2 mm/px' or '5 px/mm') for wound areas in mm² (outline models)")
+    p.add_argument("--mm-per-px", type=float, default=None,
+                   help="outline models: the photos' scale in millimetres per pixel, for areas in mm² (no scale: "
+                        "pixels only; a --photos scale wins for its photo)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
     model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
@@ -272,6 +281,45 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _add_max_pixels(p)
     p.set_defaults(func=cmd_predict)
+
+
+# ----------------------------------------------------------------------------------------------- track
+def cmd_track(a: argparse.Namespace) -> int:
+    from dfudet.inference.track import run_track
+
+    s = run_track(a.visits, out=a.out, checkpoint=a.checkpoint, onnx=a.onnx, mm_per_px=a.mm_per_px,
+                  min_reduction=a.min_reduction, window_days=a.window_days,
+                  operating_threshold=a.operating_threshold, device=a.device)
+    f = s["flags"]
+    print(f"{s['patients']} patient(s), {s['visits']} visit(s) measured, {s['problems']} row(s) not measured "
+          f"(problems.csv); on_track {f['on_track']}, not_on_track {f['not_on_track']}, insufficient_data "
+          f"{f['insufficient_data']}; outputs in {s['out']}")
+    if s["pixels_only"]:
+        print(f"note: {s['pixels_only']} patient(s) compared in pixels (a scale is missing for some or all of their "
+              f"photos; see summary.md)")
+    return 0
+
+
+def _add_track(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("track", help="per-patient healing timeline of wound area from visit photos (outline models)")
+    p.add_argument("visits", metavar="VISITS.csv",
+                   help="columns patient, date (YYYY-MM-DD), photo (relative to the CSV's folder), optional scale "
+                        "(mm per pixel: '0.2', '0.2 mm/px' or '5 px/mm')")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="best_model.pth of an outline model, e.g. maskrcnn_efficientnet")
+    model.add_argument("--onnx", help="MODEL.onnx of an outline model from `dfudet export`")
+    p.add_argument("--out", required=True,
+                   help="folder for patients/<id>/area.csv + area.png, summary.csv, summary.md, problems.csv")
+    p.add_argument("--mm-per-px", type=float, default=None,
+                   help="scale of photos without their own 'scale' (no scale: areas in pixels only)")
+    p.add_argument("--min-reduction", type=float, default=0.5,
+                   help="area reduction (fraction of the first visit's area) a patient must reach by --window-days "
+                        "to be on_track")
+    p.add_argument("--window-days", type=int, default=28, help="days after the first visit to reach --min-reduction")
+    add_threshold_option(p)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    _add_max_pixels(p)
+    p.set_defaults(func=cmd_track)
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -349,7 +397,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_evaluate, _add_predict, _add_export, _add_serve,
+    _add_train, _add_evaluate, _add_predict, _add_track, _add_export, _add_serve,
 ]
 
 
