@@ -48,6 +48,7 @@ def test_sidecar_metadata_describes_model_and_source(exported: tuple[Path, Path]
     assert meta["source_checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["onnx_sha256"] == sha256_file(onnx_path)
     assert meta["model_name"] == MODEL and meta["input"]["shape"] == [1, 3, IMG_SIZE, IMG_SIZE]
+    assert meta["outlines"] is False and "masks" not in meta["outputs"]
 
 
 def test_a_v1_sidecar_with_the_old_names_still_loads(exported: tuple[Path, Path], tmp_path: Path):
@@ -57,16 +58,31 @@ def test_a_v1_sidecar_with_the_old_names_still_loads(exported: tuple[Path, Path]
     meta["format"] = "dfudet-onnx-v1"
     meta["score_threshold"], meta["score_floor"] = meta.pop("operating_threshold"), meta.pop("min_score")
     meta["score_threshold"] = 0.61
+    del meta["outlines"]  # older sidecars have no such key: a box model
     old = tmp_path / "old.onnx"
     old.write_bytes(onnx_path.read_bytes())
     metadata_path(old).write_text(json.dumps(meta))
     pred = OnnxPredictor.from_onnx(old)
     assert pred.operating_threshold == 0.61 and pred.min_score == pytest.approx(meta["score_floor"])
     assert pred.threshold_source == "model metadata operating_threshold"
+    assert not pred.info.outlines and pred.predict_arrays([_images()[0]])[0].masks is None
     del meta["score_threshold"]
     metadata_path(old).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="old.json: not a dfudet ONNX metadata file"):
         OnnxPredictor.from_onnx(old)
+
+
+def test_a_sidecar_claiming_outlines_for_a_box_graph_is_refused(exported: tuple[Path, Path], tmp_path: Path):
+    _, onnx_path = exported
+    meta = json.loads(metadata_path(onnx_path).read_text())
+    odd = tmp_path / "odd.onnx"
+    odd.write_bytes(onnx_path.read_bytes())
+    metadata_path(odd).write_text(json.dumps({**meta, "outlines": True}))
+    with pytest.raises(CheckpointError, match=r"odd\.json says the model outlines each detection.*no 'masks'"):
+        OnnxPredictor.from_onnx(odd)
+    metadata_path(odd).write_text(json.dumps({**meta, "outlines": "yes"}))
+    with pytest.raises(CheckpointError, match="outlines must be true or false"):
+        OnnxPredictor.from_onnx(odd)
 
 
 def test_preprocessing_matches_the_training_eval_transform():

@@ -7,6 +7,10 @@ What the graph does and does not contain (the contract OnnxPredictor implements)
   (FCOS), NMS, the minimum score (box_score_thresh).
 - outputs: `boxes` (N, 4) xyxy in the padded square's pixels, `labels` (N,) int64, `scores` (N,) float32,
   sorted by score. Dividing boxes by the resize factor and clipping to the photo gives original coordinates.
+  Outline models (`get_spec(name).masks`, e.g. maskrcnn_efficientnet) add `masks` (N, 1, img_size, img_size)
+  float32: each detection's outline probability pasted into the padded square (torchvision's ONNX
+  `paste_masks_in_image`), the same tensor the PyTorch model returns; the sidecar then says `"outlines": true`.
+  Sidecars without the key (older exports, box models) read as false.
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)` (torchvision's own ONNX test recipe). The
 dynamo exporter needs the `onnxscript` package, which dfudet does not depend on. The traced graph unrolls
@@ -32,27 +36,56 @@ from dfudet.utils import atomic_write_bytes, sha256_file
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
+MASK_OUTPUT = "masks"  # outline models only: (N, 1, img_size, img_size) probabilities
 DEFAULT_OPSET = 17
 ONNX_META_FORMAT = "dfudet-onnx-v2"  # v2: operating_threshold and min_score (v1: score_threshold, score_floor)
+# (the `outlines` key came later within v2: a reader that ignores it still gets the right boxes)
 MIN_OPSET = 11
 
 
-def _named_outputs(model: Any) -> Any:
-    """Wrap a torchvision detector so the traced graph returns (boxes, labels, scores) in that order.
+def _named_outputs(model: Any, masks: bool = False) -> Any:
+    """Wrap a torchvision detector so the traced graph returns (boxes, labels, scores[, masks]) in that order.
 
     The exporter flattens the output dict in its insertion order, which differs between detectors (Faster R-CNN:
-    boxes, labels, scores; FCOS: boxes, scores, labels), so the names in OUTPUT_NAMES are bound explicitly here.
+    boxes, labels, scores; FCOS: boxes, scores, labels), so the names in OUTPUT_NAMES (+ MASK_OUTPUT for outline
+    models) are bound explicitly here.
     """
     class NamedOutputs(torch.nn.Module):
         def __init__(self, detector: torch.nn.Module) -> None:
             super().__init__()
             self.detector = detector
 
-        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
             det = self.detector(images)[0]
-            return det["boxes"], det["labels"], det["scores"]
+            named = (det["boxes"], det["labels"], det["scores"])
+            return (*named, det[MASK_OUTPUT]) if masks else named
 
     return NamedOutputs(model).eval()
+
+
+def output_names(outlines: bool) -> list[str]:
+    """The graph's output names: boxes, labels, scores, and masks for an outline model."""
+    return [*OUTPUT_NAMES, MASK_OUTPUT] if outlines else list(OUTPUT_NAMES)
+
+
+def _grown_loop_states(graph: Any) -> int:
+    """Declare a Loop's empty initial state (first dim 0) as of unknown length; returns how many were changed.
+
+    torchvision's ONNX mask pasting (`_onnx_paste_masks_in_image_loop`) starts from zeros(0, H, W) and concatenates
+    one mask per detection; the tracer records that start shape (0, H, W) on the loop body's state input, so
+    onnxruntime infers (1, H, W) for every step and logs a shape-mismatch warning per detection at run time.
+    """
+    changed = 0
+    for node in graph.graph.node:
+        if node.op_type != "Loop":
+            continue
+        body = next(a.g for a in node.attribute if a.name == "body")
+        for state in list(body.input)[2:]:  # inputs 0, 1: iteration number and condition
+            dims = state.type.tensor_type.shape.dim
+            if len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 0:
+                dims[0].dim_param = f"{state.name}_len"
+                changed += 1
+    return changed
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -86,10 +119,14 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
     try:
         with warnings.catch_warnings(), torch.no_grad(), spec.export_context():
             warnings.simplefilter("ignore")  # tracer warnings about python values in torchvision are expected
-            torch.onnx.export(_named_outputs(model), (example,), str(tmp), dynamo=False, opset_version=int(opset),
-                              input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), do_constant_folding=True)
+            torch.onnx.export(_named_outputs(model, spec.masks), (example,), str(tmp), dynamo=False,
+                              opset_version=int(opset), input_names=[INPUT_NAME],
+                              output_names=output_names(spec.masks), do_constant_folding=True)
         import onnx  # lazy: optional `deploy` extra, needed only to check the written file
 
+        graph = onnx.load(str(tmp))
+        if _grown_loop_states(graph):
+            onnx.save(graph, str(tmp))
         onnx.checker.check_model(str(tmp))
         tmp.replace(out)
     finally:
@@ -120,7 +157,11 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
                                     "normalisation is inside the graph")},
         "outputs": {"boxes": "(N, 4) float32 xyxy in input pixels; divide by the resize factor and clip to the "
                              "photo for original coordinates",
-                    "labels": "(N,) int64, index into class_names", "scores": "(N,) float32, descending"},
+                    "labels": "(N,) int64, index into class_names", "scores": "(N,) float32, descending",
+                    **({MASK_OUTPUT: f"(N, 1, {size}, {size}) float32 outline probabilities in input pixels; crop "
+                                     "the photo's part, resize it to the photo (bilinear), threshold at 0.5"}
+                       if spec.masks else {})},
+        "outlines": spec.masks,
         "opset": int(opset),
         "exporter": "torch.onnx.export(dynamo=False) (TorchScript-based)",
         "torch_version": torch.__version__.split("+")[0],

@@ -3,6 +3,10 @@
 It reproduces the eval transform of training (albumentations LongestMaxSize(bilinear) + PadIfNeeded top-left) with
 cv2/numpy, so a clinic laptop needs no torch or albumentations; tests/export/test_onnx.py checks that its outputs
 match the PyTorch Predictor's (boxes within 1 px, scores within 1e-3). Nothing here imports torch.
+
+Outline models (sidecar `"outlines": true`) have a `masks` output, mapped to the photo exactly as the PyTorch
+Predictor maps its masks (instance_masks.from_probabilities), so `Detections.masks` holds one RLE per box
+(tests/export/test_onnx_masks.py: outline IoU >= 0.99 against PyTorch).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from dfudet.config import CompositeWeights
+from dfudet.data import instance_masks
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference.backend import (
     Backend,
@@ -56,7 +61,15 @@ def read_metadata(meta: dict[str, Any], onnx_path: Path) -> ModelInfo:
         img_size=int(meta["img_size"]), num_classes=int(meta.get("num_classes") or 2), epoch=meta.get("epoch"),
         format=str(meta.get("format", "")), dfudet_version=meta.get("dfudet_version"),
         composite_weights=CompositeWeights.model_validate(meta.get("composite_weights") or {}),
-        digest=meta.get("onnx_sha256"), origin=str(meta.get("origin", "train")))
+        digest=meta.get("onnx_sha256"), origin=str(meta.get("origin", "train")),
+        outlines=_flag(meta.get("outlines", False), "outlines"))
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A JSON true/false (a missing key reads as false), or a TypeError naming the key."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{key} must be true or false, got {value!r}")
+    return value
 
 
 def resize_pad(image: np.ndarray, img_size: int) -> tuple[np.ndarray, float]:
@@ -95,6 +108,10 @@ class OnnxPredictor(Backend):
                                   f"{path.name} and {meta_file.name} side by side)") from exc
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise CheckpointError(f"{meta_file}: not a dfudet ONNX metadata file ({str(exc)[:300]})") from exc
+        if tta and self.info.outlines:
+            raise ConfigError(f"--tta is not available with --onnx, nor for outline models: test-time augmentation "
+                              f"fuses boxes only, not outlines, and {self.info.model_name} outlines each ulcer; run "
+                              "it without --tta")
         if tta:
             raise ConfigError("--tta is not available with --onnx (the flip fusion uses torch); use --checkpoint")
         if operating_threshold is None:
@@ -115,6 +132,9 @@ class OnnxPredictor(Backend):
         self._outputs = [o.name for o in self.session.get_outputs()]
         if not {"boxes", "scores"} <= set(self._outputs):
             raise CheckpointError(f"{path}: graph outputs {self._outputs} lack 'boxes'/'scores' (not a dfudet export)")
+        if self.info.outlines and "masks" not in self._outputs:
+            raise CheckpointError(f"{meta_file} says the model outlines each detection, but the graph's outputs "
+                                  f"{self._outputs} have no 'masks'; re-run `dfudet export`")
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike[str], operating_threshold: float | None = None, tta: bool = False,
@@ -132,14 +152,19 @@ class OnnxPredictor(Backend):
         """Detections per image cap of the model."""
         return self._max_detections
 
-    def _forward(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, image: np.ndarray) -> Detections:
+        """One image through the graph: its detections (and outlines) in its own pixels."""
         x, scale = resize_pad(image, self.img_size)
         out = dict(zip(self._outputs, self.session.run(None, {self._input: x[None]})))
         h, w = image.shape[:2]
         boxes = to_original(out["boxes"], scale, w, h)
         scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
         keep = nonempty(boxes)
-        return boxes[keep], scores[keep]
+        masks = None
+        if self.info.outlines:  # (N, 1, S, S) probabilities pasted into the padded input, as in the Predictor
+            probs = np.asarray(out["masks"], dtype=np.float32)[:, 0]
+            masks = tuple(instance_masks.from_probabilities(probs[keep], scale, w, h))
+        return Detections(boxes[keep].astype(np.float32), scores[keep], w, h, masks=masks)
 
     def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
         """Detections for HWC uint8 RGB arrays (same output as Predictor.predict_arrays); batch_size is accepted
@@ -148,8 +173,5 @@ class OnnxPredictor(Backend):
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         results: list[Detections] = []
         for index, image in enumerate(images):
-            a = check_image(image, index)
-            boxes, scores = self._forward(a)
-            results.append(Detections(boxes.astype(np.float32), scores.astype(np.float32), int(a.shape[1]),
-                                      int(a.shape[0])))
+            results.append(self._forward(check_image(image, index)))
         return results
