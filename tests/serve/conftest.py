@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _checkpoints import train_demo_checkpoint
+from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.data.demo import render_sample
 
 
@@ -15,6 +15,13 @@ from dfudet.data.demo import render_sample
 def served_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """best_model.pth after 3 SGD steps on demo images (untrained heads tie every score at 0.50), threshold 0.3."""
     return train_demo_checkpoint(tmp_path_factory.mktemp("serve") / "best_model.pth")
+
+
+@pytest.fixture(scope="session")
+def outline_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Mask R-CNN best_model.pth (an outline model: each detection has a mask), threshold 0.3."""
+    return train_demo_checkpoint(tmp_path_factory.mktemp("serve-outlines") / "best_model.pth",
+                                 overrides=MASK_OVERRIDES)
 
 
 @pytest.fixture(scope="session")

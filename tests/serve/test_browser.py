@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from _serve import dfudet_serve
+from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +43,13 @@ def server(served_checkpoint: Path):
     DFUDET_E2E_CHECKPOINT=runs/demo/train/best_model.pth serves a trained model instead (nicer screenshot)."""
     served_checkpoint = Path(os.environ.get("DFUDET_E2E_CHECKPOINT") or served_checkpoint)
     with dfudet_serve(served_checkpoint, "--host", "127.0.0.1", timeout=90, env={"DFUDET_TOKEN": ""}) as s:
+        yield s.url
+
+
+@pytest.fixture(scope="module")
+def outline_server(outline_checkpoint: Path):
+    """`dfudet serve` of the small Mask R-CNN (an outline model); yields its base URL."""
+    with dfudet_serve(outline_checkpoint, "--host", "127.0.0.1", timeout=90, env={"DFUDET_TOKEN": ""}) as s:
         yield s.url
 
 
@@ -131,3 +142,80 @@ def test_page_uploads_draws_boxes_and_filters_with_the_slider(server: str, brows
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     if os.environ.get("DFUDET_UPDATE_SCREENSHOT"):  # refresh the README image on purpose only, never as a side effect
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def _canvas_pixels(browser, script: str = "") -> np.ndarray:
+    """The page's canvas as an (H, W, 3) array, after running `script` (with `s` the threshold slider)."""
+    url = browser.execute_script("const s = document.getElementById('threshold');" + script +
+                                 "return document.getElementById('canvas').toDataURL('image/png');")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _redness(pixels: np.ndarray) -> np.ndarray:
+    """Red minus green of (..., 3) RGB pixels."""
+    return pixels[..., 0].astype(int) - pixels[..., 1].astype(int)
+
+
+def _set_scale(browser, value: str) -> None:
+    """Type a scale into the page's "mm per pixel" field and commit it (the page re-sends the photo)."""
+    browser.execute_script("const s = document.getElementById('mm-per-px'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('change'));", value)
+
+
+def test_page_draws_outlines_and_shows_areas(outline_server: str, browser, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "demo_foot.png"
+    Image.fromarray(render_sample(5, 0, 320, healthy=False).image).save(photo)
+    photo_size = (320, 320)
+
+    def api(**params: str) -> dict:
+        return httpx.post(f"{outline_server}/v1/detect", params={"min_score": 0, **params}, timeout=60,
+                          files={"file": (photo.name, photo.read_bytes(), "image/png")}).json()
+
+    scaled = api(mm_per_px="0.5")
+    assert scaled["outlines"] is True and any(d["outline"] for d in scaled["detections"])
+
+    browser.get(outline_server + "/")
+    _wait(browser, "return window.dfudet && window.dfudet.health !== null")
+    scale_input = browser.find_element(By.ID, "mm-per-px")
+    assert scale_input.is_displayed(), "an outline model's page offers the scale field"
+    scale_input.send_keys("0.5")
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    _wait(browser, "return window.dfudet.result !== null && document.getElementById('canvas').dataset.drawnOutlines")
+    assert browser.execute_script("return window.dfudet.result") == scaled, "the page shows what the API returns"
+
+    canvas = browser.find_element(By.ID, "canvas")
+    threshold = browser.execute_script("return window.dfudet.threshold")
+    shown = [d for d, s in zip(scaled["detections"], scaled["scores"]) if s >= threshold]
+    assert int(canvas.get_attribute("data-drawn-outlines")) == sum(bool(d["outline"]) for d in shown) > 0
+    items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#list li")]
+    assert len(items) == len(shown)
+    for text, det in zip(items, shown):
+        assert f"area {det['area_px']} px (" in text and "mm²" in text, text
+
+    # the same page drawn without the outlines: the pixels that differ are the outlines, red, and only on them
+    with_outlines = _canvas_pixels(browser)
+    without = _canvas_pixels(browser, "const r = window.dfudet.result; window.dfudet.result = {...r, detections: null};"
+                                      "s.dispatchEvent(new Event('input'));")
+    browser.execute_script("window.dfudet.result = arguments[0];"
+                           "document.getElementById('threshold').dispatchEvent(new Event('input'));", scaled)
+    changed = (with_outlines != without).any(axis=2)
+    outlined = np.zeros(changed.shape, bool)
+    for det in shown:
+        if det["outline"]:
+            outlined |= instance_masks.decode(instance_masks.from_polygons(det["outline"], *photo_size))
+    near = cv2.dilate(outlined.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)  # + the 2 px stroke
+    assert changed.sum() > 20 and not (changed & ~near).any(), "outline pixels drawn away from the outlines"
+    assert (_redness(with_outlines[changed]) > _redness(without[changed])).mean() > 0.9, "outlines are not red"
+
+    _set_scale(browser, "")  # no scale: the photo is analysed again, areas in pixels only, the page says so
+    _wait(browser, "const r = window.dfudet.result; return r !== null && r.mm_per_px === null")
+    assert browser.execute_script("return window.dfudet.result") == api()
+    assert "mm²" not in browser.find_element(By.ID, "list").text
+    assert "pixels only" in browser.find_element(By.ID, "status").text
+
+    _set_scale(browser, "-1")  # refused by the server; the page shows its message
+    _wait(browser, "return document.getElementById('status').classList.contains('error')")
+    assert "mm_per_px: scale must be a positive number" in browser.find_element(By.ID, "status").text

@@ -14,6 +14,8 @@ Safety decisions (see docs/deploy.md):
   from a file or the environment (a command-line token is visible to every user in `ps`).
 Concurrency: handlers only decode; one worker thread owns the model and runs queued images in micro-batches, so N
 concurrent uploads never run N copies of the model.
+Outline models (Mask R-CNN) also answer each detection's outline (COCO polygons) and area: pixels always, mm² only
+when the request gives the photo's scale (`mm_per_px`), never guessed (dfudet.inference.area).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dfudet.data import instance_masks
 from dfudet.data.checks import TooManyPixels, decode_image_bytes
 from dfudet.data.checks import max_pixels as default_max_pixels
 from dfudet.errors import ConfigError, DfudetError
+from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px
 from dfudet.inference.backend import Backend, Detections, load_backend
 from dfudet.utils import sha256_file
 
@@ -271,6 +275,34 @@ def decode_upload(data: bytes, max_pixels: int) -> np.ndarray:
         raise ApiError(422, f"the image is corrupt or truncated ({type(exc.__cause__ or exc).__name__})") from None
 
 
+# ------------------------------------------------------------------------------------------- outlines and areas
+def request_scale(value: str | None) -> float | None:
+    """The request's `mm_per_px` (None when absent or empty); 422 naming the parameter on a bad value."""
+    try:
+        return check_mm_per_px(value, "mm_per_px")
+    except ConfigError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def outline_fields(kept: Detections, mm_per_px: float | None) -> dict[str, Any]:
+    """The response's outline fields: `{"outlines": false}` for a box-only model; for an outline model
+    `detections` (one `{outline, area_px, area_mm2}` per box, in the order of `boxes`), `mm_per_px`, and without a
+    scale an `area_note` that areas are in pixels only. Outlines are COCO polygons in the photo's pixels (1 decimal)."""
+    if kept.masks is None:
+        return {"outlines": False}
+    detections = []
+    for rle in kept.masks:
+        px = instance_masks.area(rle)
+        mm2 = area_mm2(px, mm_per_px)
+        detections.append({
+            "outline": [[round(v, 1) for v in poly] for poly in instance_masks.polygons(rle, tolerance=1.0)],
+            "area_px": px, "area_mm2": None if mm2 is None else float(f"{mm2:.6g}")})
+    fields: dict[str, Any] = {"outlines": True, "detections": detections, "mm_per_px": mm_per_px}
+    if mm_per_px is None:
+        fields["area_note"] = NO_SCALE_NOTE
+    return fields
+
+
 # ------------------------------------------------------------------------------------------- the app
 def model_id(predictor: Backend) -> str:
     """A short, stable name of the loaded model: name/backbone@first 12 hex of its file's sha256."""
@@ -334,7 +366,8 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model_id": ident, "backend": backend, "threshold": predictor.operating_threshold,
                 "score_floor": predictor.min_score, "img_size": predictor.img_size, "auth_required": bool(token),
-                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "pixels_in_flight": budget.capacity}
+                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "pixels_in_flight": budget.capacity,
+                "outlines": predictor.info.outlines}
 
     @app.post("/v1/detect")
     async def detect(request: Request) -> dict[str, Any]:
@@ -348,22 +381,24 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
             floor = predictor.operating_threshold if min_score is None else float(min_score)
         except ValueError:
             raise ApiError(422, f"min_score must be a number, got {min_score!r}") from None
+        mm_per_px = request_scale(request.query_params.get("mm_per_px"))
         data, filename = await read_upload(request, max_bytes, timeout=body_timeout)
         width, height = upload_size(data, max_pixels)
         await budget.acquire(width * height)
-        try:
+        try:  # the outlines are decoded at the photo's size: their memory stays within the pixel budget too
             image = await run_in_threadpool(decode_upload, data, max_pixels)
             result = await asyncio.wrap_future(work.submit(image))
             del image
+            kept = result.above(floor)
+            outlines = await run_in_threadpool(outline_fields, kept, mm_per_px)
         finally:
             await budget.release(width * height)
-        kept = result.above(floor)
         return {
             "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
             "scores": [round(float(s), 5) for s in kept.scores],
             "threshold": predictor.operating_threshold, "min_score": floor, "model_id": ident,
             "width": result.width, "height": result.height, "filename": Path(filename).name[:200],
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha256": hashlib.sha256(data).hexdigest(), **outlines,
         }
 
     return app
