@@ -18,7 +18,8 @@ from dfudet.data.demo import generate_demo
 from dfudet.data.importers import import_dataset
 from dfudet.data.records import ImageRecord, read_dataset
 from dfudet.data.transforms import build_eval_transform, build_train_transform, kept_boxes
-from dfudet.errors import DataError
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.area import area_mm2, parse_scale
 
 
 def _image(path: Path, w: int = 64, h: int = 48) -> None:
@@ -191,3 +192,49 @@ def test_a_dropped_box_drops_its_mask() -> None:
     assert instance_masks.tight_boxes(out_masks).tolist() == out_boxes.tolist() == [[0, 0, 20, 20], [40, 40, 60, 60]]
     with pytest.raises(DataError, match=r"masks of shape \(2, 40, 40\) for 3 boxes"):
         build_eval_transform(80).with_masks(image, boxes, masks[:2])
+
+
+def test_polygons_outline_every_part_and_fill_back_to_the_mask() -> None:
+    m = np.zeros((40, 50), bool)
+    m[5:15, 5:25] = True  # a 20 x 10 rectangle
+    m[30, 40:45] = True  # a one-pixel-thin line: outlined by its pixel box
+    polys = instance_masks.polygons(instance_masks.encode(m))
+    assert len(polys) == 2
+    rect = next(p for p in polys if max(p[1::2]) < 20)
+    assert sorted(set(zip(rect[0::2], rect[1::2]))) == [(5, 5), (5, 14), (24, 5), (24, 14)]  # pixel centres
+    line = next(p for p in polys if min(p[1::2]) > 20)
+    assert (min(line[0::2]), max(line[0::2]), min(line[1::2]), max(line[1::2])) == (39.5, 44.5, 29.5, 30.5)
+    refilled = instance_masks.decode(instance_masks.from_polygons([rect], 50, 40))
+    # the outline runs through the boundary pixels' centres, so filling it gives the mask less a half-pixel rim
+    # (19 x 9 of 20 x 10 pixels here); areas are therefore always counted on the mask, never on the polygon
+    assert (refilled & ~m).sum() == 0 and refilled.sum() == 19 * 9
+    assert instance_masks.polygons(instance_masks.encode(np.zeros((8, 8), bool))) == []
+
+
+def test_probabilities_of_the_padded_input_map_back_to_the_photo() -> None:
+    # a 200 x 100 photo resized by 0.5 into a 128 x 128 padded input: the photo is the top-left 100 x 50
+    probs = np.zeros((1, 128, 128), np.float32)
+    probs[0, 10:30, 20:60] = 0.9  # input pixels -> photo pixels x 40..120, y 20..60
+    probs[0, 60:, :] = 0.9  # in the padding: not part of the photo
+    (rle,) = instance_masks.from_probabilities(probs, 0.5, 200, 100)
+    mask = instance_masks.decode(rle)
+    assert mask.shape == (100, 200)
+    ys, xs = np.nonzero(mask)
+    assert abs(xs.min() - 40) <= 1 and abs(xs.max() - 119) <= 1 and abs(ys.min() - 20) <= 1 and abs(ys.max() - 59) <= 1
+    assert instance_masks.area(rle) == int(mask.sum()) == pytest.approx(80 * 40, rel=0.05)
+    assert instance_masks.from_probabilities(np.zeros((0, 128, 128), np.float32), 0.5, 200, 100) == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0.2", 0.2), (" 0.2 mm/px ", 0.2), ("5 px/mm", 0.2), ("", None)])
+def test_scales_parse_in_mm_per_px(text: str, expected: float | None) -> None:
+    assert parse_scale(text, "here") == (pytest.approx(expected) if expected else None)
+    if expected:
+        assert area_mm2(100, parse_scale(text, "here")) == pytest.approx(100 * expected * expected)
+
+
+@pytest.mark.parametrize(("text", "message"), [("abc", "not a number"), ("0", "positive"), ("-0.1", "positive"),
+                                               ("nan", "positive"), ("3 furlongs", "unknown scale unit")])
+def test_bad_scales_are_refused_naming_where(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"row 7: .*{message}"):
+        parse_scale(text, "visits.csv row 7")
+    assert area_mm2(100, None) is None

@@ -22,6 +22,7 @@ from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule
 from dfudet.engine.runner import build_trainer, run_training
 from dfudet.models.factory import build_detector
+from dfudet.models.passes import model_targets
 
 REPO = Path(__file__).resolve().parents[2]
 # what DEVELOPERS.md says the best checkpoint carries
@@ -290,3 +291,55 @@ def test_training_refuses_a_cache_prepared_smaller_than_the_model_input(tiny_cac
     cfg = tiny_config(tiny_cache, tmp_path / "run", "data.img_size=128")  # the cache was prepared at 96 px
     with pytest.raises(ConfigError, match=r"prepared at 96 px .* data.img_size is 128.*--img-size 128"):
         DetectionDataModule(cfg).setup("fit")
+
+
+# an outline model small enough for a test: Mask R-CNN on resnet10t with a narrow FPN and a one-conv mask head
+MASK_TINY = ("model.name=maskrcnn_efficientnet", "model.backbone=resnet10t", "model.fpn_channels=32",
+             "model.mask_head_channels=16", "model.mask_head_convs=1")
+
+
+def test_mask_rcnn_trains_on_the_wound_masks_and_its_checkpoint_outlines(tiny_cache: Path, tmp_path: Path,
+                                                                        tiny_config):
+    from dfudet.data import instance_masks
+    from dfudet.inference.predictor import Predictor
+
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=2", *MASK_TINY)
+    run_training(cfg)
+    rows = _history(tmp_path / "run")
+    assert len(rows) == 2 and all(float(r["val_loss"]) > 0 for r in rows)
+    pred = Predictor.from_checkpoint(tmp_path / "run" / "best_model.pth", operating_threshold=0.0)
+    assert pred.info.outlines and pred.info.model_name == "maskrcnn_efficientnet"
+    out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
+    assert out.masks is not None and len(out.masks) == len(out.boxes)
+    assert all(instance_masks.decode(m).shape == (80, 120) for m in out.masks)  # the photo's pixels
+    # the mask loss is part of training: the model's own loss dict has it, on a batch with an ulcer-free image
+    module = DetectorModule(config_to_dict(cfg))
+    ds = DetectionDataModule(cfg)
+    ds.setup("fit")
+    assert ds.train_ds is not None
+    items = [ds.train_ds[i] for i in range(len(ds.train_ds))]
+    healthy = next(it for it in items if len(it[1]["boxes"]) == 0)
+    ulcer = next(it for it in items if len(it[1]["boxes"]) > 0)
+    assert "masks" in ulcer[1]
+    losses = module.model([healthy[0].float() / 255, ulcer[0].float() / 255],
+                          model_targets(module.spec, [healthy[0], ulcer[0]], [healthy[1], ulcer[1]]))
+    assert losses["loss_mask"] > 0
+
+
+def test_an_outline_model_on_box_only_data_is_refused_naming_the_images(demo_data: dict[str, Path],
+                                                                        tmp_path: Path, tiny_config):
+    from dfudet.data.records import read_dataset, write_dataset
+    from dfudet.errors import ConfigError
+
+    records = read_dataset(demo_data["dataset"])
+    for r in records:
+        r.masks = None
+    write_dataset(tmp_path / "boxes_only", records)
+    cfg = tiny_config(tmp_path / "boxes_only", tmp_path / "run", *MASK_TINY, "data.cache=null",
+                      f"data.dataset={tmp_path / 'boxes_only'}", "data.img_size=64")
+    first = next(r.path for r in records if r.split == "train" and r.boxes)
+    with pytest.raises(ConfigError, match=rf"trains on wound masks, but \d+ ulcer image\(s\) of split 'train'.*"
+                                          rf"{first}.*--format masks"):
+        run_training(cfg)
+    with pytest.raises(ConfigError, match="model.mask_head_convs=1 applies to outline models"):
+        build_detector(tiny_config(tmp_path, tmp_path, "model.mask_head_convs=1").model, 64)

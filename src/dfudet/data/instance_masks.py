@@ -71,7 +71,8 @@ def area(rle: Rle) -> int:
 def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
     """The mask's outer outlines as COCO polygons [[x1, y1, x2, y2, ...], ...] (pixel centres), each simplified to
     within `tolerance` pixels (Douglas-Peucker, cv2.approxPolyDP). A part too thin for a polygon (a line or a dot of
-    pixels) is outlined by the edges of its pixel box, so every non-empty mask has an outline."""
+    pixels) is outlined by the edges of its pixel box, so every non-empty mask has an outline. The outline is for
+    drawing: filled, it covers the mask less a half-pixel rim, so areas are counted on the mask (`area`)."""
     m = np.ascontiguousarray(decode(rle).astype(np.uint8))
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
