@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo reproduce-fuseg lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
+.PHONY: install demo reproduce-fuseg reproduce-fuseg-outlines lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -37,12 +37,15 @@ demo: $(STAMP)
 FUSEG ?= ../shared/data/fuseg
 FUSEG_CONFIG ?= configs/fuseg_cpu_fcos.yaml
 FUSEG_RUN ?= runs/$(basename $(notdir $(FUSEG_CONFIG)))
+# coco: the boxes of annotations/*.json; masks: the wound masks (boxes from their components, and the outlines)
+FUSEG_FORMAT ?= coco
+FUSEG_IMPORT_coco = --format coco --images $(FUSEG)/images --annotations $(FUSEG)/annotations/train.json \
+  --annotations $(FUSEG)/annotations/val.json --annotations $(FUSEG)/annotations/test.json
+FUSEG_IMPORT_masks = --format masks --images $(FUSEG)/images --annotations $(FUSEG)/masks
 TIMEV := $(shell test -x /usr/bin/time && echo /usr/bin/time -v -o $(FUSEG_RUN)/train-time.txt)  # wall time, peak RSS
 reproduce-fuseg: $(STAMP)
 	test -d $(FUSEG)/images || { echo "FUSeg data not found at $(FUSEG) (set FUSEG=...)"; exit 2; }
-	$(DFUDET) data import --format coco --images $(FUSEG)/images \
-	  --annotations $(FUSEG)/annotations/train.json --annotations $(FUSEG)/annotations/val.json \
-	  --annotations $(FUSEG)/annotations/test.json --out $(FUSEG_RUN)/dataset
+	$(DFUDET) data import $(FUSEG_IMPORT_$(FUSEG_FORMAT)) --out $(FUSEG_RUN)/dataset
 	$(DFUDET) data prepare $(FUSEG_RUN)/dataset --out $(FUSEG_RUN)/cache --img-size 512
 	$(TIMEV) $(DFUDET) train --config $(FUSEG_CONFIG) --run-dir $(FUSEG_RUN)/train data.cache=$(FUSEG_RUN)/cache \
 	  --baseline
@@ -54,6 +57,11 @@ reproduce-fuseg: $(STAMP)
 	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/untrained_model.pth --data $(FUSEG_RUN)/cache --split test \
 	  --out $(FUSEG_RUN)/report-test-untrained
 	@echo "FUSeg reports: $(FUSEG_RUN)/report-val/report.md $(FUSEG_RUN)/report-test/report.md"
+
+# Outlines and wound area (docs/results.md): the same steps on FUSeg's wound masks with Mask R-CNN; the test report
+# adds wound-pixel Dice/IoU and per-ulcer area error to the detection figures.
+reproduce-fuseg-outlines:
+	$(MAKE) reproduce-fuseg FUSEG_CONFIG=configs/fuseg_cpu_maskrcnn.yaml FUSEG_FORMAT=masks
 
 # ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)

@@ -11,9 +11,10 @@ import torch
 
 from dfudet.checkpoint import safe_torch_load, save_model_checkpoint
 from dfudet.config import Config, load_config
+from dfudet.errors import ConfigError
 from dfudet.inference.predictor import Predictor
 from dfudet.models.factory import available_models, get_spec
-from dfudet.models.passes import loss_mode, losses_and_detections
+from dfudet.models.passes import loss_mode, losses_and_detections, model_targets
 
 IMG = 96
 MODELS = available_models()
@@ -26,10 +27,12 @@ def tiny_overrides(name: str) -> list[str]:
            "model.detections_per_img=20"]
     if spec.timm_backbone:
         out += ["model.backbone=resnet10t", "model.fpn_channels=32"]
-    if spec.family == "faster_rcnn":
+    if spec.family in ("faster_rcnn", "mask_rcnn"):
         out += ["model.rpn_batch_size_per_image=32", "model.box_batch_size_per_image=32"]
     else:
         out += ["model.head_convs=1"]
+    if spec.masks:
+        out += ["model.mask_head_channels=16", "model.mask_head_convs=1"]
     return out
 
 
@@ -40,8 +43,12 @@ def _cfg(name: str, *extra: str) -> Config:
 def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, IMG, IMG, generator=g) for _ in range(2)]
+    masks = torch.zeros((2, IMG, IMG), dtype=torch.uint8)  # each box's wound mask (outline models train on them)
+    masks[0, 25:65, 15:45] = 1
+    masks[1, 8:28, 62:88] = 1
     targets = [
-        {"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0], [60.0, 5.0, 90.0, 30.0]]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0], [60.0, 5.0, 90.0, 30.0]]), "labels": torch.tensor([1, 1]),
+         "masks": masks},
         {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # healthy image
     ]
     return images, targets
@@ -58,7 +65,7 @@ def test_train_step_and_detections(name: str):
     model = _model(name)
     images, targets = _batch()
     model.train()
-    losses = model(images, targets)
+    losses = model(images, model_targets(get_spec(name), images, targets))
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     sum(losses.values()).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -86,7 +93,7 @@ def test_one_pass_val_step_equals_the_models_own_passes(name: str):
     loss_mode(model)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(3)
-        direct = model(images, targets)
+        direct = model(images, model_targets(spec, images, targets))
     assert set(direct) == set(losses)
     for k in losses:
         torch.testing.assert_close(losses[k], direct[k])
@@ -114,6 +121,11 @@ def test_checkpoint_to_predictor_with_and_without_tta(name: str, tmp_path: Path)
     res = pred.predict_arrays([photo])[0]
     assert (res.width, res.height) == (200, 150) and len(res.boxes) > 0
     assert (res.boxes[:, [0, 2]] <= 200).all() and (res.boxes[:, [1, 3]] <= 150).all()
+    assert (res.masks is not None) == get_spec(name).masks
+    if get_spec(name).masks:  # TTA fuses boxes, not outlines
+        with pytest.raises(ConfigError, match="fuses boxes only, not outlines"):
+            Predictor.from_checkpoint(ckpt, tta=True)
+        return
     tta = Predictor.from_checkpoint(ckpt, tta=True).predict_arrays([photo])[0]
     assert len(tta.boxes) > 0 and (tta.scores <= 1).all()
 
