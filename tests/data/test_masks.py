@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -238,3 +239,18 @@ def test_bad_scales_are_refused_naming_where(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=f"row 7: .*{message}"):
         parse_scale(text, "visits.csv row 7")
     assert area_mm2(100, None) is None
+
+
+@pytest.mark.parametrize(("width", "height"), [(1600, 1200), (300, 700), (511, 512), (128, 128)])
+def test_outline_mapping_equals_resizing_the_whole_map(width: int, height: int) -> None:
+    """Only the region around each mask is resampled; the result is the plain crop + bilinear resize + threshold."""
+    rng = np.random.default_rng(width)
+    probs = np.zeros((6, 128, 128), np.float32)
+    for p in probs[:5]:
+        x, y = rng.integers(0, 100, 2)
+        p[y:y + rng.integers(1, 40), x:x + rng.integers(1, 40)] = rng.uniform(0.3, 1.0)
+    scale = 128 / max(width, height)
+    h_in, w_in = round(height * scale), round(width * scale)
+    for p, rle in zip(probs, instance_masks.from_probabilities(probs, scale, width, height)):
+        whole = cv2.resize(np.ascontiguousarray(p[:h_in, :w_in]), (width, height), interpolation=cv2.INTER_LINEAR)
+        assert np.array_equal(instance_masks.decode(rle), whole > 0.5)

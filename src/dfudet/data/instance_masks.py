@@ -9,7 +9,7 @@ step treats them as box-only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -22,20 +22,30 @@ Rle = dict[str, Any]
 
 def encode(mask: np.ndarray) -> Rle:
     """RLE of a boolean or 0/1 (H, W) mask."""
-    m = np.asfortranarray(np.asarray(mask, dtype=np.uint8).reshape(mask.shape[0], mask.shape[1]))
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        m = m.view(np.uint8)
+    m = m.reshape(m.shape[0], m.shape[1])
+    if m.dtype != np.uint8 or not m.flags.f_contiguous:  # pycocotools reads column-major uint8
+        m = np.asfortranarray(m, dtype=np.uint8)
     rle = mask_utils.encode(m)
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def decode(rle: Rle) -> np.ndarray:
     """The boolean (H, W) mask of an RLE (compressed string counts or COCO's uncompressed list counts)."""
+    return _decode_u8(rle).astype(bool)
+
+
+def _decode_u8(rle: Rle) -> np.ndarray:
+    """pycocotools' own (H, W) column-major uint8 decoding, without a copy to bool."""
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed COCO RLE
         compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     else:
         compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(compressed).astype(bool)
+    return cast(np.ndarray, mask_utils.decode(compressed))
 
 
 def from_polygons(polygons: Sequence[Sequence[float]], width: int, height: int) -> Rle:
@@ -73,33 +83,67 @@ def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
     within `tolerance` pixels (Douglas-Peucker, cv2.approxPolyDP). A part too thin for a polygon (a line or a dot of
     pixels) is outlined by the edges of its pixel box, so every non-empty mask has an outline. The outline is for
     drawing: filled, it covers the mask less a half-pixel rim, so areas are counted on the mask (`area`)."""
-    m = np.ascontiguousarray(decode(rle).astype(np.uint8))
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    x, y, w, h = _bbox(rle)
+    if w == 0 or h == 0:
+        return []
+    m = np.ascontiguousarray(_decode_u8(rle)[y:y + h, x:x + w])  # contours of the mask's box only
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
     out = []
     for c in contours:
         simple = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
         if len(simple) < 3:
             simple = c
         if len(simple) < 3:
-            x, y, w, h = cv2.boundingRect(c)
-            out.append([x - 0.5, y - 0.5, x + w - 0.5, y - 0.5, x + w - 0.5, y + h - 0.5, x - 0.5, y + h - 0.5])
+            bx, by, bw, bh = cv2.boundingRect(c)
+            out.append([bx - 0.5, by - 0.5, bx + bw - 0.5, by - 0.5, bx + bw - 0.5, by + bh - 0.5, bx - 0.5,
+                        by + bh - 0.5])
         else:
             out.append([float(v) for v in simple.reshape(-1)])
     return out
 
 
+def _bbox(rle: Rle) -> tuple[int, int, int, int]:
+    """Integer pixel box (x, y, w, h) of the mask's pixels; w = h = 0 for an empty mask."""
+    m = decode(rle) if isinstance(rle["counts"], list) else None
+    if m is not None:
+        return _bbox(encode(m))
+    counts = rle["counts"]
+    x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str)
+                                    else counts})
+    return int(x), int(y), int(w), int(h)
+
+
 def from_probabilities(probs: np.ndarray, scale: float, width: int, height: int, threshold: float = 0.5
                        ) -> list[Rle]:
     """RLEs in a photo of width x height from (N, S, S) mask probabilities of the model input (the photo resized by
-    `scale` and padded bottom/right): crop the photo's part, resize it bilinearly, then threshold."""
+    `scale` and padded bottom/right).
+
+    The same as cropping the photo's part of each map, resizing it to the photo (bilinear, cv2.resize's pixel-centre
+    mapping) and thresholding, but only the region around the map's non-zero pixels is resampled (Mask R-CNN pastes
+    each mask inside its box and leaves the rest 0), so a 12 MP photo costs its box, not 12 MP per detection.
+    """
     out = []
-    h_in = min(probs.shape[1], max(1, round(height * scale))) if len(probs) else 0
-    w_in = min(probs.shape[2], max(1, round(width * scale))) if len(probs) else 0
+    if not len(probs):
+        return out
+    h_in = min(probs.shape[1], max(1, round(height * scale)))
+    w_in = min(probs.shape[2], max(1, round(width * scale)))
+    sx, sy = w_in / width, h_in / height  # input pixels per photo pixel
     for p in probs:
-        crop = np.ascontiguousarray(p[:h_in, :w_in], dtype=np.float32)
-        photo = crop if crop.shape == (height, width) else cv2.resize(crop, (width, height),
-                                                                      interpolation=cv2.INTER_LINEAR)
-        out.append(encode(photo > threshold))
+        photo = np.zeros((height, width), dtype=np.uint8, order="F")  # encoded without a column-major copy
+        ys, xs = np.nonzero(p[:h_in, :w_in] > 0)
+        if len(xs):
+            # photo pixels whose sample point falls within one input pixel of the non-zero region
+            x0 = max(0, int(np.floor((xs.min() - 0.5) / sx - 0.5)))
+            x1 = min(width, int(np.ceil((xs.max() + 1.5) / sx + 0.5)))
+            y0 = max(0, int(np.floor((ys.min() - 0.5) / sy - 0.5)))
+            y1 = min(height, int(np.ceil((ys.max() + 1.5) / sy + 0.5)))
+            # dst (X, Y) in the ROI samples the input at ((X + x0 + 0.5) * sx - 0.5, (Y + y0 + 0.5) * sy - 0.5)
+            m = np.array([[sx, 0.0, (x0 + 0.5) * sx - 0.5], [0.0, sy, (y0 + 0.5) * sy - 0.5]], dtype=np.float64)
+            src = np.ascontiguousarray(p[:h_in, :w_in], dtype=np.float32)
+            roi = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                 borderMode=cv2.BORDER_REPLICATE)
+            photo[y0:y1, x0:x1] = roi > threshold
+        out.append(encode(photo))
     return out
 
 
