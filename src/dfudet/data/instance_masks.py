@@ -122,7 +122,7 @@ def from_probabilities(probs: np.ndarray, scale: float, width: int, height: int,
     mapping) and thresholding, but only the region around the map's non-zero pixels is resampled (Mask R-CNN pastes
     each mask inside its box and leaves the rest 0), so a 12 MP photo costs its box, not 12 MP per detection.
     """
-    out = []
+    out: list[Rle] = []
     if not len(probs):
         return out
     h_in = min(probs.shape[1], max(1, round(height * scale)))
