@@ -3,11 +3,11 @@ how far the camera was, not a healing series.
 
 FUSeg has no patient series (one photo per wound, no dates), so no real healing timeline can be built from it. What
 can be measured honestly is scale consistency: each "patient" is one FUSeg test photo with one ulcer, seen at three
-zoom levels (1.0, 0.8 and 0.6: the photo shrunk and re-centred on a black canvas of the original size, as
-FUSeg's own photos are zero-padded), as if photographed from farther away at later "visits". The wound's pixel area falls with the square of
-the zoom while its true size does not; each row's `scale` (mm per pixel) is the nominal scale divided by the zoom,
-so a model whose outlines are scale-consistent reports the same mm² at every visit (0 % change), and the track
-summary shows how far from that it is.
+zoom levels (1.0, 0.8 and 0.6: the photo shrunk and re-centred on a black canvas of the original size, as FUSeg's
+own photos are zero-padded), as if photographed from farther away at later "visits". The wound's pixel area falls
+with the square of the zoom while its true size does not; each row's `scale` (mm per pixel) is the nominal scale
+divided by the zoom, so a model whose outlines are scale-consistent reports the same mm² at every visit (0 %
+change), and the track summary shows how far from that it is.
 
     python scripts/fuseg_zoom_visits.py --fuseg ../shared/data/fuseg --out runs/zoom_visits --n 12
     dfudet track runs/zoom_visits/visits.csv --checkpoint MODEL.pth --out runs/zoom_visits/track
