@@ -59,9 +59,14 @@ reproduce-fuseg: $(STAMP)
 	@echo "FUSeg reports: $(FUSEG_RUN)/report-val/report.md $(FUSEG_RUN)/report-test/report.md"
 
 # Outlines and wound area (docs/results.md): the same steps on FUSeg's wound masks with Mask R-CNN; the test report
-# adds wound-pixel Dice/IoU and per-ulcer area error to the detection figures.
-reproduce-fuseg-outlines:
+# adds wound-pixel Dice/IoU and per-ulcer area error to the detection figures. Then `dfudet track` over FUSeg test
+# photos at three zoom levels with matching scales (FUSeg has no patient series: a scale-consistency check).
+OUTLINE_RUN := runs/fuseg_cpu_maskrcnn
+reproduce-fuseg-outlines: $(STAMP)
 	$(MAKE) reproduce-fuseg FUSEG_CONFIG=configs/fuseg_cpu_maskrcnn.yaml FUSEG_FORMAT=masks
+	$(PY) scripts/fuseg_zoom_visits.py --fuseg $(FUSEG) --out $(OUTLINE_RUN)/zoom_visits --n 12
+	$(DFUDET) track $(OUTLINE_RUN)/zoom_visits/visits.csv --checkpoint $(OUTLINE_RUN)/train/best_model.pth \
+	  --out $(OUTLINE_RUN)/zoom_visits/track
 
 # ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)
