@@ -198,13 +198,14 @@ def test_a_dropped_box_drops_its_mask() -> None:
 def test_polygons_outline_every_part_and_fill_back_to_the_mask() -> None:
     m = np.zeros((40, 50), bool)
     m[5:15, 5:25] = True  # a 20 x 10 rectangle
-    m[30, 40:45] = True  # a one-pixel-thin line: outlined by its pixel box
+    m[30, 40:45] = True  # a one-pixel-thin line: a degenerate polygon through its ends
     polys = instance_masks.polygons(instance_masks.encode(m))
     assert len(polys) == 2
     rect = next(p for p in polys if max(p[1::2]) < 20)
     assert sorted(set(zip(rect[0::2], rect[1::2]))) == [(5, 5), (5, 14), (24, 5), (24, 14)]  # pixel centres
     line = next(p for p in polys if min(p[1::2]) > 20)
-    assert (min(line[0::2]), max(line[0::2]), min(line[1::2]), max(line[1::2])) == (39.5, 44.5, 29.5, 30.5)
+    assert len(line) >= 6 and set(zip(line[0::2], line[1::2])) == {(40, 30), (44, 30)}
+    assert instance_masks.polygons(instance_masks.encode(np.pad(np.ones((1, 1), bool), 3))) == [[3.0, 3.0] * 3]
     refilled = instance_masks.decode(instance_masks.from_polygons([rect], 50, 40))
     # the outline runs through the boundary pixels' centres, so filling it gives the mask less a half-pixel rim
     # (19 x 9 of 20 x 10 pixels here); areas are therefore always counted on the mask, never on the polygon
@@ -243,14 +244,21 @@ def test_bad_scales_are_refused_naming_where(text: str, message: str) -> None:
 
 @pytest.mark.parametrize(("width", "height"), [(1600, 1200), (300, 700), (511, 512), (128, 128)])
 def test_outline_mapping_equals_resizing_the_whole_map(width: int, height: int) -> None:
-    """Only the region around each mask is resampled; the result is the plain crop + bilinear resize + threshold."""
+    """Only the region around each mask is resampled; the result is the plain crop + bilinear resize + threshold,
+    but for rare pixels right at the threshold (warpAffine and resize round their sample points differently)."""
     rng = np.random.default_rng(width)
-    probs = np.zeros((6, 128, 128), np.float32)
-    for p in probs[:5]:
+    probs = np.zeros((12, 128, 128), np.float32)
+    for p in probs[:11]:
         x, y = rng.integers(0, 100, 2)
-        p[y:y + rng.integers(1, 40), x:x + rng.integers(1, 40)] = rng.uniform(0.3, 1.0)
+        w, h = rng.integers(1, 40, 2)
+        region = p[y:y + h, x:x + w]
+        region[:] = rng.uniform(0.2, 1.0, region.shape)  # varied values: interpolation inside the mask matters
     scale = 128 / max(width, height)
     h_in, w_in = round(height * scale), round(width * scale)
-    for p, rle in zip(probs, instance_masks.from_probabilities(probs, scale, width, height)):
+    masks = instance_masks.from_probabilities(probs, scale, width, height)
+    assert len(masks) == 12 and instance_masks.area(masks[-1]) == 0
+    for p, rle in zip(probs, masks):
         whole = cv2.resize(np.ascontiguousarray(p[:h_in, :w_in]), (width, height), interpolation=cv2.INTER_LINEAR)
-        assert np.array_equal(instance_masks.decode(rle), whole > 0.5)
+        ours = instance_masks.decode(rle)
+        assert ours.shape == (height, width)
+        assert (ours != (whole > 0.5)).sum() <= max(2, 0.002 * ours.sum())

@@ -174,18 +174,20 @@ def test_outline_model_reports_outlines_and_areas_with_the_given_scale(mask_ckpt
     for name, scale in (("visit0.png", 0.25), ("visit1.png", None)):
         im = by_name[name]
         kept = backend.keep(backend.predict_paths([demo_photos / name])[0])
-        assert kept.masks is not None and len(kept.masks) == len(im["boxes"]) > 0
-        assert im["areas_px"] == [instance_masks.area(m) for m in kept.masks]  # the backend's own outlines
-        assert im["mm_per_px"] == scale
+        dets = im["detections"]
+        assert kept.masks is not None and len(kept.masks) == len(im["boxes"]) == len(dets) > 0
+        areas = [d["area_px"] for d in dets]
+        assert areas == [instance_masks.area(m) for m in kept.masks]  # the backend's own outlines
+        assert im["mm_per_px"] == scale and im["outlines"] is True
         if scale is None:
-            assert im["areas_mm2"] == [None] * len(im["boxes"])
+            assert [d["area_mm2"] for d in dets] == [None] * len(dets) and "pixels only" in im["area_note"]
         else:
-            assert im["areas_mm2"] == pytest.approx([a * scale * scale for a in im["areas_px"]], abs=0.01)
-        assert max(im["areas_px"]) > 0
-        for polys, area, (x1, y1, x2, y2) in zip(im["outlines"], im["areas_px"], im["boxes"]):
-            xs = [x for p in polys for x in p[0::2]]
-            ys = [y for p in polys for y in p[1::2]]
-            assert bool(xs) == (area > 0)  # every non-empty mask has an outline
+            assert [d["area_mm2"] for d in dets] == pytest.approx([a * scale * scale for a in areas], rel=1e-5)
+        assert max(areas) > 0
+        for det, (x1, y1, x2, y2) in zip(dets, im["boxes"]):
+            xs = [x for p in det["outline"] for x in p[0::2]]
+            ys = [y for p in det["outline"] for y in p[1::2]]
+            assert bool(xs) == (det["area_px"] > 0)  # every non-empty mask has an outline
             # Mask R-CNN pastes each mask into its box (torchvision widens it by a pixel or two)
             assert not xs or (x1 - 2 <= min(xs) and max(xs) <= x2 + 2 and y1 - 2 <= min(ys) and max(ys) <= y2 + 2)
     rows = list(csv.reader((tmp_path / "predictions.csv").open()))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
+from dfudet.data import instance_masks
 from dfudet.errors import ConfigError
+from dfudet.inference.backend import Detections
 
 # a number and an optional unit: "0.2", "0.2 mm/px", "5 px/mm"
 _NUMBER = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*(.*)")
@@ -52,3 +55,30 @@ def parse_scale(text: str, where: str) -> float | None:
     if unit in _PX_PER_MM and value is not None:
         return 1.0 / value
     raise ConfigError(f"{where}: unknown scale unit {m.group(2)!r} in {t!r} (use mm/px, e.g. '0.2 mm/px', or px/mm)")
+
+
+def round_mm2(value: float | None) -> float | None:
+    """mm² as every output writes it: 6 significant digits (a 10-pixel wound at 0.01 mm/px stays 0.001, not 0)."""
+    return None if value is None else float(f"{value:.6g}")
+
+
+def outline_fields(kept: Detections, mm_per_px: float | None) -> dict[str, Any]:
+    """The outline fields of one photo (the service's response, each image of predictions.json).
+
+    `{"outlines": false}` for a box-only model; for an outline model `detections` (one `{outline, area_px,
+    area_mm2}` per box, in the order of `boxes`), `mm_per_px`, and without a scale an `area_note` that areas are in
+    pixels only. Outlines are COCO polygons in the photo's pixels (1 decimal); mm² has 6 significant digits.
+    """
+    if kept.masks is None:
+        return {"outlines": False}
+    detections = []
+    for rle in kept.masks:
+        px = instance_masks.area(rle)
+        mm2 = area_mm2(px, mm_per_px)
+        detections.append({
+            "outline": [[round(v, 1) for v in poly] for poly in instance_masks.polygons(rle, tolerance=1.0)],
+            "area_px": px, "area_mm2": round_mm2(mm2)})
+    fields: dict[str, Any] = {"outlines": True, "detections": detections, "mm_per_px": mm_per_px}
+    if mm_per_px is None:
+        fields["area_note"] = NO_SCALE_NOTE
+    return fields

@@ -12,8 +12,9 @@
   height, boxes [[x1,y1,x2,y2]], scores, threshold, annotated}], "skipped": [{file, error}]}; only boxes with
   score >= threshold are listed. predictions.csv: one row per box (file,x1,y1,x2,y2,score); an image without
   boxes gets one row with the box and score fields empty.
-- Outline models (e.g. maskrcnn_efficientnet) add, per image, `outlines` (COCO polygons per box, photo pixels),
-  `areas_px` (wound pixels per box), `mm_per_px` and `areas_mm2` (null without a scale), and the CSV gains the
+- Outline models (e.g. maskrcnn_efficientnet) add, per image, `outlines: true`, `detections` (one {outline: COCO
+  polygons in the photo's pixels, area_px, area_mm2 (null without a scale)} per box, in the order of `boxes`) and
+  `mm_per_px`, the same fields as the service's response (`inference.area.outline_fields`); the CSV gains the
   columns area_px and area_mm2; the annotated copies show the outlines. The scale comes from `--mm-per-px` (all
   photos) or from a photo list (`--photos LIST.csv`, columns `photo` and optional `scale` in mm per pixel, paths
   relative to the list's folder); there is no guessed scale: without one, areas are in pixels only and the JSON's
@@ -32,11 +33,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dfudet.data import instance_masks
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
 from dfudet.errors import DataError
-from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px, parse_scale
-from dfudet.inference.backend import Detections, load_backend
+from dfudet.inference.area import NO_SCALE_NOTE, check_mm_per_px, outline_fields, parse_scale
+from dfudet.inference.backend import load_backend
 from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
 from dfudet.utils import atomic_write_bytes
 
@@ -88,8 +88,8 @@ def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
         for k, (b, s) in enumerate(zip(im["boxes"], im["scores"])):
             extra = []
             if outlines:
-                mm2 = im["areas_mm2"][k]
-                extra = [im["areas_px"][k], "" if mm2 is None else mm2]
+                det = im["detections"][k]
+                extra = [det["area_px"], "" if det["area_mm2"] is None else det["area_mm2"]]
             w.writerow([im["file"], *b, s, *extra])
     return buf.getvalue()
 
@@ -123,15 +123,6 @@ def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
     if not photos:
         raise DataError(f"{path}: the photo list has no rows")
     return photos, scales
-
-
-def _outline_fields(kept: Detections, mm_per_px: float | None) -> dict[str, Any]:
-    """Per-box outlines (COCO polygons), pixel areas and mm² areas (null without a scale) of an outline model."""
-    masks = kept.masks or ()
-    areas = [instance_masks.area(m) for m in masks]
-    return {"outlines": [[[round(v, 1) for v in poly] for poly in instance_masks.polygons(m)] for m in masks],
-            "areas_px": areas, "mm_per_px": mm_per_px,
-            "areas_mm2": [None if (a := area_mm2(px, mm_per_px)) is None else round(a, 2) for px in areas]}
 
 
 def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out: str | Path,
@@ -189,8 +180,8 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
                 }
                 drawn = draw_detections(image, kept.boxes, kept.scores, thr)
                 if outlines:
-                    row.update(_outline_fields(kept, scales.get(str(path), default_scale)))
-                    drawn = draw_outlines(drawn, row["outlines"])
+                    row.update(outline_fields(kept, scales.get(str(path), default_scale)))
+                    drawn = draw_outlines(drawn, [d["outline"] for d in row["detections"]])
                 save_jpeg(drawn, out / "annotated" / rel)
                 results.append(row)
             bar.update(len(files[start:start + batch_size]))
@@ -198,7 +189,7 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
         bar.close()
     payload: dict[str, Any] = {"checkpoint": str(checkpoint), "threshold": thr,
                                "threshold_source": predictor.threshold_source, "tta": bool(tta), "outlines": outlines}
-    if outlines and any(r["mm_per_px"] is None for r in results):
+    if outlines and any(r.get("mm_per_px") is None for r in results):
         payload["area_note"] = NO_SCALE_NOTE + " for the images whose mm_per_px is null"
     payload.update({"images": results, "skipped": skipped})
     atomic_write_bytes(out / "predictions.json", json.dumps(payload, indent=1).encode("utf-8"))

@@ -42,11 +42,10 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dfudet.data import instance_masks
 from dfudet.data.checks import TooManyPixels, decode_image_bytes
 from dfudet.data.checks import max_pixels as default_max_pixels
 from dfudet.errors import ConfigError, DfudetError
-from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px
+from dfudet.inference.area import check_mm_per_px, outline_fields
 from dfudet.inference.backend import Backend, Detections, load_backend
 from dfudet.utils import sha256_file
 
@@ -282,25 +281,6 @@ def request_scale(value: str | None) -> float | None:
         return check_mm_per_px(value, "mm_per_px")
     except ConfigError as exc:
         raise ApiError(422, str(exc)) from None
-
-
-def outline_fields(kept: Detections, mm_per_px: float | None) -> dict[str, Any]:
-    """The response's outline fields: `{"outlines": false}` for a box-only model; for an outline model
-    `detections` (one `{outline, area_px, area_mm2}` per box, in the order of `boxes`), `mm_per_px`, and without a
-    scale an `area_note` that areas are in pixels only. Outlines are COCO polygons in the photo's pixels (1 decimal)."""
-    if kept.masks is None:
-        return {"outlines": False}
-    detections = []
-    for rle in kept.masks:
-        px = instance_masks.area(rle)
-        mm2 = area_mm2(px, mm_per_px)
-        detections.append({
-            "outline": [[round(v, 1) for v in poly] for poly in instance_masks.polygons(rle, tolerance=1.0)],
-            "area_px": px, "area_mm2": None if mm2 is None else float(f"{mm2:.6g}")})
-    fields: dict[str, Any] = {"outlines": True, "detections": detections, "mm_per_px": mm_per_px}
-    if mm_per_px is None:
-        fields["area_note"] = NO_SCALE_NOTE
-    return fields
 
 
 # ------------------------------------------------------------------------------------------- the app
