@@ -289,7 +289,7 @@ def cmd_track(a: argparse.Namespace) -> int:
 
     s = run_track(a.visits, out=a.out, checkpoint=a.checkpoint, onnx=a.onnx, mm_per_px=a.mm_per_px,
                   min_reduction=a.min_reduction, window_days=a.window_days,
-                  operating_threshold=a.operating_threshold, device=a.device)
+                  tolerance_days=a.window_tolerance_days, operating_threshold=a.operating_threshold, device=a.device)
     f = s["flags"]
     print(f"{s['patients']} patient(s), {s['visits']} visit(s) measured, {s['problems']} row(s) not measured "
           f"(problems.csv); on_track {f['on_track']}, not_on_track {f['not_on_track']}, insufficient_data "
@@ -313,9 +313,18 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mm-per-px", type=float, default=None,
                    help="scale of photos without their own 'scale' (no scale: areas in pixels only)")
     p.add_argument("--min-reduction", type=float, default=0.5,
-                   help="area reduction (fraction of the first visit's area) a patient must reach by --window-days "
-                        "to be on_track")
-    p.add_argument("--window-days", type=int, default=28, help="days after the first visit to reach --min-reduction")
+                   help="R: area reduction (1 - area / first visit's area) a patient must reach by day W to be "
+                        "on_track")
+    p.add_argument("--window-days", type=int, default=28,
+                   help="W: the reduction is measured at the visit nearest to day W (days since the first visit) "
+                        "among visits on days W-T to W+T (ties: the earlier visit; day-0 visits never count); "
+                        "on_track if it is >= R, else not_on_track. No visit there: insufficient_data if a later "
+                        "visit exists; if the series ends before day W-T, on_track when a visit already shows >= R "
+                        "(reached early), else insufficient_data (day W not reached yet); insufficient_data also when "
+                        "the first visit's area is 0")
+    p.add_argument("--window-tolerance-days", type=int, default=7,
+                   help="T (0 <= T < W): how many days before or after day W a visit may be to measure the "
+                        "reduction by day W")
     add_threshold_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _add_max_pixels(p)

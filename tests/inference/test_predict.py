@@ -207,17 +207,43 @@ def test_mm_per_px_applies_to_every_photo_and_a_list_scale_wins(mask_ckpt: Path,
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("file,scale\nvisit0.png,1\n", "needs a 'photo' column"),
-    ("photo,scale\nvisit0.png,abc\n", r"row 2: scale 'abc' is not a number"),
-    ("photo,scale\nvisit0.png,0.2\nvisit1.png,-1\n", r"row 3: scale must be a positive number"),
+    ("file,scale\nvisit0.png,1\n", "missing required column.s. photo"),
+    ("photo,scale\nvisit0.png,abc\n", r"row 2: scale: scale 'abc' is not a number"),
+    ("photo,scale\nvisit0.png,0.2\nvisit1.png,-1\n", r"row 3: scale: scale must be a positive number"),
 ])
 def test_bad_photo_lists_name_the_row(mask_ckpt: Path, demo_photos: Path, tmp_path: Path, text: str,
                                       message: str) -> None:
-    (tmp_path / "list.csv").write_text(text)
+    (demo_photos / "bad.csv").write_text(text)
     with pytest.raises(DfudetError, match=message):
-        read_photo_list(tmp_path / "list.csv")
+        read_photo_list(demo_photos / "bad.csv")
     with pytest.raises(ConfigError, match="--mm-per-px: scale must be a positive"):
         run_predict([demo_photos], mask_ckpt, tmp_path / "out", mm_per_px=0.0, progress=False)
+
+
+def test_photo_list_columns_are_read_like_visits_csv(tmp_path: Path) -> None:
+    _photo(tmp_path / "a.png", 8, 8)
+    _photo(tmp_path / "sub" / "b.png", 8, 8)
+    (tmp_path / "list.csv").write_text("Photo,MM_PER_PX\na.png,5 px/mm\n\n,\nsub/b.png,\n")
+    photos, scales = read_photo_list(tmp_path / "list.csv")
+    assert photos == [tmp_path / "a.png", tmp_path / "sub" / "b.png"]
+    assert scales == {str(tmp_path / "a.png"): pytest.approx(0.2)}
+    (tmp_path / "both.csv").write_text("photo,Scale,mm_per_px\na.png,0.1,0.1\n")
+    with pytest.raises(DataError, match="both a 'scale' and a 'mm_per_px' column"):
+        read_photo_list(tmp_path / "both.csv")
+
+
+def test_photo_list_with_a_missing_photo_or_a_folder_is_refused_naming_the_rows(tmp_path: Path) -> None:
+    _photo(tmp_path / "a.png", 8, 8)
+    (tmp_path / "sub").mkdir()
+    lst = tmp_path / "list.csv"
+    lst.write_text("photo,scale\na.png,0.1\n\nmissing.png,0.1\nsub,abc\n,0.1\n")  # rows 2, 4, 5, 6
+    with pytest.raises(DataError, match=r"4 problem\(s\) in the photo list") as exc:
+        read_photo_list(lst)
+    assert exc.value.problems == [
+        f"{lst} row 4: photo missing.png does not exist ({tmp_path / 'missing.png'})",
+        f"{lst} row 5: photo sub is not a file ({tmp_path / 'sub'})",
+        f"{lst} row 5: scale: scale 'abc' is not a number (millimetres per pixel, e.g. 0.2)",
+        f"{lst} row 6: empty photo"]
 
 
 def test_box_models_report_no_areas(tiny_ckpt: Path, demo_photos: Path, tmp_path: Path,

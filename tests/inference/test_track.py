@@ -28,6 +28,7 @@ from dfudet.inference.track import (
     area_csv,
     healing_timeline,
     read_visits,
+    rule_text,
     run_track,
     safe_ids,
     union_area,
@@ -61,26 +62,96 @@ def test_flag_cases() -> None:
     slow = [round(10000 * 0.9**k) for k in range(5)]  # 34 % smaller after 4 weeks
     tl = healing_timeline(_series(slow, [0, 7, 14, 21, 28]))
     assert tl.flag == NOT_ON_TRACK and tl.reduction_by_window == pytest.approx(1 - 0.9**4)
-    # the window has not elapsed: below the target so far is not yet a failure
-    assert healing_timeline(_series(slow[:4], [0, 7, 14, 21])).flag == INSUFFICIENT
+    assert tl.reason == "34% smaller on day 28 (the visit nearest to day 28): below the 50% reduction by day 28"
+    # day 21 is W - T: the 4-week measurement when it is the visit nearest to day 28
     fast = [round(10000 * SHRINK**k) for k in range(4)]  # 48.8 % by day 21
-    assert healing_timeline(_series(fast, [0, 7, 14, 21])).flag == INSUFFICIENT
-    assert healing_timeline(_series(fast, [0, 7, 14, 21]), min_reduction=0.4).flag == ON_TRACK  # reached early
-    # the reduction by day W is the last visit within the window: later changes do not count
-    assert healing_timeline(_series([100, 40, 90], [0, 14, 35])).flag == ON_TRACK
-    late = healing_timeline(_series([100, 70, 10], [0, 14, 35]))
-    assert late.flag == NOT_ON_TRACK and late.window_visit_day == 14
-    # a visit exactly on day W counts as within the window and as the window elapsed
+    assert healing_timeline(_series(fast, [0, 7, 14, 21])).flag == NOT_ON_TRACK
+    tl = healing_timeline(_series(fast, [0, 7, 14, 21]), min_reduction=0.4)
+    assert (tl.flag, tl.window_visit_day) == (ON_TRACK, 21)
+    assert tl.reason == "49% smaller on day 21 (the visit nearest to day 28): reached the 40% reduction by day 28"
+    # a visit exactly on day W
     assert healing_timeline(_series([100, 60], [0, 28])).flag == NOT_ON_TRACK
     assert healing_timeline(_series([100, 50], [0, 28])).flag == ON_TRACK
-    gap = healing_timeline(_series([100, 10], [0, 35]))
-    assert gap.flag == INSUFFICIENT and "no visit between day 1 and day 28" in gap.reason
-    assert healing_timeline(_series([100], [0])).flag == INSUFFICIENT
+    assert healing_timeline(_series([100, 120], [0, 28])).reason.startswith("20% larger on day 28")
+    one = healing_timeline(_series([100], [0]))
+    assert one.flag == INSUFFICIENT and one.reason == ("day 28 not reached yet (the last visit is on day 0, before "
+                                                       "day 21)")
     zero = healing_timeline(_series([0, 50, 0], [0, 14, 28]))
     assert zero.flag == INSUFFICIENT and "area 0" in zero.reason
     assert zero.rows[1].change_vs_first_pct is None and zero.rows[2].change_vs_previous_pct == -100.0
-    # a custom window
-    assert healing_timeline(_series([100, 40], [0, 10]), window_days=10).flag == ON_TRACK
+    # a custom window and tolerance
+    assert healing_timeline(_series([100, 40], [0, 10]), window_days=10, tolerance_days=2).flag == ON_TRACK
+
+
+def test_visits_on_day_0_never_count_as_the_reduction() -> None:
+    # a second photo on the first day is its own row, but not the 4-week measurement
+    tl = healing_timeline(_series([1000, 400, 950], [0, 0, 45]))
+    assert [(r.days_since_first, r.visit.area_px) for r in tl.rows] == [(0, 1000), (0, 400), (45, 950)]
+    assert tl.rows[1].change_vs_first_pct == pytest.approx(-60.0)
+    assert (tl.flag, tl.reduction_by_window, tl.window_visit_day) == (INSUFFICIENT, None, None)
+    assert tl.reason == "no visit within 7 days of day 28 (days 21 to 35): the reduction by day 28 is unknown"
+    # nor as reaching the reduction early
+    tl = healing_timeline(_series([1000, 400], [0, 0]))
+    assert tl.flag == INSUFFICIENT and tl.reason == "day 28 not reached yet (the last visit is on day 0, before day 21)"
+    # the baseline is the first CSV row of the first day, whatever order the list has
+    tl = healing_timeline(list(reversed(_series([1000, 400, 450], [0, 0, 28]))))
+    assert (tl.first.visit.area_px, tl.flag, tl.window_visit_day) == (1000, ON_TRACK, 28)
+
+
+def test_the_reduction_is_taken_at_the_visit_nearest_to_day_w() -> None:
+    # the day-30 visit is nearest to day 28: the early day-2 visit does not decide
+    tl = healing_timeline(_series([100, 90, 10], [0, 2, 30]))
+    assert (tl.flag, tl.window_visit_day) == (ON_TRACK, 30) and tl.reduction_by_window == pytest.approx(0.9)
+    assert tl.reason == "90% smaller on day 30 (the visit nearest to day 28): reached the 50% reduction by day 28"
+    # nearest, not last within the window: day 29 beats day 34, and day 26 beats day 21
+    assert healing_timeline(_series([100, 90, 40], [0, 29, 34])).window_visit_day == 29
+    tl = healing_timeline(_series([100, 40, 90], [0, 21, 26]))
+    assert (tl.flag, tl.window_visit_day) == (NOT_ON_TRACK, 26)
+    # later changes outside the window do not count
+    assert healing_timeline(_series([100, 40, 90], [0, 27, 60])).flag == ON_TRACK
+
+
+@pytest.mark.parametrize(("day", "flag", "measured_at"), [
+    (20, INSUFFICIENT, None),   # W - T - 1: before the window, the series ends there: not reached yet
+    (21, NOT_ON_TRACK, 21),     # W - T
+    (35, NOT_ON_TRACK, 35),     # W + T
+    (36, INSUFFICIENT, None),   # W + T + 1: after the window, no visit in it
+])
+def test_tolerance_window_edges(day: int, flag: str, measured_at: int | None) -> None:
+    tl = healing_timeline(_series([100, 60], [0, day]))
+    assert (tl.flag, tl.window_visit_day) == (flag, measured_at)
+    if day == 20:
+        assert tl.reason == ("40% smaller on day 20 so far, below the 50% reduction; day 28 not reached yet (the last "
+                             "visit is on day 20, before day 21)")
+    if day == 36:
+        assert tl.reason == "no visit within 7 days of day 28 (days 21 to 35): the reduction by day 28 is unknown"
+
+
+def test_ties_go_to_the_earlier_visit() -> None:
+    # days 26 and 30 are both 2 days from day 28: the earlier one measures, whichever order the list has
+    for areas in ([100, 40, 90], [100, 90, 40]):
+        tl = healing_timeline(_series(areas, [0, 26, 30]))
+        assert tl.window_visit_day == 26 and tl.reduction_by_window == pytest.approx(1 - areas[1] / 100)
+        assert healing_timeline(list(reversed(_series(areas, [0, 26, 30])))).window_visit_day == 26
+    # two photos on the nearest day: the first CSV row
+    same_day = healing_timeline(_series([100, 40, 90], [0, 28, 28]))
+    assert (same_day.flag, same_day.reduction_by_window) == (ON_TRACK, pytest.approx(0.6))
+    # with T = 1, days 27 and 29 tie; with T = 0 only day 28 counts
+    assert healing_timeline(_series([100, 60, 40], [0, 27, 29]), tolerance_days=1).flag == NOT_ON_TRACK
+    tl = healing_timeline(_series([100, 60, 40], [0, 27, 29]), tolerance_days=0)
+    assert tl.flag == INSUFFICIENT and "no visit within 0 days of day 28 (days 28 to 28)" in tl.reason
+
+
+def test_reached_early_when_the_series_ends_before_the_window() -> None:
+    tl = healing_timeline(_series([100, 80, 45, 60], [0, 7, 14, 20]))
+    assert (tl.flag, tl.window_visit_day) == (ON_TRACK, 14) and tl.reduction_by_window == pytest.approx(0.55)
+    assert tl.reason == ("55% smaller on day 14: reached the 50% reduction early (the last visit is on day 20, "
+                         "before day 21)")
+    slow = healing_timeline(_series([100, 80, 60], [0, 7, 14]))
+    assert (slow.flag, slow.reduction_by_window) == (INSUFFICIENT, None)
+    assert "40% smaller on day 14 so far" in slow.reason and "day 28 not reached yet" in slow.reason
+    # reached early but a visit after the window exists and none inside it: unknown
+    assert healing_timeline(_series([100, 40, 90], [0, 14, 40])).flag == INSUFFICIENT
 
 
 def test_visits_are_ordered_by_date() -> None:
@@ -111,6 +182,9 @@ def test_rule_options_are_checked() -> None:
         healing_timeline(_series([1], [0]), min_reduction=1.5)
     with pytest.raises(ConfigError, match="--window-days"):
         healing_timeline(_series([1], [0]), window_days=0)
+    for tolerance in (-1, 28):
+        with pytest.raises(ConfigError, match="--window-tolerance-days must be at least 0 and less than"):
+            healing_timeline(_series([1], [0]), tolerance_days=tolerance)
 
 
 def test_union_area_counts_overlaps_once() -> None:
@@ -142,6 +216,9 @@ def test_missing_column_names_it(tmp_path: Path) -> None:
     f.write_text("patient,when,photo\nA,2024-01-01,a.png\n")
     with pytest.raises(DataError, match="missing required column.*date"):
         read_visits(f)
+    f.write_text("patient,date,photo,Scale,mm_per_px\nA,2024-01-01,a.png,0.1,0.1\n")
+    with pytest.raises(DataError, match="both a 'scale' and a 'mm_per_px' column"):
+        read_visits(f)
 
 
 def test_read_visits_rows_scales_and_every_problem_of_a_row(tmp_path: Path) -> None:
@@ -151,14 +228,17 @@ def test_read_visits_rows_scales_and_every_problem_of_a_row(tmp_path: Path) -> N
                  "A,2024-01-01,a.png,\n"          # row 2: the default scale
                  "A,2024-01-08,a.png,4 px/mm\n"   # row 3: its own scale
                  ",,,\n"                          # row 4: an empty spreadsheet row, not a problem
-                 " ,01/02/2024,b.png,3 furlongs\n")  # row 5: four problems
+                 " ,01/02/2024,b.png,3 furlongs\n"  # row 5: four problems
+                 "A,2024-01-09,sub,\n")              # row 6: a folder
+    (tmp_path / "sub").mkdir()
     visits, problems = read_visits(f, default_mm_per_px=0.5)
     assert [(v.row, v.mm_per_px, v.path) for v in visits] == [(2, 0.5, tmp_path / "a.png"),
                                                               (3, 0.25, tmp_path / "a.png")]
-    assert [p.row for p in problems] == [5]
+    assert [p.row for p in problems] == [5, 6]
+    assert problems[1].problem == f"photo sub is not a file ({tmp_path / 'sub'})"
     assert problems[0].problem == ("empty patient; date '01/02/2024' is not YYYY-MM-DD; mm_per_px: unknown scale unit "
                                    "'furlongs' in '3 furlongs' (use mm/px, e.g. '0.2 mm/px', or px/mm); photo b.png "
-                                   f"not found ({tmp_path / 'b.png'})")
+                                   f"does not exist ({tmp_path / 'b.png'})")
 
 
 def test_safe_ids_are_unique_folder_names() -> None:
@@ -215,12 +295,15 @@ def test_track_end_to_end(mask_ckpt: Path, tmp_path: Path, capsys: pytest.Captur
         ",2024-03-01,photos/b/visit0.png,0.1\n"              # row 10: empty patient
         f"Q,2024-03-01,{tmp_path / 'photos/b/visit0.png'},0.1\n"  # row 11: absolute path
         "Q,2024-04-02,photos/b/visit1.png,0.1 mm/px\n"      # row 12
-        "Q,2024-04-09,photos/b/broken.png,0.1\n")           # row 13: not an image (found when it is read)
+        "Q,2024-04-09,photos/b/broken.png,0.1\n"           # row 13: not an image (found when it is read)
+        "R,2024-05-01,photos/a/visit0.png,\n"                # rows 14-16: two photos on day 0, one on day 45
+        "R,2024-05-01,photos/a/visit3.png,\n"
+        "R,2024-06-15,photos/a/visit1.png,\n")
     (tmp_path / "photos" / "b" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
     assert main(["track", str(visits), "--checkpoint", str(mask_ckpt), "--out", str(out), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    for row, what in ((6, "missing.png not found"), (7, "2024-13-40"), (9, "unknown scale unit 'furlongs'"),
+    for row, what in ((6, "missing.png does not exist"), (7, "2024-13-40"), (9, "unknown scale unit 'furlongs'"),
                       (10, "empty patient"), (13, "broken.png: not a readable image")):
         assert f"visits.csv row {row}: " in err and what in err
     assert "header as row 1" in err
@@ -229,8 +312,9 @@ def test_track_end_to_end(mask_ckpt: Path, tmp_path: Path, capsys: pytest.Captur
 
     backend = load_backend(checkpoint=mask_ckpt)
     summary = {r["patient"]: r for r in csv.DictReader((out / "summary.csv").read_text().splitlines())}
-    assert set(summary) == {"P/01", "Q"}
-    for patient, folder, n in (("P/01", "P_01", 4), ("Q", "Q", 2)):
+    assert set(summary) == {"P/01", "Q", "R"}
+    measured: dict[str, list[int]] = {}
+    for patient, folder, n in (("P/01", "P_01", 4), ("Q", "Q", 2), ("R", "R", 3)):
         rows = list(csv.DictReader((out / "patients" / folder / "area.csv").read_text().splitlines()))
         assert len(rows) == n and (out / "patients" / folder / "area.png").stat().st_size > 0
         areas = []
@@ -245,15 +329,40 @@ def test_track_end_to_end(mask_ckpt: Path, tmp_path: Path, capsys: pytest.Captur
             if prev is not None:
                 assert r["change_vs_previous_pct"] == (f"{100 * (a - prev) / prev:.2f}" if prev else "")
         assert summary[patient]["visits"] == str(n)
+        measured[patient] = areas
     p01 = list(csv.DictReader((out / "patients" / "P_01" / "area.csv").read_text().splitlines()))
     assert [r["days_since_first"] for r in p01] == ["0", "7", "14", "28"]
     assert [r["mm_per_px"] for r in p01] == ["0.2", "0.2", "0.2", ""]
     assert [r["area_mm2"] for r in p01] == [f"{int(r['area_px']) * 0.04:.2f}" for r in p01[:3]] + [""]
     assert summary["P/01"]["unit"] == "px" and "scale known for 3 of 4 visits" in summary["P/01"]["note"]
     assert summary["Q"]["unit"] == "mm2" and summary["Q"]["first_date"] == "2024-03-01"
-    assert summary["Q"]["flag"] in (ON_TRACK, NOT_ON_TRACK, INSUFFICIENT)
+    r_rows = list(csv.DictReader((out / "patients" / "R" / "area.csv").read_text().splitlines()))
+    assert [(r["days_since_first"], r["row"]) for r in r_rows] == [("0", "14"), ("0", "15"), ("45", "16")]
+
+    # each flag and reason follows from the measured areas: P/01 is measured on day 28, Q on day 32 (nearest to
+    # day 28 within 7 days), R has no visit on days 21-35 (its second day-0 photo never counts)
+    expected = {"P/01": _expected(measured["P/01"][0], measured["P/01"][3], 28),
+                "Q": _expected(measured["Q"][0], measured["Q"][1], 32),
+                "R": _expected(measured["R"][0], None, None)}
     md = (out / "summary.md").read_text()
-    assert "not_on_track" in md and "row 9: " in md and "| P/01 | 4 |" in md
+    assert rule_text(0.5, 28, 7) in md and "`--window-tolerance-days 7`" in md
+    for patient, (flag, reason) in expected.items():
+        assert (summary[patient]["flag"], summary[patient]["reason"]) == (flag, reason)
+        assert f"| {flag} | {reason}" in md
+    assert "row 9: " in md and "| P/01 | 4 |" in md
+
+
+def _expected(first: int, at: int | None, day: int | None) -> tuple[str, str]:
+    """The flag and reason of a patient whose first visit measures `first` pixels and whose visit nearest to day 28
+    (on `day`; None: no visit within 7 days of day 28, and a later one) measures `at`."""
+    if first == 0:
+        return INSUFFICIENT, "no wound area on the first visit (area 0): no baseline to compare with"
+    if at is None:
+        return INSUFFICIENT, "no visit within 7 days of day 28 (days 21 to 35): the reduction by day 28 is unknown"
+    reduction = 1 - at / first
+    change = f"{reduction:.0%} smaller" if reduction >= 0 else f"{-reduction:.0%} larger"
+    flag, verdict = (ON_TRACK, "reached") if reduction >= 0.5 else (NOT_ON_TRACK, "below")
+    return flag, f"{change} on day {day} (the visit nearest to day 28): {verdict} the 50% reduction by day 28"
 
 
 def test_no_usable_row_is_an_error(mask_ckpt: Path, tmp_path: Path) -> None:
@@ -261,7 +370,7 @@ def test_no_usable_row_is_an_error(mask_ckpt: Path, tmp_path: Path) -> None:
     visits.write_text("Patient,Date,Photo\nA,2024-01-01,nope.png\n")
     with pytest.raises(DataError, match="no visit could be measured") as exc:
         run_track(visits, tmp_path / "out", checkpoint=mask_ckpt, progress=False)
-    assert exc.value.problems == ["visits.csv row 2: photo nope.png not found (" + str(tmp_path / "nope.png") + ")"]
+    assert exc.value.problems == [f"visits.csv row 2: photo nope.png does not exist ({tmp_path / 'nope.png'})"]
     assert (tmp_path / "out" / "problems.csv").is_file()
 
 

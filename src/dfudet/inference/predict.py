@@ -16,9 +16,10 @@
   polygons in the photo's pixels, area_px, area_mm2 (null without a scale)} per box, in the order of `boxes`) and
   `mm_per_px`, the same fields as the service's response (`inference.area.outline_fields`); the CSV gains the
   columns area_px and area_mm2; the annotated copies show the outlines. The scale comes from `--mm-per-px` (all
-  photos) or from a photo list (`--photos LIST.csv`, columns `photo` and optional `scale` in mm per pixel, paths
-  relative to the list's folder); there is no guessed scale: without one, areas are in pixels only and the JSON's
-  `area_note` says so.
+  photos) or from a photo list (`--photos LIST.csv`: a `photo` column, paths relative to the list's folder, and an
+  optional `scale` or `mm_per_px` column: 0.2, '0.2 mm/px' or '5 px/mm'; column names in any case; a missing photo
+  or a bad scale stops the run naming every bad row); there is no guessed scale: without one, areas are in pixels
+  only and the JSON's `area_note` says so.
 """
 
 from __future__ import annotations
@@ -34,10 +35,20 @@ from typing import Any
 from tqdm import tqdm
 
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
-from dfudet.errors import DataError
+from dfudet.errors import ConfigError, DataError
 from dfudet.inference.area import NO_SCALE_NOTE, check_mm_per_px, outline_fields, parse_scale
 from dfudet.inference.backend import load_backend
 from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
+from dfudet.inference.photo_lists import (
+    ROW_NOTE,
+    cell,
+    column_index,
+    data_rows,
+    photo_problem,
+    read_rows,
+    resolve_photo,
+    scale_column,
+)
 from dfudet.utils import atomic_write_bytes
 
 
@@ -95,31 +106,36 @@ def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
 
 
 def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
-    """Photos and their mm-per-pixel scales from a CSV with a `photo` column and an optional `scale` column.
+    """Photos and their mm-per-pixel scales from a CSV with a `photo` column and an optional `scale` (or
+    `mm_per_px`) column, read as track reads VISITS.csv (`dfudet.inference.photo_lists`: case-insensitive column
+    names, paths relative to the list's folder, an empty scale means unknown).
 
-    Paths are relative to the list's folder; an empty scale means unknown. A missing column, a missing photo or a
-    bad scale is an error naming the row (row 1 is the header).
+    A missing column, or any bad row (an empty photo, a photo that does not exist or is not a file, a bad scale), is
+    a DataError for the whole list naming every bad row (row 1 is the header; blank lines count as rows).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the photo list ({exc.strerror or exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "photo" not in [f.strip() for f in reader.fieldnames]:
-        raise DataError(f"{path}: a photo list needs a 'photo' column (and optionally 'scale', mm per pixel); "
-                        f"found columns {reader.fieldnames}")
+    rows = read_rows(path, ("photo",), "photo list")
+    cols = column_index(rows[0], path, ("photo",))
+    scale_col = scale_column(cols)
     photos: list[Path] = []
     scales: dict[str, float] = {}
-    for row_no, row in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-        if not row.get("photo"):
-            raise DataError(f"{path} row {row_no}: empty photo")
-        photo = Path(row["photo"]) if Path(row["photo"]).is_absolute() else path.parent / row["photo"]
-        scale = parse_scale(row.get("scale") or "", f"{path} row {row_no}")
-        photos.append(photo)
+    problems: list[str] = []
+    for n, cells in data_rows(rows):
+        photo = cell(cells, cols, "photo")
+        resolved = resolve_photo(photo, path)
+        row_problems = [p for p in [photo_problem(photo, resolved)] if p]
+        try:
+            scale = parse_scale(cell(cells, cols, scale_col), scale_col or "scale")
+        except ConfigError as exc:
+            row_problems.append(str(exc))
+            scale = None
+        problems += [f"{path} row {n}: {p}" for p in row_problems]
+        photos.append(resolved)
         if scale is not None:
-            scales[str(photo)] = scale
+            scales[str(resolved)] = scale
+    if problems:
+        raise DataError(f"{path}: {len(problems)} problem(s) in the photo list ({ROW_NOTE}); nothing was predicted",
+                        problems)
     if not photos:
         raise DataError(f"{path}: the photo list has no rows")
     return photos, scales

@@ -1,14 +1,15 @@
 """`dfudet track`: a per-patient healing timeline of wound area from the photos of successive visits.
 
 Input: VISITS.csv with the columns `patient`, `date` (ISO YYYY-MM-DD), `photo` (a path; relative paths are resolved
-against the CSV's folder) and optionally `scale` (or `mm_per_px`): millimetres per pixel of that photo, written
-"0.2", "0.2 mm/px" or "5 px/mm" (converted to 0.2 mm/px). `--mm-per-px` applies to rows without a scale of their
-own. Column names are read case-insensitively.
+against the CSV's folder) and optionally `scale` (or `mm_per_px`, not both): millimetres per pixel of that photo,
+written "0.2", "0.2 mm/px" or "5 px/mm" (converted to 0.2 mm/px). `--mm-per-px` applies to rows without a scale of
+their own. Column names are read case-insensitively (`dfudet.inference.photo_lists`, as `predict --photos` reads).
 
-Bad rows (empty patient, a date that is not YYYY-MM-DD, a missing or unreadable photo, a scale that is not a
-positive number or has an unknown unit) are reported by their row number in VISITS.csv (the header is row 1, the
-first visit row 2, blank lines count as rows as in a spreadsheet) on stderr and in problems.csv, and the other rows
-are processed. A missing required column stops the run with its name; so does a file with no usable row.
+Bad rows (empty patient, a date that is not YYYY-MM-DD, a photo that does not exist, is not a file or cannot be read
+as an image, a scale that is not a positive number or has an unknown unit) are reported by their row number in
+VISITS.csv (the header is row 1, the first visit row 2, blank lines count as rows as in a spreadsheet) on stderr and
+in problems.csv, and the other rows are processed. A missing required column stops the run with its name; so does a
+file with no usable row.
 
 Measurement: every photo goes through the model (an outline model, e.g. maskrcnn_efficientnet; a box-only model is
 refused) and the detections at the operating threshold are kept. The wound area of a visit is the pixel count of
@@ -18,14 +19,18 @@ mm² only when the photo's scale is known (`dfudet.inference.area`), never guess
 Comparison unit per patient: mm² when every visit of the patient has a scale, else pixels (the unit all visits
 have; the outputs say so, and pixel areas are comparable only when the photos were taken from the same distance).
 
-Healing rule (`--min-reduction` R, default 0.5, and `--window-days` W, default 28), in the comparison unit:
-- reduction(v) = 1 - area(v) / area(first visit); the reduction by day W is that of the LAST visit with
-  1 <= days_since_first <= W (the measurement nearest to the end of the window, as the 4-week percent area
-  reduction is measured in the clinic).
-- on_track: the reduction by day W is at least R.
-- not_on_track: the window has elapsed (a visit at day W or later exists) and the reduction by day W is below R.
-- insufficient_data: the window has not elapsed and the reduction so far is below R; or no visit lies between
-  day 1 and day W (the reduction by day W is unknown); or the first visit's area is 0 (no baseline).
+Healing rule (`--min-reduction` R, default 0.5; `--window-days` W, default 28; `--window-tolerance-days` T,
+default 7, 0 <= T < W), in the comparison unit, with days counted from the first visit (the earliest date; of
+several photos that day, the first CSV row):
+- reduction(v) = 1 - area(v) / area(first visit). The 4-week reduction is measured at the visit NEAREST to day W
+  among the visits on days W - T to W + T (ties: the earlier visit, e.g. day W - 2 before day W + 2; of same-day
+  visits, the first CSV row). A visit on day 0 never counts as the reduction.
+- on_track: that reduction >= R. not_on_track: that reduction < R.
+- No visit on days W - T to W + T: insufficient_data when a visit after day W + T exists ("no visit within T days
+  of day W"); when the series ends before day W - T, on_track if some visit after day 0 already shows a reduction
+  >= R (reached early; the reason says so and names the first such visit), else insufficient_data ("day W not
+  reached yet").
+- insufficient_data when the first visit's area is 0 (no baseline), whatever the later visits show.
 Visits on the same day as another are kept as separate rows (ordered by date, then by CSV row).
 
 Outputs in --out (written atomically): patients/<id>/area.csv and area.png (area over days with a thumbnail of each
@@ -60,12 +65,20 @@ from dfudet.errors import ConfigError, DataError
 from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px, parse_scale
 from dfudet.inference.backend import Backend, Detections, load_backend
 from dfudet.inference.draw import draw_outlines
+from dfudet.inference.photo_lists import (
+    ROW_NOTE,
+    cell,
+    column_index,
+    data_rows,
+    photo_problem,
+    read_rows,
+    resolve_photo,
+    scale_column,
+)
 from dfudet.utils import atomic_write_bytes
 
 ON_TRACK, NOT_ON_TRACK, INSUFFICIENT = "on_track", "not_on_track", "insufficient_data"
 REQUIRED_COLUMNS = ("patient", "date", "photo")
-SCALE_COLUMNS = ("scale", "mm_per_px")
-ROW_NOTE = "rows counted with the header as row 1"
 THUMB_SIZE = 96  # long side of the photo thumbnails on the plot, pixels
 
 
@@ -105,7 +118,7 @@ class Timeline:
     flag: str  # ON_TRACK, NOT_ON_TRACK or INSUFFICIENT
     reason: str
     reduction_by_window: float | None  # fraction (0.6 = 60 % smaller); None when unknown
-    window_visit_day: int | None  # days_since_first of the visit the reduction by day W was measured at
+    window_visit_day: int | None  # days_since_first of the visit it was measured at (or reached early at)
 
     @property
     def first(self) -> TimelineRow:
@@ -121,12 +134,15 @@ def _pct(now: float, before: float) -> float | None:
     return None if before == 0 else 100.0 * (now - before) / before
 
 
-def check_rule(min_reduction: float, window_days: int) -> None:
+def check_rule(min_reduction: float, window_days: int, tolerance_days: int = 7) -> None:
     """The healing rule's parameters, or a ConfigError naming the option."""
     if not (math.isfinite(min_reduction) and 0 < min_reduction <= 1):
         raise ConfigError(f"--min-reduction must be a fraction in (0, 1] (0.5 = 50 % smaller), got {min_reduction}")
     if window_days < 1:
         raise ConfigError(f"--window-days must be at least 1, got {window_days}")
+    if not 0 <= tolerance_days < window_days:
+        raise ConfigError(f"--window-tolerance-days must be at least 0 and less than --window-days ({window_days}), "
+                          f"got {tolerance_days}")
 
 
 def _unit(visits: Sequence[VisitArea]) -> tuple[str, str]:
@@ -140,35 +156,57 @@ def _unit(visits: Sequence[VisitArea]) -> tuple[str, str]:
                   "visits have; valid only when the photos were taken from the same distance")
 
 
-def _flag(rows: Sequence[TimelineRow], min_reduction: float, window_days: int
+def window_visit(rows: Sequence[TimelineRow], window_days: int, tolerance_days: int) -> TimelineRow | None:
+    """The visit the reduction by day W is measured at: the one nearest to day W among the visits on days W - T to
+    W + T (ties: the earlier visit, then the earlier CSV row); None when no visit lies there. Never a day-0 visit."""
+    lo, hi = max(1, window_days - tolerance_days), window_days + tolerance_days
+    inside = [r for r in rows if lo <= r.days_since_first <= hi]
+    # rows are in (date, CSV row) order and min() keeps the first of equal keys
+    return min(inside, key=lambda r: abs(r.days_since_first - window_days), default=None)
+
+
+def _measured(row: TimelineRow, first: float) -> tuple[float, str]:
+    """(reduction of `row` vs the first visit's area, "60% smaller on day 28")."""
+    reduction = 1.0 - row.area / first
+    change = f"{reduction:.0%} smaller" if reduction >= 0 else f"{-reduction:.0%} larger"
+    return reduction, f"{change} on day {row.days_since_first}"
+
+
+def _flag(rows: Sequence[TimelineRow], min_reduction: float, window_days: int, tolerance_days: int
           ) -> tuple[str, str, float | None, int | None]:
     """(flag, reason, reduction by day W, day it was measured at) by the rule in the module docstring."""
-    first = rows[0].area
+    first, w, t = rows[0].area, window_days, tolerance_days
     if first == 0:
         return INSUFFICIENT, "no wound area on the first visit (area 0): no baseline to compare with", None, None
-    within = [r for r in rows[1:] if r.days_since_first <= window_days]
-    elapsed = rows[-1].days_since_first >= window_days
-    target = f"{min_reduction:.0%} reduction by day {window_days}"
-    if not within:
-        return (INSUFFICIENT, f"no visit between day 1 and day {window_days}: the reduction by day {window_days} "
-                f"is unknown", None, None)
-    at = within[-1]
-    reduction = 1.0 - at.area / first
-    change = f"{reduction:.0%} smaller" if reduction >= 0 else f"{-reduction:.0%} larger"
-    measured = f"{change} on day {at.days_since_first}"
-    if reduction >= min_reduction - 1e-12:
-        return ON_TRACK, f"{measured}: reached the {target}", reduction, at.days_since_first
-    if elapsed:
-        return NOT_ON_TRACK, f"{measured}: below the {target}", reduction, at.days_since_first
-    return (INSUFFICIENT, f"{measured}, below the {target}, but day {window_days} is not reached yet",
-            reduction, at.days_since_first)
+    reached = min_reduction - 1e-12  # 1 - 50/100 is 0.5 exactly, but a ratio of mm² may land a hair below
+    target = f"{min_reduction:.0%} reduction by day {w}"
+    at = window_visit(rows, w, t)
+    if at is not None:
+        reduction, measured = _measured(at, first)
+        flag, verdict = (ON_TRACK, "reached") if reduction >= reached else (NOT_ON_TRACK, "below")
+        return (flag, f"{measured} (the visit nearest to day {w}): {verdict} the {target}", reduction,
+                at.days_since_first)
+    last = rows[-1].days_since_first
+    if last > w + t:
+        return (INSUFFICIENT, f"no visit within {t} days of day {w} (days {w - t} to {w + t}): the reduction by day "
+                f"{w} is unknown", None, None)
+    later = [r for r in rows if r.days_since_first >= 1]
+    early = next((r for r in later if _measured(r, first)[0] >= reached), None)
+    if early is not None:
+        reduction, measured = _measured(early, first)
+        return (ON_TRACK, f"{measured}: reached the {min_reduction:.0%} reduction early (the last visit is on day "
+                f"{last}, before day {w - t})", reduction, early.days_since_first)
+    so_far = f"{_measured(later[-1], first)[1]} so far, below the {min_reduction:.0%} reduction; " if later else ""
+    return (INSUFFICIENT, f"{so_far}day {w} not reached yet (the last visit is on day {last}, before day {w - t})",
+            None, None)
 
 
-def healing_timeline(visits: Sequence[VisitArea], min_reduction: float = 0.5, window_days: int = 28) -> Timeline:
+def healing_timeline(visits: Sequence[VisitArea], min_reduction: float = 0.5, window_days: int = 28,
+                     tolerance_days: int = 7) -> Timeline:
     """The timeline of one patient's visits: days since the first, areas, percent changes and the healing flag."""
     if not visits:
         raise ValueError("healing_timeline needs at least one visit")
-    check_rule(min_reduction, window_days)
+    check_rule(min_reduction, window_days, tolerance_days)
     ordered = sorted(visits, key=lambda v: (v.day, v.row))
     unit, note = _unit(ordered)
     start = ordered[0].day
@@ -180,17 +218,20 @@ def healing_timeline(visits: Sequence[VisitArea], min_reduction: float = 0.5, wi
             visit=v, days_since_first=(v.day - start).days, area_mm2=mm2, area=value,
             change_vs_first_pct=_pct(value, rows[0].area if rows else value),
             change_vs_previous_pct=_pct(value, rows[-1].area) if rows else None))
-    flag, reason, reduction, day = _flag(rows, min_reduction, window_days)
+    flag, reason, reduction, day = _flag(rows, min_reduction, window_days, tolerance_days)
     return Timeline(tuple(rows), unit, note, flag, reason, reduction, day)
 
 
-def rule_text(min_reduction: float, window_days: int) -> str:
+def rule_text(min_reduction: float, window_days: int, tolerance_days: int = 7) -> str:
     """The healing rule in words, for summary.md."""
-    return (f"reduction = 1 - area / area of the first visit, taken at the last visit between day 1 and day "
-            f"{window_days}. **{ON_TRACK}**: reduction >= {min_reduction:.0%}. **{NOT_ON_TRACK}**: a visit on day "
-            f"{window_days} or later exists and the reduction is below {min_reduction:.0%}. **{INSUFFICIENT}**: "
-            f"day {window_days} not reached yet and the reduction is below {min_reduction:.0%}, or no visit between "
-            f"day 1 and day {window_days}, or no wound area on the first visit.")
+    r, w, t = f"{min_reduction:.0%}", window_days, tolerance_days
+    return (f"reduction = 1 - area / area of the first visit, measured at the visit nearest to day {w} among the "
+            f"visits on days {w - t} to {w + t} (ties: the earlier visit; a visit on day 0 never counts). "
+            f"**{ON_TRACK}**: reduction >= {r}. **{NOT_ON_TRACK}**: reduction < {r}. With no visit on days {w - t} "
+            f"to {w + t}: **{INSUFFICIENT}** when a later visit exists (no visit within {t} days of day {w}); when "
+            f"the last visit is before day {w - t}, **{ON_TRACK}** if a visit already shows a reduction >= {r} "
+            f"(reached early), else **{INSUFFICIENT}** (day {w} not reached yet). **{INSUFFICIENT}** also when the "
+            f"first visit's area is 0 (no baseline).")
 
 
 # ----------------------------------------------------------------------------------------------- VISITS.csv
@@ -229,48 +270,25 @@ def _parse_date(text: str) -> date:
         raise ValueError(f"date {text!r} is not a calendar date (YYYY-MM-DD)") from None
 
 
-def _columns(header: list[str], csv_path: Path) -> dict[str, int]:
-    """Column index by lower-case name; DataError naming a missing required column."""
-    cols: dict[str, int] = {}
-    for i, name in enumerate(header):
-        cols.setdefault(name.strip().lower(), i)
-    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
-    if missing:
-        raise DataError(f"{csv_path}: missing required column(s) {', '.join(missing)} (the header has "
-                        f"{', '.join(repr(h) for h in header) or 'nothing'}; needed: patient, date, photo, "
-                        f"optional scale)")
-    if all(c in cols for c in SCALE_COLUMNS):
-        raise DataError(f"{csv_path}: both a 'scale' and a 'mm_per_px' column: keep one (mm per pixel)")
-    return cols
-
-
-def _cell(cells: list[str], cols: dict[str, int], name: str) -> str:
-    """The stripped cell of column `name` ("" when the row is shorter than the header)."""
-    i = cols.get(name)
-    return cells[i].strip() if i is not None and i < len(cells) else ""
-
-
 def _row_visit(cells: list[str], cols: dict[str, int], row: int, csv_path: Path, default_scale: float | None
                ) -> Visit | list[str]:
     """The visit of one data row, or every problem of the row (without its number)."""
-    patient, photo = _cell(cells, cols, "patient"), _cell(cells, cols, "photo")
+    patient, photo = cell(cells, cols, "patient"), cell(cells, cols, "photo")
     problems = [] if patient else ["empty patient"]
     day = scale = None
     try:
-        day = _parse_date(_cell(cells, cols, "date"))
+        day = _parse_date(cell(cells, cols, "date"))
     except ValueError as exc:
         problems.append(str(exc))
-    scale_col = next((c for c in SCALE_COLUMNS if c in cols), None)
+    scale_col = scale_column(cols)
     try:
-        scale = parse_scale(_cell(cells, cols, scale_col), scale_col) if scale_col else None
+        scale = parse_scale(cell(cells, cols, scale_col), scale_col) if scale_col else None
     except ConfigError as exc:
         problems.append(str(exc))
-    path = Path(photo).expanduser()
-    path = path if path.is_absolute() else csv_path.parent / path
-    if not photo:
-        problems.append("empty photo")
-    elif not path.is_file():
-        problems.append(f"photo {photo} not found ({path})")
+    path = resolve_photo(photo, csv_path)
+    bad_photo = photo_problem(photo, path)
+    if bad_photo:
+        problems.append(bad_photo)
     if problems or day is None:
         return problems
     return Visit(row, patient, day, photo, path, scale if scale is not None else default_scale)
@@ -279,29 +297,16 @@ def _row_visit(cells: list[str], cols: dict[str, int], row: int, csv_path: Path,
 def read_visits(csv_path: str | Path, default_mm_per_px: float | None = None) -> tuple[list[Visit], list[Problem]]:
     """The usable rows of VISITS.csv and a Problem for each bad row (row numbers count the header as row 1)."""
     csv_path = Path(csv_path)
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{csv_path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{csv_path}: cannot read the visits file ({exc})") from None
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as exc:
-        raise DataError(f"{csv_path}: not a readable CSV file ({exc})") from None
-    if not rows:
-        raise DataError(f"{csv_path}: empty file (expected a header with patient, date, photo[, scale])")
-    cols = _columns(rows[0], csv_path)
+    rows = read_rows(csv_path, REQUIRED_COLUMNS, "visits file")
+    cols = column_index(rows[0], csv_path, REQUIRED_COLUMNS)
     visits: list[Visit] = []
     problems: list[Problem] = []
-    for n, cells in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in cells):
-            continue  # blank line or a row of empty cells (spreadsheet exports)
+    for n, cells in data_rows(rows):
         visit = _row_visit(cells, cols, n, csv_path, default_mm_per_px)
         if isinstance(visit, Visit):
             visits.append(visit)
         else:
-            problems.append(Problem(n, _cell(cells, cols, "patient"), _cell(cells, cols, "photo"), "; ".join(visit)))
+            problems.append(Problem(n, cell(cells, cols, "patient"), cell(cells, cols, "photo"), "; ".join(visit)))
     return visits, problems
 
 
@@ -389,7 +394,7 @@ def area_csv(tl: Timeline) -> bytes:
 
 
 def plot_timeline(patient: str, tl: Timeline, thumbs: Sequence[Image.Image], path: Path, min_reduction: float,
-                  window_days: int) -> None:
+                  window_days: int, tolerance_days: int = 7) -> None:
     """patients/<id>/area.png: area over days since the first visit; above the plot, each visit's thumbnail with
     its outlines, in date order, joined to its point by a line."""
     days = [r.days_since_first for r in tl.rows]
@@ -405,6 +410,9 @@ def plot_timeline(patient: str, tl: Timeline, thumbs: Sequence[Image.Image], pat
         ax.axhline((1 - min_reduction) * tl.first.area, ls="--", color="grey", lw=1,
                    label=f"{min_reduction:.0%} smaller than the first visit")
     ax.axvline(window_days, ls=":", color="grey", lw=1, label=f"day {window_days}")
+    if tolerance_days:
+        ax.axvspan(window_days - tolerance_days, window_days + tolerance_days, color="grey", alpha=0.08, lw=0,
+                   label=f"days {window_days - tolerance_days}-{window_days + tolerance_days}")
     for i, (d, v, th) in enumerate(zip(days, values, thumbs)):
         x = (i + 0.5) / len(days)
         ax.text(x, 1.01, f"day {d}", transform=ax.transAxes, ha="center", va="bottom", fontsize=7)
@@ -417,7 +425,8 @@ def plot_timeline(patient: str, tl: Timeline, thumbs: Sequence[Image.Image], pat
     ax.set_ylabel(f"wound area ({unit})")
     fig.suptitle(f"{patient}: {tl.flag}", fontsize=11)
     ax.set_ylim(bottom=0, top=max([*values, 1.0]) * 1.15)
-    ax.set_xlim(min(days) - max(3, window_days * 0.15), max([*days, window_days]) + max(3, window_days * 0.15))
+    ax.set_xlim(min(days) - max(3, window_days * 0.15),
+                max([*days, window_days + tolerance_days]) + max(3, window_days * 0.15))
     ax.legend(loc="best", fontsize=8)
     width = int(fig.get_figwidth() * 16)  # characters per line at fontsize 7
     fig.text(0.01, 0.01, "\n".join(textwrap.fill(t, width) for t in (tl.reason, tl.unit_note) if t), fontsize=7,
@@ -444,11 +453,11 @@ def summary_row(patient: str, folder: str, tl: Timeline) -> dict[str, Any]:
 
 
 def summary_md(rows: Sequence[dict[str, Any]], problems: Sequence[Problem], csv_path: Path, min_reduction: float,
-               window_days: int) -> bytes:
+               window_days: int, tolerance_days: int = 7) -> bytes:
     """summary.md: the rule, one table row per patient, and the rows that were not measured."""
     lines = [f"# Healing timeline: {csv_path.name}", "",
-             f"Rule (`--min-reduction {min_reduction:g}`, `--window-days {window_days}`): "
-             + rule_text(min_reduction, window_days), "",
+             f"Rule (`--min-reduction {min_reduction:g}`, `--window-days {window_days}`, `--window-tolerance-days "
+             f"{tolerance_days}`): " + rule_text(min_reduction, window_days, tolerance_days), "",
              "Wound area = pixels of the union of the kept outlines (overlaps counted once); mm² only where the "
              "photo's scale is known. Each patient is compared in mm² when every visit has a scale, else in pixels.",
              "", "| patient | visits | first | last | unit | first area | last area | change % | flag | reason |",
@@ -488,10 +497,10 @@ def _measure_all(backend: Backend, visits: Sequence[Visit], problems: list[Probl
 def run_track(visits_csv: str | Path, out: str | Path, checkpoint: str | Path | None = None,
               onnx: str | Path | None = None, mm_per_px: float | None = None, min_reduction: float = 0.5,
               window_days: int = 28, operating_threshold: float | None = None, device: str = "cpu",
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, tolerance_days: int = 7) -> dict[str, Any]:
     """Measure every visit photo of VISITS.csv and write the per-patient timelines and the summary to `out`."""
     csv_path, out = Path(visits_csv), Path(out)
-    check_rule(min_reduction, window_days)
+    check_rule(min_reduction, window_days, tolerance_days)
     default_scale = check_mm_per_px(mm_per_px, "--mm-per-px")
     visits, problems = read_visits(csv_path, default_scale)
     backend = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, operating_threshold=operating_threshold)
@@ -508,15 +517,16 @@ def run_track(visits_csv: str | Path, out: str | Path, checkpoint: str | Path | 
     folders = safe_ids(list(by_patient))
     summary: list[dict[str, Any]] = []
     for patient, ms in by_patient.items():
-        tl = healing_timeline([m.area for m in ms], min_reduction, window_days)
+        tl = healing_timeline([m.area for m in ms], min_reduction, window_days, tolerance_days)
         thumbs = {m.visit.row: m.thumbnail for m in ms}
         d = out / "patients" / folders[patient]
         atomic_write_bytes(d / "area.csv", area_csv(tl))
         plot_timeline(patient, tl, [thumbs[r.visit.row] for r in tl.rows], d / "area.png", min_reduction,
-                      window_days)
+                      window_days, tolerance_days)
         summary.append(summary_row(patient, f"patients/{folders[patient]}", tl))
     atomic_write_bytes(out / "summary.csv", _csv_bytes(SUMMARY_COLUMNS, [list(r.values()) for r in summary]))
-    atomic_write_bytes(out / "summary.md", summary_md(summary, problems, csv_path, min_reduction, window_days))
+    atomic_write_bytes(out / "summary.md", summary_md(summary, problems, csv_path, min_reduction, window_days,
+                                                          tolerance_days))
     flags = {f: sum(r["flag"] == f for r in summary) for f in (ON_TRACK, NOT_ON_TRACK, INSUFFICIENT)}
     return {"patients": len(summary), "visits": len(measured), "problems": len(problems), "flags": flags,
             "pixels_only": sum(r["unit"] == "px" for r in summary), "threshold": backend.operating_threshold,
