@@ -382,3 +382,11 @@ def test_box_only_model_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["track", str(visits), "--checkpoint", str(box_ckpt), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "track needs an outline model (e.g. maskrcnn_efficientnet)" in err and "boxes only" in err
+
+
+def test_a_flag_resting_on_a_photo_without_any_ulcer_says_to_check_it() -> None:
+    """Area 0 at day 28 reads as healed, but a model can also miss a small wound: the reason says so."""
+    visits = _series([500, 300], [0, 14]) + [VisitArea(DAY0 + timedelta(days=28), 0, None, 0, "v2.png", 4)]
+    tl = healing_timeline(visits)
+    assert tl.flag == ON_TRACK and "CHECK the day-28 photo: the model found no ulcer in it" in tl.reason
+    assert "CHECK" not in healing_timeline(_series([500, 300, 100], [0, 14, 28])).reason

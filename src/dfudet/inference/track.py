@@ -184,8 +184,8 @@ def _flag(rows: Sequence[TimelineRow], min_reduction: float, window_days: int, t
     if at is not None:
         reduction, measured = _measured(at, first)
         flag, verdict = (ON_TRACK, "reached") if reduction >= reached else (NOT_ON_TRACK, "below")
-        return (flag, f"{measured} (the visit nearest to day {w}): {verdict} the {target}", reduction,
-                at.days_since_first)
+        return (flag, f"{measured} (the visit nearest to day {w}): {verdict} the {target}{_none_found(at)}",
+                reduction, at.days_since_first)
     last = rows[-1].days_since_first
     if last > w + t:
         return (INSUFFICIENT, f"no visit within {t} days of day {w} (days {w - t} to {w + t}): the reduction by day "
@@ -195,10 +195,18 @@ def _flag(rows: Sequence[TimelineRow], min_reduction: float, window_days: int, t
     if early is not None:
         reduction, measured = _measured(early, first)
         return (ON_TRACK, f"{measured}: reached the {min_reduction:.0%} reduction early (the last visit is on day "
-                f"{last}, before day {w - t})", reduction, early.days_since_first)
+                f"{last}, before day {w - t}){_none_found(early)}", reduction, early.days_since_first)
     so_far = f"{_measured(later[-1], first)[1]} so far, below the {min_reduction:.0%} reduction; " if later else ""
     return (INSUFFICIENT, f"{so_far}day {w} not reached yet (the last visit is on day {last}, before day {w - t})",
             None, None)
+
+
+def _none_found(row: TimelineRow) -> str:
+    """A warning for a flag that rests on a photo where the model found no ulcer: healed, or missed."""
+    if row.visit.ulcers or row.visit.area_px:
+        return ""
+    return (f"; CHECK the day-{row.days_since_first} photo: the model found no ulcer in it (healed, or missed: "
+            "a small or unusual wound can be missed)")
 
 
 def healing_timeline(visits: Sequence[VisitArea], min_reduction: float = 0.5, window_days: int = 28,
