@@ -75,6 +75,7 @@ def test_registry_names() -> None:
         "fasterrcnn_mobilenet_v3_large_fpn",
         "fasterrcnn_resnet50_fpn_v2",
         "fcos_timm",
+        "maskrcnn_efficientnet",
         "retinanet_timm",
     ]
     assert get_spec("fasterrcnn_efficientnet").feature_levels == 5

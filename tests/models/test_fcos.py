@@ -101,7 +101,7 @@ def test_one_stage_settings_on_a_two_stage_model_are_config_errors(kw: dict[str,
 
 
 def test_two_stage_settings_and_bad_widths_on_fcos_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="model.rpn_batch_size_per_image applies to Faster R-CNN, not fcos_timm"):
+    with pytest.raises(ConfigError, match="model.rpn_batch_size_per_image applies to Faster/Mask R-CNN, not fcos_timm"):
         build_detector(_cfg(rpn_batch_size_per_image=64), IMG)
     with pytest.raises(ConfigError, match="model.fpn_channels=33 must be even for fcos_timm"):
         build_detector(_cfg(fpn_channels=33), IMG)
