@@ -37,15 +37,18 @@ def decode(rle: Rle) -> np.ndarray:
     return _decode_u8(rle).astype(bool)
 
 
-def _decode_u8(rle: Rle) -> np.ndarray:
-    """pycocotools' own (H, W) column-major uint8 decoding, without a copy to bool."""
+def _compressed(rle: Rle) -> dict[str, Any]:
+    """pycocotools' compressed form of an RLE (string or COCO's uncompressed list counts)."""
     h, w = (int(v) for v in rle["size"])
     counts = rle["counts"]
     if isinstance(counts, list):  # uncompressed COCO RLE
-        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    else:
-        compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return cast(np.ndarray, mask_utils.decode(compressed))
+        return cast(dict[str, Any], mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w))
+    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def _decode_u8(rle: Rle) -> np.ndarray:
+    """pycocotools' own (H, W) column-major uint8 decoding, without a copy to bool."""
+    return cast(np.ndarray, mask_utils.decode(_compressed(rle)))
 
 
 def from_polygons(polygons: Sequence[Sequence[float]], width: int, height: int) -> Rle:
@@ -70,12 +73,7 @@ def check(rle: Any, width: int, height: int, where: str) -> Rle:
 
 def area(rle: Rle) -> int:
     """Pixels of the mask."""
-    h, w = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        return int(decode(rle).sum())
-    return int(mask_utils.area({"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str)
-                                else counts}))
+    return int(mask_utils.area(_compressed(rle)))
 
 
 def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
@@ -102,12 +100,7 @@ def polygons(rle: Rle, tolerance: float = 1.0) -> list[list[float]]:
 
 def _bbox(rle: Rle) -> tuple[int, int, int, int]:
     """Integer pixel box (x, y, w, h) of the mask's pixels; w = h = 0 for an empty mask."""
-    m = decode(rle) if isinstance(rle["counts"], list) else None
-    if m is not None:
-        return _bbox(encode(m))
-    counts = rle["counts"]
-    x, y, w, h = mask_utils.toBbox({"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str)
-                                    else counts})
+    x, y, w, h = mask_utils.toBbox(_compressed(rle))
     return int(x), int(y), int(w), int(h)
 
 
