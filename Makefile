@@ -31,8 +31,9 @@ demo: $(STAMP)
 	  --out $(DEMO)/report-untrained
 	@echo "demo report: $(DEMO)/report/report.md (the untrained model for comparison: $(DEMO)/report-untrained)"
 
-# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache -> train from scratch (60 min cap)
-# -> evaluate on val (AP50 against the 60-minute bar) and on test (the reported table, bootstrap CIs).
+# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache -> train -> tune (the inference input
+# size and its threshold, chosen on val among train.tune_img_sizes; none listed: the training size) -> evaluate the
+# tuned model on val and on test (the reported table, bootstrap CIs) and the untrained model on test.
 # FUSEG_CONFIG=configs/fuseg_cpu.yaml reproduces the two-stage (Faster R-CNN) result instead.
 FUSEG ?= ../shared/data/fuseg
 FUSEG_CONFIG ?= configs/fuseg_cpu_fcos.yaml
@@ -50,9 +51,11 @@ reproduce-fuseg: $(STAMP)
 	$(TIMEV) $(DFUDET) train --config $(FUSEG_CONFIG) --run-dir $(FUSEG_RUN)/train data.cache=$(FUSEG_RUN)/cache \
 	  --baseline
 	-grep -E "Elapsed|Maximum resident" $(FUSEG_RUN)/train-time.txt
-	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache --split val \
+	$(DFUDET) tune --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache \
+	  --out $(FUSEG_RUN)/train/tuned_model.pth
+	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/tuned_model.pth --data $(FUSEG_RUN)/cache --split val \
 	  --out $(FUSEG_RUN)/report-val
-	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/best_model.pth --data $(FUSEG_RUN)/cache --split test \
+	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/tuned_model.pth --data $(FUSEG_RUN)/cache --split test \
 	  --out $(FUSEG_RUN)/report-test --bootstrap 1000
 	$(DFUDET) evaluate --checkpoint $(FUSEG_RUN)/train/untrained_model.pth --data $(FUSEG_RUN)/cache --split test \
 	  --out $(FUSEG_RUN)/report-test-untrained
@@ -65,7 +68,7 @@ OUTLINE_RUN := runs/fuseg_cpu_maskrcnn
 reproduce-fuseg-outlines: $(STAMP)
 	$(MAKE) reproduce-fuseg FUSEG_CONFIG=configs/fuseg_cpu_maskrcnn.yaml FUSEG_FORMAT=masks
 	$(PY) scripts/fuseg_zoom_visits.py --fuseg $(FUSEG) --out $(OUTLINE_RUN)/zoom_visits --n 12
-	$(DFUDET) track $(OUTLINE_RUN)/zoom_visits/visits.csv --checkpoint $(OUTLINE_RUN)/train/best_model.pth \
+	$(DFUDET) track $(OUTLINE_RUN)/zoom_visits/visits.csv --checkpoint $(OUTLINE_RUN)/train/tuned_model.pth \
 	  --out $(OUTLINE_RUN)/zoom_visits/track
 
 # ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)

@@ -246,6 +246,37 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+# ----------------------------------------------------------------------------------------------- tune
+def cmd_tune(a: argparse.Namespace) -> int:
+    from dfudet.inference.tune import run_tune
+
+    sizes = [int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes else None
+    t = run_tune(a.checkpoint, a.data, out=a.out, sizes=sizes, split=a.split, device=a.device,
+                 batch_size=a.batch_size)
+    print(f"tuned on split {t['split']!r} (trained at {t['train_img_size']} px):")
+    for r in t["trials"]:
+        mark = "  <- kept" if r["img_size"] == t["chosen_img_size"] else ""
+        print(f"  {r['img_size']:>5} px  threshold {r['operating_threshold']:.2f}  composite {r['composite']:.4f}  "
+              f"P {r['precision']:.3f}  R {r['recall']:.3f}  IoU {r['mean_iou']:.3f}  AP50 {r['ap50']:.4f}  "
+              f"{r['seconds']:.0f} s{mark}")
+    table = Path(t["tuned_checkpoint"]).with_suffix(".json")
+    print(f"tuned checkpoint written to {t['tuned_checkpoint']} (table: {table})")
+    return 0
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="choose the inference input size and its threshold on val; writes tuned_model.pth")
+    p.add_argument("--checkpoint", required=True, help="best_model.pth from `dfudet train` (it is not changed)")
+    p.add_argument("--data", required=True, help="the run's LMDB cache dir or dataset dir")
+    p.add_argument("--sizes", help="input sides to try, e.g. 512,576,640 (default: train.tune_img_sizes of the "
+                                   "checkpoint's config); the training size is always tried")
+    p.add_argument("--split", help="split to tune on (default: the config's val split; the test split is refused)")
+    p.add_argument("--out", help="tuned checkpoint (default: tuned_model.pth next to --checkpoint) and its .json table")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    p.set_defaults(func=cmd_tune)
+
+
 # ----------------------------------------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
     from dfudet.inference.predict import run_predict
@@ -406,7 +437,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- main
 _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_evaluate, _add_predict, _add_track, _add_export, _add_serve,
+    _add_train, _add_evaluate, _add_tune, _add_predict, _add_track, _add_export, _add_serve,
 ]
 
 

@@ -59,6 +59,10 @@ class DataConfig(_Strict):
     val_split: str = "val"
     test_split: str = "test"
     img_size: int = Field(512, ge=64, le=4096)
+    # Input side for evaluate / predict / serve / export when it differs from the training img_size (None: the same).
+    # Chosen on val by `dfudet tune` (which also re-chooses the operating threshold at that size) and written into
+    # the tuned checkpoint's config; training itself always runs and validates at img_size.
+    infer_img_size: int | None = Field(None, ge=64, le=4096)
     batch_size: int = Field(4, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
     positive_fraction: float = Field(0.5, ge=0, le=1)
@@ -178,6 +182,10 @@ class TrainConfig(_Strict):
     # The operating threshold is swept only over thresholds whose val recall reaches this floor (none does: the
     # highest-recall one), so an early model cannot be kept for a few confident boxes (P 1.0, R 0.006).
     operating_min_recall: float = Field(0.3, ge=0, le=1)
+    # Input sides `dfudet tune` tries on val after training (empty: only img_size). A larger input gives small
+    # ulcers more pixels at inference for about the square of the side in time; the kept size is the one with the
+    # best val composite at its own operating threshold.
+    tune_img_sizes: list[int] = Field(default_factory=list)
     iou_threshold: float = Field(0.5, gt=0, le=1)
     grad_clip: float | None = Field(10.0, gt=0)
     precision: Precision = "32"
@@ -192,6 +200,16 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None = torch default)
     max_time_minutes: float | None = Field(None, gt=0)
     log_sample_ids: bool = False  # write run_dir/sample_ids/rank{r}-epoch{e}.json (audit of DDP sharding)
+
+    @field_validator("tune_img_sizes")
+    @classmethod
+    def _tune_sizes(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if not 64 <= s <= 4096]
+        if bad:
+            raise ValueError(f"tune_img_sizes must be input sides in 64..4096 pixels, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"tune_img_sizes lists a size twice: {v}")
+        return v
 
 
 class Config(_Strict):

@@ -248,6 +248,11 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: Precision) -> 
 
 def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> dict[str, Any]:
     """Train (or resume) the run in cfg.run_dir and return the kept model's scores."""
+    if cfg.data.infer_img_size is not None:
+        raise ConfigError(
+            f"data.infer_img_size ({cfg.data.infer_img_size}) is not a training setting: training runs and validates "
+            f"at data.img_size ({cfg.data.img_size}). List the sizes to try in train.tune_img_sizes and run `dfudet "
+            "tune` after training: it chooses the size and its threshold on val. Remove data.infer_img_size")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(run_dir)

@@ -138,6 +138,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
         "onnx_file": out.name,
         "onnx_sha256": sha256_file(out),
         "img_size": size,
+        "train_img_size": info.train_img_size,
         "operating_threshold": float(predictor.operating_threshold),
         "min_score": predictor.min_score,
         "max_detections": predictor.max_detections,

@@ -34,7 +34,7 @@ class ModelInfo:
     path: str
     model_name: str
     backbone: str
-    img_size: int
+    img_size: int  # the input side the backend feeds the model (`dfudet tune` may have chosen one above training's)
     num_classes: int
     epoch: int | None
     format: str  # checkpoint format, or the ONNX metadata format
@@ -44,12 +44,14 @@ class ModelInfo:
     config: Config | None = None  # the full typed run config (PyTorch checkpoints only)
     origin: str = "train"  # "train", "untrained" (--baseline), "external" (saved outside training), "lightning"
     outlines: bool = False  # the model outlines each detection (Detections.masks is set)
+    train_img_size: int | None = None  # the side it was trained at (None: not recorded, e.g. older ONNX exports)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description for reports."""
         return {"path": self.path, "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
                 "backbone": self.backbone,
-                "img_size": self.img_size, "num_classes": self.num_classes, "format": self.format,
+                "img_size": self.img_size, "train_img_size": self.train_img_size, "num_classes": self.num_classes,
+                "format": self.format,
                 "dfudet_version": self.dfudet_version, "outlines": self.outlines}
 
 

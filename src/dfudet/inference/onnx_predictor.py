@@ -62,7 +62,8 @@ def read_metadata(meta: dict[str, Any], onnx_path: Path) -> ModelInfo:
         format=str(meta.get("format", "")), dfudet_version=meta.get("dfudet_version"),
         composite_weights=CompositeWeights.model_validate(meta.get("composite_weights") or {}),
         digest=meta.get("onnx_sha256"), origin=str(meta.get("origin", "train")),
-        outlines=_flag(meta.get("outlines", False), "outlines"))
+        outlines=_flag(meta.get("outlines", False), "outlines"),
+        train_img_size=int(meta["train_img_size"]) if meta.get("train_img_size") is not None else None)
 
 
 def _flag(value: Any, key: str) -> bool:

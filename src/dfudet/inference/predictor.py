@@ -30,7 +30,7 @@ from dfudet.inference.backend import (
 )
 from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
 from dfudet.models.factory import get_spec
-from dfudet.models.passes import to_float_images
+from dfudet.models.passes import set_input_size, to_float_images
 from dfudet.models.spec import ModelSpec
 
 log = logging.getLogger("dfudet")
@@ -62,7 +62,8 @@ class Predictor(Backend):
         self.spec = spec
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        self.img_size = int(img_size)
+        self.img_size = int(img_size)  # the input side (the training img_size unless tuned or overridden)
+        set_input_size(self.model, self.img_size)
         self.operating_threshold = check_threshold(operating_threshold, "operating threshold")
         self.threshold_source = threshold_source
         self.tta = bool(tta)
@@ -74,9 +75,15 @@ class Predictor(Backend):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu",
-                        operating_threshold: float | None = None, tta: bool = False) -> Predictor:
-        """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly."""
+                        operating_threshold: float | None = None, tta: bool = False,
+                        img_size: int | None = None) -> Predictor:
+        """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly.
+
+        The input side is `img_size` if given, else the checkpoint's tuned `data.infer_img_size` (`dfudet tune`),
+        else its training img_size."""
         path = Path(path)
+        if img_size is not None and not 64 <= int(img_size) <= 4096:
+            raise ConfigError(f"--img-size must be an input side in 64..4096 pixels, got {img_size}")
         ckpt = load_for_inference(path)
         cfg = ckpt.config
         try:
@@ -104,11 +111,19 @@ class Predictor(Backend):
         else:
             threshold = check_threshold(operating_threshold, "--operating-threshold")
             source = "--operating-threshold"
-        info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=ckpt.img_size,
+        tuned = cfg.data.infer_img_size
+        size = int(img_size or tuned or ckpt.img_size)
+        if operating_threshold is None:
+            chosen_at = tuned or ckpt.img_size
+            if tuned is not None:
+                source = f"checkpoint operating_threshold (chosen on val at input size {tuned} by `dfudet tune`)"
+            if size != chosen_at:
+                source += f"; it was chosen at input size {chosen_at}, this run uses {size}"
+        info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=size,
                          num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
                          dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
-                         config=cfg, origin=ckpt.origin, outlines=spec.masks)
-        return cls(model, spec, ckpt.img_size, threshold, info, device=device, tta=tta, threshold_source=source)
+                         config=cfg, origin=ckpt.origin, outlines=spec.masks, train_img_size=ckpt.img_size)
+        return cls(model, spec, size, threshold, info, device=device, tta=tta, threshold_source=source)
 
     @property
     def min_score(self) -> float:

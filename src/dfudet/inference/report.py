@@ -203,6 +203,13 @@ def model_label(checkpoint: dict[str, Any]) -> str:
     return f"epoch {epoch}"
 
 
+def _size_note(m: dict[str, Any]) -> str:
+    """' Input N px (trained at M px).' when the model ran at another input side than it was trained at."""
+    c = m["checkpoint"]
+    size, trained = c.get("img_size"), c.get("train_img_size")
+    return f" Input {size} px (trained at {trained} px)." if trained and size and size != trained else ""
+
+
 def write_report_md(path: Path, m: dict[str, Any]) -> None:
     """report.md: a summary in words, one table (with a compared model when given), the threshold's source, a
     glossary of every figure, the oracle, the figures and the galleries."""
@@ -221,7 +228,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         f"{m['counts']['gt_boxes']} ulcer boxes. Boxes compared in original image coordinates.",
         "",
         f"Operating threshold **{m['operating_threshold']:.3f}** ({m['threshold_source']}), IoU threshold "
-        f"{m['iou_threshold']:.2f}{', test-time augmentation (flip + WBF)' if m['tta'] else ''}.",
+        f"{m['iou_threshold']:.2f}{', test-time augmentation (flip + WBF)' if m['tta'] else ''}.{_size_note(m)}",
         "",
     ]
     if cmp_m:

@@ -21,6 +21,18 @@ def to_float_images(images: list[torch.Tensor]) -> list[torch.Tensor]:
     return [im.float().div_(255.0) if im.dtype == torch.uint8 else im.float() for im in images]
 
 
+def set_input_size(model: nn.Module, size: int) -> None:
+    """Make the detector's own transform take `size`-pixel inputs (the data pipeline resizes to it first).
+
+    Models are built with min_size = max_size = the training img_size, so torchvision's transform would resize any
+    other input back to it. An input size other than the training one is chosen on val by `dfudet tune`; anchors
+    and weights stay those of the training size.
+    """
+    transform = cast("GeneralizedRCNNTransform", model.transform)
+    transform.min_size = (int(size),)
+    transform.max_size = int(size)
+
+
 def model_targets(spec: ModelSpec, images: list[Tensor], targets: Targets) -> Targets:
     """What the detector trains on: boxes and labels, plus (outline models) each box's (N, H, W) uint8 mask.
 

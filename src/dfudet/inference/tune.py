@@ -1,0 +1,148 @@
+"""`dfudet tune`: choose the inference input size, and the operating threshold at that size, on the val split.
+
+A detector trained at 512 px can find small ulcers better when the photo is fed larger (a 10 px ulcer at 640 px
+spans 12.5 px: a cell more of the stride-8 map), at about the square of the side in time. Which size helps is a
+property of the trained model and the data, so it is chosen after training, on val, never on test: every size in
+`train.tune_img_sizes` (and the training size itself) predicts val, the operating threshold is swept at each size by
+the rule training uses (`train.operating_min_recall`, `train.composite_weights`), and the size with the best val
+composite at its own threshold is kept (ties: the smaller, cheaper size).
+
+The result is a new checkpoint (`tuned_model.pth` by default; the kept `best_model.pth` is never changed) with
+`data.infer_img_size` and that threshold in it, and the val scores at that size: evaluate, predict, serve and
+export then use both. Weights, anchors and everything else are the trained model's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfudet.checkpoint import atomic_torch_save, build_best_payload, load_for_inference
+from dfudet.data.dataset import DetectionDataset
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.evaluate import predict_split
+from dfudet.inference.predictor import Predictor
+from dfudet.metrics.coco import coco_map
+from dfudet.metrics.scores import Scores, ValidationScores, best_threshold, detection_scores
+from dfudet.utils import atomic_write_bytes
+
+log = logging.getLogger("dfudet")
+TUNED_NAME = "tuned_model.pth"
+
+
+@dataclass(frozen=True)
+class SizeTrial:
+    """The val figures of one input size at its own operating threshold."""
+
+    img_size: int
+    operating: Scores  # at the threshold swept on val (what predict/serve use)
+    at_selection: Scores  # at the training's selection threshold (= operating with select_at: operating)
+    ap50: float
+    ap50_95: float
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready row of the tuning table."""
+        o = self.operating
+        return {"img_size": self.img_size, "operating_threshold": o.score_threshold, "composite": o.composite,
+                "precision": o.precision, "recall": o.recall, "f1": o.f1, "mean_iou": o.mean_iou,
+                "ap50": self.ap50, "ap50_95": self.ap50_95, "seconds": round(self.seconds, 2)}
+
+
+def candidate_sizes(train_size: int, sizes: list[int] | None, configured: list[int]) -> list[int]:
+    """The sizes to try: the given ones (else the config's), always with the training size, ascending."""
+    chosen = list(sizes) if sizes else list(configured)
+    bad = [s for s in chosen if not 64 <= int(s) <= 4096]
+    if bad:
+        raise ConfigError(f"--sizes must be input sides in 64..4096 pixels, got {bad}")
+    return sorted({int(train_size), *(int(s) for s in chosen)})
+
+
+def pick_size(trials: list[SizeTrial]) -> SizeTrial:
+    """The trial with the best val composite at its operating threshold; ties (1e-12) go to the smaller size."""
+    if not trials:
+        raise ConfigError("no input size was tried")
+    best = max(t.operating.composite for t in trials)
+    return min((t for t in trials if t.operating.composite >= best - 1e-12), key=lambda t: t.img_size)
+
+
+def _trial(checkpoint: Path, dataset: DetectionDataset, size: int, device: str, batch_size: int,
+           progress: bool) -> SizeTrial:
+    start = time.perf_counter()
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=size)
+    cfg = predictor.info.config
+    assert cfg is not None  # PyTorch checkpoints always carry their config
+    t = cfg.train
+    rows = predict_split(predictor, dataset, batch_size, progress)
+    preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
+    gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+    _, op = best_threshold(preds, gts, iou_threshold=t.iou_threshold, weights=t.composite_weights,
+                           min_recall=t.operating_min_recall)
+    at = op if t.select_at == "operating" else detection_scores(
+        preds, gts, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
+    ap = coco_map(preds, gts)
+    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start)
+
+
+def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = None, sizes: list[int] | None = None,
+             split: str | None = None, device: str = "cpu", batch_size: int = 8, progress: bool = True
+             ) -> dict[str, Any]:
+    """Try each input size on val, write the tuned checkpoint (and its .json table) and return the table."""
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out is not None else checkpoint.with_name(TUNED_NAME)
+    if out.resolve() == checkpoint.resolve():
+        raise ConfigError(f"--out {out} is the checkpoint being tuned; write the tuned model to another file "
+                          f"(default {TUNED_NAME} next to it) so the kept model stays as training wrote it")
+    if out.suffix != ".pth":
+        raise ConfigError(f"--out {out}: the tuned checkpoint's name must end in .pth")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    ckpt = load_for_inference(checkpoint)
+    cfg = ckpt.config
+    split = split or cfg.data.val_split
+    if split == cfg.data.test_split:
+        raise ConfigError(f"--split {split} is the test split: choosing the input size or threshold on it would make "
+                          "every test figure optimistic; tune on val")
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: data path does not exist (expected the run's LMDB cache dir or dataset dir)")
+    dataset = DetectionDataset(data, split)
+    if len(dataset) == 0:
+        raise DataError(f"{data}: split {split!r} has no images to tune on")
+    tried = candidate_sizes(ckpt.img_size, sizes, cfg.train.tune_img_sizes)
+    trials = []
+    for size in tried:
+        trial = _trial(checkpoint, dataset, size, device, batch_size, progress)
+        o = trial.operating
+        log.info("tune %s px: threshold %.2f composite %.4f (P %.3f R %.3f IoU %.3f) AP50 %.4f, %.0f s", size,
+                 o.score_threshold, o.composite, o.precision, o.recall, o.mean_iou, trial.ap50, trial.seconds)
+        trials.append(trial)
+    best = pick_size(trials)
+    old = ckpt.scores
+    nan = math.nan
+    scores = ValidationScores.from_scores(
+        best.at_selection, best.operating, ap50=best.ap50, ap50_95=best.ap50_95,
+        train_loss=old.train_loss if old else nan, val_loss=old.val_loss if old else nan, lr=old.lr if old else nan)
+    infer = None if best.img_size == ckpt.img_size else best.img_size
+    tuned_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"infer_img_size": infer})})
+    payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
+                                 model_state_dict=ckpt.model_state_dict, optimizer_state_dict={}, scores=scores,
+                                 config=tuned_cfg, origin=ckpt.origin if ckpt.origin != "lightning" else "train")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, out)
+    table = {"checkpoint": str(checkpoint), "tuned_checkpoint": str(out), "data": str(data), "split": split,
+             "train_img_size": ckpt.img_size, "chosen_img_size": best.img_size,
+             "operating_threshold": best.operating.score_threshold,
+             "rule": "best val composite at each size's own operating threshold (recall floor "
+                     f"{cfg.train.operating_min_recall}); ties go to the smaller size",
+             "note": "val_loss and train_loss in the tuned checkpoint are the training's, at the training size",
+             "trials": [t.as_dict() for t in trials]}
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(table, indent=1).encode("utf-8"))
+    return table

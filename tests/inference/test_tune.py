@@ -1,0 +1,166 @@
+"""`dfudet tune`: the inference input size and its threshold are chosen on val, the kept model is left alone, and a
+tuned checkpoint feeds its size to every backend (PyTorch, ONNX) and report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _checkpoints import FCOS_OVERRIDES, train_demo_checkpoint
+from dfudet.checkpoint import load_for_inference
+from dfudet.config import Config
+from dfudet.data.dataset import DetectionDataset
+from dfudet.data.demo import render_sample
+from dfudet.engine.runner import run_training
+from dfudet.errors import ConfigError
+from dfudet.inference.evaluate import predict_split, run_evaluation
+from dfudet.inference.predictor import Predictor
+from dfudet.inference.tune import SizeTrial, pick_size, run_tune
+from dfudet.metrics.scores import Scores, best_threshold
+from dfudet.models.factory import build_detector, get_spec
+
+TRAIN = 96
+
+
+@pytest.fixture(scope="module")
+def fcos_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few-step FCOS at 96 px (anchor-free: a model built at another size is the same model at that size)."""
+    return train_demo_checkpoint(tmp_path_factory.mktemp("tune") / "best_model.pth", img_size=TRAIN, steps=6,
+                                 overrides=FCOS_OVERRIDES)
+
+
+def _native_predictor(ckpt: Path, size: int) -> Predictor:
+    """The checkpoint's weights in a model BUILT at `size` (what a run trained at that size would deploy)."""
+    loaded = load_for_inference(ckpt)
+    model = build_detector(loaded.config.model, size)
+    model.load_state_dict(loaded.model_state_dict)
+    info = Predictor.from_checkpoint(ckpt).info
+    return Predictor(model, get_spec(loaded.model_name), size, loaded.operating_threshold, info)
+
+
+def _val_preds(predictor: Predictor, cache: Path) -> tuple[list, list]:
+    rows = predict_split(predictor, DetectionDataset(cache, "val"), 8, False)
+    preds = [(np.asarray(r["boxes"]).reshape(-1, 4), np.asarray(r["scores"])) for r in rows]
+    return preds, [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+
+
+def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_alone(fcos_ckpt: Path,
+                                                                                   tiny_cache: Path, tmp_path: Path):
+    before = fcos_ckpt.read_bytes()
+    out = tmp_path / "tuned_model.pth"
+    table = run_tune(fcos_ckpt, tiny_cache, out=out, sizes=[160, 128], device="cpu", progress=False)
+    assert fcos_ckpt.read_bytes() == before  # best_model.pth is never rewritten
+    assert [t["img_size"] for t in table["trials"]] == [TRAIN, 128, 160]  # the training size is always tried
+    cfg = load_for_inference(fcos_ckpt).config
+    t = cfg.train
+    for trial in table["trials"]:
+        # independent: the model built natively at the size, the threshold swept by the training's own rule
+        preds, gts = _val_preds(_native_predictor(fcos_ckpt, trial["img_size"]), tiny_cache)
+        thr, op = best_threshold(preds, gts, iou_threshold=t.iou_threshold, weights=t.composite_weights,
+                                 min_recall=t.operating_min_recall)
+        assert trial["operating_threshold"] == pytest.approx(thr)
+        assert trial["composite"] == pytest.approx(op.composite)
+        assert trial["recall"] == pytest.approx(op.recall)
+    best = max(r["composite"] for r in table["trials"])
+    chosen = min(r["img_size"] for r in table["trials"] if r["composite"] >= best - 1e-12)
+    assert table["chosen_img_size"] == chosen
+    tuned = load_for_inference(out)
+    assert tuned.config.data.infer_img_size == (None if chosen == TRAIN else chosen)
+    assert tuned.img_size == TRAIN  # the model itself is the trained one
+    assert tuned.operating_threshold == pytest.approx(table["operating_threshold"])
+    assert tuned.scores is not None and tuned.scores.composite_at_operating == pytest.approx(best)
+    ref = load_for_inference(fcos_ckpt).model_state_dict
+    assert all(torch.equal(ref[k], v) for k, v in tuned.model_state_dict.items())
+    assert json.loads(out.with_suffix(".json").read_text())["chosen_img_size"] == chosen
+
+
+def test_a_tuned_checkpoint_feeds_its_size_and_threshold_to_predict_and_evaluate(fcos_ckpt: Path, tiny_cache: Path,
+                                                                                tmp_path: Path):
+    tuned = train_demo_checkpoint(tmp_path / "tuned.pth", img_size=TRAIN, steps=6,
+                                  overrides=(*FCOS_OVERRIDES, "data.infer_img_size=160"))
+    pred = Predictor.from_checkpoint(tuned)
+    assert pred.img_size == 160 and pred.info.train_img_size == TRAIN
+    assert pred.model.transform.min_size == (160,) and pred.model.transform.max_size == 160
+    assert "chosen on val at input size 160" in pred.threshold_source
+    images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
+    got = pred.predict_arrays(images)
+    native = _native_predictor(tuned, 160).predict_arrays(images)
+    at_train = Predictor.from_checkpoint(tuned, img_size=TRAIN).predict_arrays(images)
+    for g, n in zip(got, native):
+        np.testing.assert_allclose(g.boxes, n.boxes, atol=1e-3)
+        np.testing.assert_allclose(g.scores, n.scores, atol=1e-5)
+    # without the size change torchvision would resize the input back to 96: the detections would be these
+    assert any(len(g.scores) != len(a.scores) or not np.allclose(g.scores, a.scores, atol=1e-3)
+               for g, a in zip(got, at_train))
+    m = run_evaluation(tuned, tiny_cache, tmp_path / "report", split="val", bootstrap=0, device="cpu",
+                       progress=False)
+    assert m["checkpoint"]["img_size"] == 160 and m["checkpoint"]["train_img_size"] == TRAIN
+    assert "Input 160 px (trained at 96 px)." in (tmp_path / "report" / "report.md").read_text()
+    overridden = Predictor.from_checkpoint(tuned, img_size=128)
+    assert overridden.img_size == 128 and "this run uses 128" in overridden.threshold_source
+
+
+@pytest.mark.slow
+def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from dfudet.export.onnx import export_onnx
+    from dfudet.inference.onnx_predictor import OnnxPredictor
+
+    tuned = train_demo_checkpoint(tmp_path / "tuned.pth", img_size=TRAIN, steps=6,
+                                  overrides=(*FCOS_OVERRIDES, "data.infer_img_size=128"))
+    meta = export_onnx(tuned, tmp_path / "m.onnx")
+    assert meta["img_size"] == 128 and meta["train_img_size"] == TRAIN
+    assert meta["input"]["shape"] == [1, 3, 128, 128]
+    onnx_pred = OnnxPredictor.from_onnx(tmp_path / "m.onnx")
+    assert onnx_pred.img_size == 128 and onnx_pred.info.train_img_size == TRAIN
+    images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
+    compared = 0
+    for ref, got in zip(Predictor.from_checkpoint(tuned).predict_arrays(images), onnx_pred.predict_arrays(images)):
+        assert len(got.scores) == len(ref.scores)
+        np.testing.assert_allclose(np.sort(got.scores), np.sort(ref.scores), atol=1e-3)
+        compared += len(ref.scores)
+    assert compared > 0, "the check needs detections"
+
+
+def _trial(size: int, composite: float) -> SizeTrial:
+    s = Scores(**{**{f: 0 for f in Scores.__dataclass_fields__}, "composite": composite, "score_threshold": 0.5})
+    return SizeTrial(size, s, s, 0.0, 0.0, 0.0)
+
+
+def test_pick_size_takes_the_best_val_composite_and_on_a_tie_the_smaller_size():
+    assert pick_size([_trial(512, 0.70), _trial(640, 0.75), _trial(704, 0.74)]).img_size == 640
+    assert pick_size([_trial(704, 0.75), _trial(512, 0.75), _trial(640, 0.75)]).img_size == 512
+    with pytest.raises(ConfigError):
+        pick_size([])
+
+
+def test_tune_refuses_the_test_split_its_own_checkpoint_as_output_and_bad_sizes(fcos_ckpt: Path, tiny_cache: Path,
+                                                                              tmp_path: Path):
+    with pytest.raises(ConfigError, match="test split"):
+        run_tune(fcos_ckpt, tiny_cache, out=tmp_path / "t.pth", split="test", progress=False)
+    with pytest.raises(ConfigError, match="kept model stays"):
+        run_tune(fcos_ckpt, tiny_cache, out=fcos_ckpt, progress=False)
+    with pytest.raises(ConfigError, match="64..4096"):
+        run_tune(fcos_ckpt, tiny_cache, out=tmp_path / "t.pth", sizes=[32], progress=False)
+    assert not (tmp_path / "t.pth").exists()
+    cli = subprocess.run([sys.executable, "-m", "dfudet.cli", "tune", "--checkpoint", str(fcos_ckpt), "--data",
+                          str(tiny_cache), "--split", "test"], capture_output=True, text=True)
+    assert cli.returncode != 0 and "test split" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_tune_sizes_are_validated_and_infer_img_size_is_refused_for_training(tiny_cache: Path, tmp_path: Path,
+                                                                           tiny_config):
+    with pytest.raises(ValueError, match="twice"):
+        Config.model_validate({"train": {"tune_img_sizes": [640, 640]}})
+    with pytest.raises(ValueError, match="64..4096"):
+        Config.model_validate({"train": {"tune_img_sizes": [16]}})
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "data.infer_img_size=128")
+    with pytest.raises(ConfigError, match="dfudet tune"):
+        run_training(cfg)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
