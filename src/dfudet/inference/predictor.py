@@ -82,8 +82,6 @@ class Predictor(Backend):
         The input side is `img_size` if given, else the checkpoint's tuned `data.infer_img_size` (`dfudet tune`),
         else its training img_size."""
         path = Path(path)
-        if img_size is not None and not 64 <= int(img_size) <= 4096:
-            raise ConfigError(f"--img-size must be an input side in 64..4096 pixels, got {img_size}")
         ckpt = load_for_inference(path)
         cfg = ckpt.config
         try:

@@ -73,11 +73,11 @@ def pick_size(trials: list[SizeTrial]) -> SizeTrial:
     return min((t for t in trials if t.operating.composite >= best - 1e-12), key=lambda t: t.img_size)
 
 
-def _trial(checkpoint: Path, dataset: DetectionDataset, size: int, device: str, batch_size: int,
-           progress: bool) -> SizeTrial:
+def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: int, progress: bool) -> SizeTrial:
+    """Val scores of the loaded model fed at `size` (one model for every size: only its input side changes)."""
     start = time.perf_counter()
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, img_size=size)
-    cfg = predictor.info.config
+    predictor = Predictor(base.model, base.spec, size, base.operating_threshold, base.info, device=str(base.device))
+    cfg = base.info.config
     assert cfg is not None  # PyTorch checkpoints always carry their config
     t = cfg.train
     rows = predict_split(predictor, dataset, batch_size, progress)
@@ -117,9 +117,10 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
     if len(dataset) == 0:
         raise DataError(f"{data}: split {split!r} has no images to tune on")
     tried = candidate_sizes(ckpt.img_size, sizes, cfg.train.tune_img_sizes)
+    base = Predictor.from_checkpoint(checkpoint, device=device)
     trials = []
     for size in tried:
-        trial = _trial(checkpoint, dataset, size, device, batch_size, progress)
+        trial = _trial(base, dataset, size, batch_size, progress)
         o = trial.operating
         log.info("tune %s px: threshold %.2f composite %.4f (P %.3f R %.3f IoU %.3f) AP50 %.4f, %.0f s", size,
                  o.score_threshold, o.composite, o.precision, o.recall, o.mean_iou, trial.ap50, trial.seconds)
