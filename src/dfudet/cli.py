@@ -252,16 +252,21 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     sizes = [int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes else None
     t = run_tune(a.checkpoint, a.data, out=a.out, sizes=sizes, split=a.split, device=a.device,
-                 batch_size=a.batch_size)
-    print(f"tuned on split {t['split']!r} (trained at {t['train_img_size']} px):")
+                 batch_size=a.batch_size, confidence=a.confidence)
+    print(f"tuned on split {t['split']!r} (trained at {t['train_img_size']} px; another size needs a win in "
+          f"{t['confidence']:.0%} of paired val resamples):")
     for r in t["trials"]:
         mark = "  <- kept" if r["img_size"] == t["chosen_img_size"] else ""
         print(f"  {r['img_size']:>5} px  threshold {r['operating_threshold']:.2f}  composite {r['composite']:.4f}  "
               f"P {r['precision']:.3f}  R {r['recall']:.3f}  IoU {r['mean_iou']:.3f}  AP50 {r['ap50']:.4f}  "
-              f"{r['seconds']:.0f} s{mark}")
+              f"{r['seconds']:.0f} s{_beats(r['p_better_than_train_size'])}{mark}")
     table = Path(t["tuned_checkpoint"]).with_suffix(".json")
     print(f"tuned checkpoint written to {t['tuned_checkpoint']} (table: {table})")
     return 0
+
+
+def _beats(p: float | None) -> str:
+    return "" if p is None else f"  wins {p:.0%}"
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:
@@ -272,6 +277,9 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
                                    "checkpoint's config); the training size is always tried")
     p.add_argument("--split", help="split to tune on (default: the config's val split; the test split is refused)")
     p.add_argument("--out", help="tuned checkpoint (default: tuned_model.pth next to --checkpoint) and its .json table")
+    p.add_argument("--confidence", type=float, help="share of paired val resamples in which another size must beat the "
+                                                    "training size to be kept (default: train.tune_confidence, 0.95; "
+                                                    "0: the best point estimate)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.set_defaults(func=cmd_tune)

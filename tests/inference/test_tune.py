@@ -22,6 +22,7 @@ from dfudet.errors import ConfigError
 from dfudet.inference.evaluate import predict_split, run_evaluation
 from dfudet.inference.predictor import Predictor
 from dfudet.inference.tune import SizeTrial, pick_size, run_tune
+from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
 from dfudet.metrics.scores import Scores, best_threshold
 from dfudet.models.factory import build_detector, get_spec
 
@@ -59,6 +60,8 @@ def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_a
     assert [t["img_size"] for t in table["trials"]] == [TRAIN, 128, 160]  # the training size is always tried
     cfg = load_for_inference(fcos_ckpt).config
     t = cfg.train
+    assert table["confidence"] == t.tune_confidence == 0.95
+    counts = {}
     for trial in table["trials"]:
         # independent: the model built natively at the size, the threshold swept by the training's own rule
         preds, gts = _val_preds(_native_predictor(fcos_ckpt, trial["img_size"]), tiny_cache)
@@ -67,8 +70,16 @@ def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_a
         assert trial["operating_threshold"] == pytest.approx(thr)
         assert trial["composite"] == pytest.approx(op.composite)
         assert trial["recall"] == pytest.approx(op.recall)
-    best = max(r["composite"] for r in table["trials"])
-    chosen = min(r["img_size"] for r in table["trials"] if r["composite"] >= best - 1e-12)
+        counts[trial["img_size"]] = per_image_counts(preds, gts, thr, t.iou_threshold)
+    for trial in table["trials"]:
+        if trial["img_size"] == TRAIN:
+            assert trial["p_better_than_train_size"] is None
+        else:
+            gains = paired_composite_gains(counts[TRAIN], counts[trial["img_size"]], t.composite_weights)
+            assert trial["p_better_than_train_size"] == pytest.approx(float(np.mean(gains > 0)))
+    eligible = [r for r in table["trials"] if r["img_size"] == TRAIN or r["p_better_than_train_size"] >= 0.95]
+    best = max(r["composite"] for r in eligible)
+    chosen = min(r["img_size"] for r in eligible if r["composite"] >= best - 1e-12)
     assert table["chosen_img_size"] == chosen
     tuned = load_for_inference(out)
     assert tuned.config.data.infer_img_size == (None if chosen == TRAIN else chosen)
@@ -128,16 +139,23 @@ def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
     assert compared > 0, "the check needs detections"
 
 
-def _trial(size: int, composite: float) -> SizeTrial:
+def _trial(size: int, composite: float, p_better: float | None = None) -> SizeTrial:
     s = Scores(**{**{f: 0 for f in Scores.__dataclass_fields__}, "composite": composite, "score_threshold": 0.5})
-    return SizeTrial(size, s, s, 0.0, 0.0, 0.0)
+    return SizeTrial(size, s, s, 0.0, 0.0, 0.0, np.zeros((0, 6)), p_better)
 
 
 def test_pick_size_takes_the_best_val_composite_and_on_a_tie_the_smaller_size():
-    assert pick_size([_trial(512, 0.70), _trial(640, 0.75), _trial(704, 0.74)]).img_size == 640
-    assert pick_size([_trial(704, 0.75), _trial(512, 0.75), _trial(640, 0.75)]).img_size == 512
+    assert pick_size([_trial(512, 0.70), _trial(640, 0.75, 0.6), _trial(704, 0.74, 0.7)], 512).img_size == 640
+    assert pick_size([_trial(704, 0.75, 0.9), _trial(512, 0.75), _trial(640, 0.75, 0.9)], 512).img_size == 512
     with pytest.raises(ConfigError):
-        pick_size([])
+        pick_size([], 512)
+
+
+def test_pick_size_keeps_the_training_size_unless_another_wins_the_paired_resamples():
+    trials = [_trial(512, 0.70), _trial(640, 0.75, 0.80), _trial(704, 0.74, 0.97)]
+    assert pick_size(trials, 512, 0.95).img_size == 704  # the best of the sizes that are surely better
+    assert pick_size(trials, 512, 0.0).img_size == 640  # no guard: the best point estimate
+    assert pick_size(trials, 512, 0.99).img_size == 512  # none is surely better: the training size, though lower
 
 
 def test_tune_refuses_the_test_split_its_own_checkpoint_as_output_and_bad_sizes(fcos_ckpt: Path, tiny_cache: Path,

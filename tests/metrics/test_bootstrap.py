@@ -7,7 +7,7 @@ import pytest
 from _synth import random_detections
 
 from dfudet.errors import ConfigError
-from dfudet.metrics.bootstrap import CI_METRICS, bootstrap_ci
+from dfudet.metrics.bootstrap import CI_METRICS, bootstrap_ci, paired_composite_gains, per_image_counts
 from dfudet.metrics.scores import detection_scores
 
 E = np.zeros((0, 4))
@@ -61,3 +61,28 @@ def test_bad_arguments_raise_config_error():
         bootstrap_ci(preds, gts, 0.5, 0.5, n_boot=0)
     with pytest.raises(ConfigError, match="alpha must be between 0 and 1"):
         bootstrap_ci(preds, gts, 0.5, 0.5, alpha=1.5)
+
+
+def test_paired_gains_are_the_composite_differences_on_the_same_resampled_images():
+    preds, gts = _random_data(3)
+    other = [(b[:1], s[:1]) for b, s in preds]  # a second "model": only its top box per image
+    a = per_image_counts(preds, gts, 0.3, 0.5)
+    b = per_image_counts(other, gts, 0.2, 0.5)
+    gains = paired_composite_gains(a, b, n_boot=200, seed=5)
+    draws = np.random.default_rng(5).multinomial(len(gts), np.full(len(gts), 1 / len(gts)), size=200)
+    for g, count in zip(gains, draws):  # reference: rebuild each resampled set and score it the ordinary way
+        idx = np.repeat(np.arange(len(gts)), count)
+        ref_a = detection_scores([preds[i] for i in idx], [gts[i] for i in idx], score_threshold=0.3)
+        ref_b = detection_scores([other[i] for i in idx], [gts[i] for i in idx], score_threshold=0.2)
+        assert g == pytest.approx(ref_b.composite - ref_a.composite, abs=1e-12)
+    assert gains.std() > 0
+
+
+def test_paired_gains_of_a_model_with_itself_are_zero_and_of_a_perfect_one_positive():
+    preds, gts = _random_data(4)
+    a = per_image_counts(preds, gts, 0.4, 0.5)
+    assert np.all(paired_composite_gains(a, a.copy(), n_boot=300) == 0)
+    perfect = per_image_counts([(g, np.ones(len(g))) for g in gts], gts, 0.5, 0.5)
+    assert np.all(paired_composite_gains(a, perfect, n_boot=300) > 0)
+    with pytest.raises(ConfigError, match="same images"):
+        paired_composite_gains(a, a[:-1])

@@ -5,7 +5,10 @@ spans 12.5 px: a cell more of the stride-8 map), at about the square of the side
 property of the trained model and the data, so it is chosen after training, on val, never on test: every size in
 `train.tune_img_sizes` (and the training size itself) predicts val, the operating threshold is swept at each size by
 the rule training uses (`train.operating_min_recall`, `train.composite_weights`), and the size with the best val
-composite at its own threshold is kept (ties: the smaller, cheaper size).
+composite at its own threshold is kept (ties: the smaller, cheaper size). A size other than the training size
+competes only if it beats the training size in at least `train.tune_confidence` (default 0.95) of paired bootstrap
+replicates over the val images: on ~120 val photos the composite moves by about +-0.04, and a size kept for a gain
+inside that noise can lose on test (measured: Faster R-CNN + Lite0 on FUSeg, docs/results.md).
 
 The result is a new checkpoint (`tuned_model.pth` by default; the kept `best_model.pth` is never changed) with
 `data.infer_img_size` and that threshold in it, and the val scores at that size: evaluate, predict, serve and
@@ -18,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from dfudet.data.dataset import DetectionDataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.evaluate import predict_split
 from dfudet.inference.predictor import Predictor
+from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import Scores, ValidationScores, best_threshold, detection_scores
 from dfudet.utils import atomic_write_bytes
@@ -47,13 +51,16 @@ class SizeTrial:
     ap50: float
     ap50_95: float
     seconds: float
+    per_image: np.ndarray = field(repr=False, compare=False)  # per_image_counts at the operating threshold
+    p_better: float | None = None  # share of paired val resamples where it beats the training size (None: it is it)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready row of the tuning table."""
         o = self.operating
         return {"img_size": self.img_size, "operating_threshold": o.score_threshold, "composite": o.composite,
                 "precision": o.precision, "recall": o.recall, "f1": o.f1, "mean_iou": o.mean_iou,
-                "ap50": self.ap50, "ap50_95": self.ap50_95, "seconds": round(self.seconds, 2)}
+                "ap50": self.ap50, "ap50_95": self.ap50_95, "seconds": round(self.seconds, 2),
+                "p_better_than_train_size": self.p_better}
 
 
 def candidate_sizes(train_size: int, sizes: list[int] | None, configured: list[int]) -> list[int]:
@@ -65,12 +72,26 @@ def candidate_sizes(train_size: int, sizes: list[int] | None, configured: list[i
     return sorted({int(train_size), *(int(s) for s in chosen)})
 
 
-def pick_size(trials: list[SizeTrial]) -> SizeTrial:
-    """The trial with the best val composite at its operating threshold; ties (1e-12) go to the smaller size."""
+def with_confidence(trials: list[SizeTrial], train_size: int, weights: Any = None, n_boot: int = 1000,
+                    seed: int = 0) -> list[SizeTrial]:
+    """The trials with `p_better` filled in: the share of paired bootstrap replicates (the same resampled val images
+    for both) in which each size's composite beats the training size's."""
+    base = next((t for t in trials if t.img_size == train_size), None)
+    if base is None:
+        raise ConfigError(f"the training size {train_size} px must be among the sizes tried")
+    return [t if t is base else replace(
+        t, p_better=float(np.mean(paired_composite_gains(base.per_image, t.per_image, weights, n_boot, seed) > 0)))
+        for t in trials]
+
+
+def pick_size(trials: list[SizeTrial], train_size: int, confidence: float = 0.0) -> SizeTrial:
+    """The best val composite at its operating threshold among the training size and the sizes whose `p_better`
+    reaches `confidence` (0: every size); ties (1e-12) go to the smaller size."""
     if not trials:
         raise ConfigError("no input size was tried")
-    best = max(t.operating.composite for t in trials)
-    return min((t for t in trials if t.operating.composite >= best - 1e-12), key=lambda t: t.img_size)
+    eligible = [t for t in trials if t.img_size == train_size or (t.p_better or 0.0) >= confidence]
+    best = max(t.operating.composite for t in eligible)
+    return min((t for t in eligible if t.operating.composite >= best - 1e-12), key=lambda t: t.img_size)
 
 
 def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: int, progress: bool) -> SizeTrial:
@@ -88,12 +109,13 @@ def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: in
     at = op if t.select_at == "operating" else detection_scores(
         preds, gts, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
     ap = coco_map(preds, gts)
-    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start)
+    per_image = per_image_counts(preds, gts, op.score_threshold, t.iou_threshold)
+    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start, per_image)
 
 
 def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = None, sizes: list[int] | None = None,
-             split: str | None = None, device: str = "cpu", batch_size: int = 8, progress: bool = True
-             ) -> dict[str, Any]:
+             split: str | None = None, device: str = "cpu", batch_size: int = 8, progress: bool = True,
+             confidence: float | None = None) -> dict[str, Any]:
     """Try each input size on val, write the tuned checkpoint (and its .json table) and return the table."""
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_name(TUNED_NAME)
@@ -104,6 +126,8 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
         raise ConfigError(f"--out {out}: the tuned checkpoint's name must end in .pth")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
+        raise ConfigError(f"--confidence must be between 0 and 1, got {confidence}")
     ckpt = load_for_inference(checkpoint)
     cfg = ckpt.config
     split = split or cfg.data.val_split
@@ -125,7 +149,13 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
         log.info("tune %s px: threshold %.2f composite %.4f (P %.3f R %.3f IoU %.3f) AP50 %.4f, %.0f s", size,
                  o.score_threshold, o.composite, o.precision, o.recall, o.mean_iou, trial.ap50, trial.seconds)
         trials.append(trial)
-    best = pick_size(trials)
+    trials = with_confidence(trials, ckpt.img_size, cfg.train.composite_weights)
+    conf = cfg.train.tune_confidence if confidence is None else float(confidence)
+    for trial in trials:
+        if trial.p_better is not None:
+            log.info("tune %s px beats %s px in %.1f%% of paired val resamples (needed: %.1f%%)", trial.img_size,
+                     ckpt.img_size, 100 * trial.p_better, 100 * conf)
+    best = pick_size(trials, ckpt.img_size, conf)
     old = ckpt.scores
     nan = math.nan
     scores = ValidationScores.from_scores(
@@ -141,8 +171,11 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
     table = {"checkpoint": str(checkpoint), "tuned_checkpoint": str(out), "data": str(data), "split": split,
              "train_img_size": ckpt.img_size, "chosen_img_size": best.img_size,
              "operating_threshold": best.operating.score_threshold,
+             "confidence": conf,
              "rule": "best val composite at each size's own operating threshold (recall floor "
-                     f"{cfg.train.operating_min_recall}); ties go to the smaller size",
+                     f"{cfg.train.operating_min_recall}) among the training size and the sizes that beat it in at "
+                     f"least {conf:.0%} of 1000 paired bootstrap resamples of the val images (seed 0); ties go to "
+                     "the smaller size",
              "note": "val_loss and train_loss in the tuned checkpoint are the training's, at the training size",
              "trials": [t.as_dict() for t in trials]}
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(table, indent=1).encode("utf-8"))
