@@ -254,7 +254,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     t = run_tune(a.checkpoint, a.data, out=a.out, sizes=sizes, split=a.split, device=a.device,
                  batch_size=a.batch_size, confidence=a.confidence)
     print(f"tuned on split {t['split']!r} (trained at {t['train_img_size']} px; another size needs a win in "
-          f"{t['confidence']:.0%} of paired val resamples):")
+          f"{100 * t['confidence']:g}% of paired val resamples):")
     for r in t["trials"]:
         mark = "  <- kept" if r["img_size"] == t["chosen_img_size"] else ""
         print(f"  {r['img_size']:>5} px  threshold {r['operating_threshold']:.2f}  composite {r['composite']:.4f}  "
@@ -266,7 +266,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 
 def _beats(p: float | None) -> str:
-    return "" if p is None else f"  wins {p:.0%}"
+    return "" if p is None else f"  wins {100 * p:.1f}%"
 
 
 def _add_tune(sub: argparse._SubParsersAction) -> None:

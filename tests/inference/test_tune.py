@@ -19,9 +19,10 @@ from dfudet.data.dataset import DetectionDataset
 from dfudet.data.demo import render_sample
 from dfudet.engine.runner import run_training
 from dfudet.errors import ConfigError
+from dfudet.inference import tune as tune_mod
 from dfudet.inference.evaluate import predict_split, run_evaluation
 from dfudet.inference.predictor import Predictor
-from dfudet.inference.tune import SizeTrial, pick_size, run_tune
+from dfudet.inference.tune import SizeTrial, pick_size, run_tune, with_confidence
 from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
 from dfudet.metrics.scores import Scores, best_threshold
 from dfudet.models.factory import build_detector, get_spec
@@ -139,9 +140,27 @@ def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
     assert compared > 0, "the check needs detections"
 
 
-def _trial(size: int, composite: float, p_better: float | None = None) -> SizeTrial:
+def _trial(size: int, composite: float, p_better: float | None = None, per_image: np.ndarray | None = None
+           ) -> SizeTrial:
     s = Scores(**{**{f: 0 for f in Scores.__dataclass_fields__}, "composite": composite, "score_threshold": 0.5})
-    return SizeTrial(size, s, s, 0.0, 0.0, 0.0, np.zeros((0, 6)), p_better)
+    return SizeTrial(size, s, s, 0.0, 0.0, 0.0, np.zeros((0, 6)) if per_image is None else per_image, p_better)
+
+
+def _counts(hit_every: int, n: int = 30) -> np.ndarray:
+    """Per-image counts of a model that finds the one ulcer of every `hit_every`-th photo and misses the others."""
+    gt = np.array([[10.0, 10.0, 50.0, 50.0]])
+    preds = [(gt if i % hit_every == 0 else gt + 60.0, np.ones(1)) for i in range(n)]
+    return per_image_counts(preds, [gt] * n, 0.5, 0.5)
+
+
+def test_with_confidence_is_the_share_of_paired_resamples_where_a_size_beats_the_training_size():
+    weak, strong = _counts(2), _counts(1)  # half the ulcers found vs all of them, on the same 30 photos
+    trials = with_confidence([_trial(96, 0.5, per_image=weak), _trial(128, 0.9, per_image=strong),
+                              _trial(160, 0.5, per_image=weak.copy())], 96)
+    assert [t.p_better for t in trials] == [None, 1.0, 0.0]  # better in every resample; equal is not better
+    assert with_confidence([_trial(96, 0.9, per_image=strong), _trial(128, 0.5, per_image=weak)], 96)[1].p_better == 0
+    with pytest.raises(ConfigError, match="training size"):
+        with_confidence([_trial(128, 0.9, per_image=strong)], 96)
 
 
 def test_pick_size_takes_the_best_val_composite_and_on_a_tie_the_smaller_size():
@@ -156,6 +175,28 @@ def test_pick_size_keeps_the_training_size_unless_another_wins_the_paired_resamp
     assert pick_size(trials, 512, 0.95).img_size == 704  # the best of the sizes that are surely better
     assert pick_size(trials, 512, 0.0).img_size == 640  # no guard: the best point estimate
     assert pick_size(trials, 512, 0.99).img_size == 512  # none is surely better: the training size, though lower
+    with pytest.raises(ConfigError, match="p_better"):
+        pick_size([_trial(512, 0.70), _trial(640, 0.75)], 512, 0.95)
+
+
+def test_run_tune_applies_the_configured_confidence_and_its_override(fcos_ckpt: Path, tiny_cache: Path,
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # the model's predictions replaced by per-image tables with a known answer (the real path: the first test)
+    tables = {TRAIN: (0.50, _counts(2)), 128: (0.60, _counts(1)), 160: (0.70, _counts(2))}
+
+    def scripted(base, dataset, size, batch_size, progress):
+        composite, counts = tables[size]
+        return _trial(size, composite, per_image=counts)
+
+    monkeypatch.setattr(tune_mod, "_trial", scripted)
+    table = run_tune(fcos_ckpt, tiny_cache, out=tmp_path / "a.pth", sizes=[128, 160], progress=False)
+    assert [t["p_better_than_train_size"] for t in table["trials"]] == [None, 1.0, 0.0]
+    assert table["confidence"] == 0.95 and table["chosen_img_size"] == 128  # 160's higher point estimate is noise
+    table = run_tune(fcos_ckpt, tiny_cache, out=tmp_path / "b.pth", sizes=[128, 160], progress=False, confidence=0)
+    assert table["chosen_img_size"] == 160  # the old rule: the best point estimate
+    assert load_for_inference(tmp_path / "b.pth").config.data.infer_img_size == 160
+    with pytest.raises(ConfigError, match="--confidence"):
+        run_tune(fcos_ckpt, tiny_cache, out=tmp_path / "c.pth", confidence=1.5, progress=False)
 
 
 def test_tune_refuses_the_test_split_its_own_checkpoint_as_output_and_bad_sizes(fcos_ckpt: Path, tiny_cache: Path,

@@ -68,8 +68,9 @@ def test_paired_gains_are_the_composite_differences_on_the_same_resampled_images
     other = [(b[:1], s[:1]) for b, s in preds]  # a second "model": only its top box per image
     a = per_image_counts(preds, gts, 0.3, 0.5)
     b = per_image_counts(other, gts, 0.2, 0.5)
-    gains = paired_composite_gains(a, b, n_boot=200, seed=5)
-    draws = np.random.default_rng(5).multinomial(len(gts), np.full(len(gts), 1 / len(gts)), size=200)
+    gains = paired_composite_gains(a, b, n_boot=300, seed=5)
+    rng, uniform = np.random.default_rng(5), np.full(len(gts), 1 / len(gts))
+    draws = np.vstack([rng.multinomial(len(gts), uniform, size=k) for k in (250, 50)])  # bootstrap_ci's draws
     for g, count in zip(gains, draws):  # reference: rebuild each resampled set and score it the ordinary way
         idx = np.repeat(np.arange(len(gts)), count)
         ref_a = detection_scores([preds[i] for i in idx], [gts[i] for i in idx], score_threshold=0.3)

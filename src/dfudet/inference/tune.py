@@ -7,8 +7,9 @@ property of the trained model and the data, so it is chosen after training, on v
 the rule training uses (`train.operating_min_recall`, `train.composite_weights`), and the size with the best val
 composite at its own threshold is kept (ties: the smaller, cheaper size). A size other than the training size
 competes only if it beats the training size in at least `train.tune_confidence` (default 0.95) of paired bootstrap
-replicates over the val images: on ~120 val photos the composite moves by about +-0.04, and a size kept for a gain
-inside that noise can lose on test (measured: Faster R-CNN + Lite0 on FUSeg, docs/results.md).
+replicates over the val images (each size at its own threshold, fixed in the resamples; several sizes are tested
+without a multiple-testing correction). On ~120 val photos a size kept for a small val gain can lose on test
+(measured: Faster R-CNN + Lite0 on FUSeg, +0.021 val composite winning 91% of the resamples, docs/results.md).
 
 The result is a new checkpoint (`tuned_model.pth` by default; the kept `best_model.pth` is never changed) with
 `data.infer_img_size` and that threshold in it, and the val scores at that size: evaluate, predict, serve and
@@ -39,6 +40,7 @@ from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
 TUNED_NAME = "tuned_model.pth"
+RESAMPLES, RESAMPLE_SEED = 1000, 0  # paired bootstrap of the val images behind `train.tune_confidence`
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ def candidate_sizes(train_size: int, sizes: list[int] | None, configured: list[i
     return sorted({int(train_size), *(int(s) for s in chosen)})
 
 
-def with_confidence(trials: list[SizeTrial], train_size: int, weights: Any = None, n_boot: int = 1000,
-                    seed: int = 0) -> list[SizeTrial]:
+def with_confidence(trials: list[SizeTrial], train_size: int, weights: Any = None, n_boot: int = RESAMPLES,
+                    seed: int = RESAMPLE_SEED) -> list[SizeTrial]:
     """The trials with `p_better` filled in: the share of paired bootstrap replicates (the same resampled val images
     for both) in which each size's composite beats the training size's."""
     base = next((t for t in trials if t.img_size == train_size), None)
@@ -89,7 +91,11 @@ def pick_size(trials: list[SizeTrial], train_size: int, confidence: float = 0.0)
     reaches `confidence` (0: every size); ties (1e-12) go to the smaller size."""
     if not trials:
         raise ConfigError("no input size was tried")
-    eligible = [t for t in trials if t.img_size == train_size or (t.p_better or 0.0) >= confidence]
+    if confidence > 0 and any(t.p_better is None for t in trials if t.img_size != train_size):
+        raise ConfigError("pick_size with a confidence needs p_better of every other size (see with_confidence)")
+    eligible = [t for t in trials if t.img_size == train_size or confidence <= 0 or (t.p_better or 0.0) >= confidence]
+    if not eligible:
+        raise ConfigError(f"the training size {train_size} px must be among the sizes tried")
     best = max(t.operating.composite for t in eligible)
     return min((t for t in eligible if t.operating.composite >= best - 1e-12), key=lambda t: t.img_size)
 
@@ -174,8 +180,8 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
              "confidence": conf,
              "rule": "best val composite at each size's own operating threshold (recall floor "
                      f"{cfg.train.operating_min_recall}) among the training size and the sizes that beat it in at "
-                     f"least {conf:.0%} of 1000 paired bootstrap resamples of the val images (seed 0); ties go to "
-                     "the smaller size",
+                     f"least {100 * conf:g}% of {RESAMPLES} paired bootstrap resamples of the val images (seed "
+                     f"{RESAMPLE_SEED}); ties go to the smaller size",
              "note": "val_loss and train_loss in the tuned checkpoint are the training's, at the training size",
              "trials": [t.as_dict() for t in trials]}
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(table, indent=1).encode("utf-8"))
