@@ -5,7 +5,9 @@ the sum of their IoUs, and whether it is an ulcer image with at least one TP (im
 replicate draws ``n_images`` images with replacement (a multinomial count per image), sums those counts and applies
 the same formulas as ``dfudet.metrics.scores`` (zero-division rules included). The interval is the percentile
 interval ``[alpha/2, 1 - alpha/2]`` of the replicates. The random generator is ``numpy.random.default_rng(seed)``,
-so a seed always gives the same interval.
+so a seed always gives the same interval. ``paired_composite_gains`` draws the same replicates for two per-image
+tables of the same images (two models, or one model at two input sizes) and returns the composite difference in each,
+which is what ``dfudet tune`` uses to keep another input size only when it beats the training size in most of them.
 """
 
 from __future__ import annotations
