@@ -12,7 +12,7 @@ which is what ``dfudet tune`` uses to keep another input size only when it beats
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,14 +54,19 @@ def scores_of_sums(tot: np.ndarray, weights: Any = None) -> dict[str, np.ndarray
             "composite": composite_score(f1, mean_iou, r, p, resolve_weights(weights))}
 
 
+def resample_counts(n: int, n_boot: int, seed: int, chunk: int = _CHUNK) -> Iterator[np.ndarray]:
+    """The image draws of every bootstrap here: blocks of up to `chunk` replicates, each row how often each of the
+    `n` images was drawn (a multinomial count, ``numpy.random.default_rng(seed)``). One generator, so the detection,
+    COCO and outline intervals of a report resample the same way."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, int(n_boot), chunk):
+        yield rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, int(n_boot) - start)).astype(np.float64)
+
+
 def _resample_sums(per_image: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
     """Summed counts of each per-image table over the same multinomial image draws (paired when given several)."""
-    n = len(per_image[0])
-    rng = np.random.default_rng(seed)
     sums: list[list[np.ndarray]] = [[] for _ in per_image]
-    for start in range(0, int(n_boot), _CHUNK):
-        size = min(_CHUNK, int(n_boot) - start)
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
+    for counts in resample_counts(len(per_image[0]), n_boot, seed):
         for acc, table in zip(sums, per_image):
             acc.append(counts @ table)
     return [np.concatenate(acc) for acc in sums]

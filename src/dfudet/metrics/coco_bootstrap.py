@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from dfudet.metrics.bootstrap import check_bootstrap_args
+from dfudet.metrics.bootstrap import check_bootstrap_args, resample_counts
 from dfudet.metrics.matching import check_inputs
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-_CHUNK = 100
+_CHUNK = 100  # replicates per block of draws (resample_counts)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,11 +101,8 @@ def coco_bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], n_bo
     check_bootstrap_args(n_boot, alpha, "coco_bootstrap_ci")
     img, tp, n_gt = coco_matches(preds, gts)
     n = len(n_gt)
-    rng = np.random.default_rng(seed)
     ap50, ap = [], []
-    for start in range(0, int(n_boot), _CHUNK):
-        size = min(_CHUNK, int(n_boot) - start)
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
+    for counts in resample_counts(n, int(n_boot), seed, chunk=_CHUNK):
         a = weighted_ap(img, tp, n_gt, counts)
         ap50.append(a[:, 0])
         ap.append(a.mean(axis=1))

@@ -34,13 +34,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dfudet.errors import DataError
-from dfudet.metrics.bootstrap import check_bootstrap_args
+from dfudet.metrics.bootstrap import check_bootstrap_args, resample_counts
 from dfudet.metrics.matching import as_boxes, as_scores, match_ranked
 
 OUTLINE_CI_METRICS: tuple[str, ...] = ("mean_dice", "mean_iou", "aggregate_dice", "area_error_median",
                                        "area_error_p90")
 Rle = dict[str, Any]  # a COCO RLE {"size": [h, w], "counts": ...}, as dfudet.data.instance_masks writes them
-_CHUNK = 250  # replicates per multinomial draw: the chunking of metrics.bootstrap, so the draws are the same
 
 
 @dataclass(frozen=True)
@@ -214,11 +213,8 @@ def outline_scores(images: Sequence[ImageOutline], score_threshold: float, iou_t
 
 
 def _replicate_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) draw counts per image, drawn as metrics.bootstrap draws them."""
-    rng = np.random.default_rng(seed)
-    chunks = [rng.multinomial(n, np.full(n, 1.0 / n), size=min(_CHUNK, n_boot - start))
-              for start in range(0, n_boot, _CHUNK)]
-    return np.concatenate(chunks).astype(np.float64)
+    """(n_boot, n) draw counts per image: the draws of metrics.bootstrap (the detection intervals) for this seed."""
+    return np.concatenate(list(resample_counts(n, n_boot, seed)))
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
