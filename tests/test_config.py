@@ -33,6 +33,10 @@ def test_yaml_and_overrides(tmp_path: Path):
         ("train.lrr=0.1", "train.lrr"),
         ("data.augment.scale_min=2", "scale_min"),
         ("novalue", "key=value"),
+        ("train.lr_drop_epochs=[0]", "lr_drop_epochs"),
+        ("train.lr_drop_epochs=[5,3]", "increasing"),
+        ("train.lr_drop_factor=1.5", "train.lr_drop_factor"),
+        ("train.lr_drop_epochs=[300]", "would never happen"),
     ],
 )
 def test_bad_values_name_the_key(override: str, needle: str):

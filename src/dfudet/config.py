@@ -170,6 +170,11 @@ class TrainConfig(_Strict):
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=0)
     min_lr: float = Field(1e-7, ge=0)
+    # Epoch-budgeted lr drops on top of ReduceLROnPlateau (the MultiStep schedule of detectron2/mmdetection's "1x"):
+    # at the start of each listed epoch (0-based) the lr is multiplied by lr_drop_factor, never below min_lr.
+    # Empty (default): only the plateau changes the lr.
+    lr_drop_epochs: list[int] = Field(default_factory=list)
+    lr_drop_factor: float = Field(0.1, gt=0, lt=1)
     early_stop_patience: int = Field(23, ge=1)
     composite_weights: CompositeWeights = Field(default_factory=CompositeWeights)
     # Fixed score threshold of the selection composite when select_at is "selection_threshold" (formerly
@@ -203,6 +208,23 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None = torch default)
     max_time_minutes: float | None = Field(None, gt=0)
     log_sample_ids: bool = False  # write run_dir/sample_ids/rank{r}-epoch{e}.json (audit of DDP sharding)
+
+    @field_validator("lr_drop_epochs")
+    @classmethod
+    def _drop_epochs(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError(f"lr_drop_epochs are 0-based epochs >= 1 (epoch 0 starts at train.lr), got {v}")
+        if sorted(set(v)) != v:
+            raise ValueError(f"lr_drop_epochs must be increasing, each listed once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _drops_within_training(self) -> TrainConfig:
+        late = [e for e in self.lr_drop_epochs if e >= self.epochs]
+        if late:
+            raise ValueError(f"lr_drop_epochs {late} are not before the end of training (train.epochs={self.epochs}, "
+                             "0-based): such a drop would never happen")
+        return self
 
     @field_validator("tune_img_sizes")
     @classmethod

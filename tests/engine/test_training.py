@@ -20,7 +20,7 @@ from dfudet.checkpoint import load_for_inference, safe_torch_load
 from dfudet.config import config_to_dict
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.module import DetectorModule
-from dfudet.engine.runner import build_trainer, run_training
+from dfudet.engine.runner import build_trainer, header, run_training
 from dfudet.models.factory import build_detector
 from dfudet.models.passes import model_targets
 
@@ -101,6 +101,25 @@ def test_plateau_scheduler_steps_on_val_loss_only(tiny_cache: Path, tmp_path: Pa
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005])
 
 
+def test_lr_drops_at_the_listed_epochs_and_compose_with_the_plateau(tiny_cache: Path, tmp_path: Path, tiny_config):
+    losses = [1.0, 0.9, 0.95, 0.97, 0.5]  # the plateau (patience 1) cuts after epoch 3, as in the test above
+    script = [{"composite": 0.1 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=5", "train.plateau_patience=1",
+                      "train.plateau_factor=0.5", "train.lr=0.01", "train.lr_drop_epochs=[2,4]",
+                      "train.lr_drop_factor=0.1", "train.min_lr=0.00001")
+    trainer = _fit_scripted(cfg, script)
+    lrs = [float(r["lr"]) for r in _history(tmp_path / "run")]
+    # epoch 2 and 4 start 10x lower; the plateau halves after epoch 3; epoch 4's drop stops at min_lr
+    assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.0005, 0.00005])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.00005)
+    cfg = tiny_config(tiny_cache, tmp_path / "floor", "train.epochs=3", "train.lr=0.01",
+                      "train.lr_drop_epochs=[1,2]", "train.lr_drop_factor=0.01", "train.min_lr=0.00005")
+    _fit_scripted(cfg, [{"composite": 0.1 * (i + 1), "val_loss": 1.0 - 0.1 * i} for i in range(3)])
+    assert [float(r["lr"]) for r in _history(tmp_path / "floor")] == pytest.approx([0.01, 0.0001, 0.00005])
+    assert "ReduceLROnPlateau(val loss) factor=0.1 patience=5; x0.01 at epochs [1, 2]" in \
+        header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
+
+
 def _cli(cfg_path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dfudet.cli", "train", "--config", str(cfg_path), *extra]
 
@@ -119,7 +138,7 @@ def test_kill_mid_epoch_and_resume_ends_bit_identical_to_an_uninterrupted_run(ti
     """SIGKILL inside epoch 2, resume: every epoch once, and final weights, optimizer and metrics equal (CPU)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     overrides = ("train.epochs=4", "train.limit_train_batches=6", "train.limit_val_batches=2",
-                 "train.optimizer=sgd", "train.warmup_steps=3")
+                 "train.optimizer=sgd", "train.warmup_steps=3", "train.lr_drop_epochs=[2]")
     ref = tmp_path / "reference"
     ref_cfg = _write_cfg(tiny_config(tiny_cache, ref, *overrides), tmp_path / "ref.yaml")
     out = subprocess.run(_cli(ref_cfg), env=env, capture_output=True, text=True, timeout=600)

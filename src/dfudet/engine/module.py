@@ -76,6 +76,12 @@ class DetectorModule(L.LightningModule):
             self._pending_rng_state = None
         self._loss_sums["train"] = [0.0, 0]
         self._nonfinite["train"] = 0
+        t = self.cfg.train
+        if self.current_epoch in t.lr_drop_epochs and self.trainer.optimizers:
+            # epoch-budgeted drop (train.lr_drop_epochs); applied to the lr the optimizer holds, so it composes with
+            # the plateau's cuts and a run resumed from the previous epoch's checkpoint drops exactly once
+            for g in self.trainer.optimizers[0].param_groups:
+                g["lr"] = max(g["lr"] * t.lr_drop_factor, t.min_lr)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
@@ -209,10 +215,13 @@ class DetectorModule(L.LightningModule):
         self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau changes the lr.
-        warm = self.cfg.train.warmup_steps
+        # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau and train.lr_drop_epochs change the
+        # lr (a drop that falls inside the warm-up scales the ramp).
+        t = self.cfg.train
+        warm = t.warmup_steps
         step = self.trainer.global_step
         if warm and step <= warm:
+            dropped = t.lr_drop_factor ** sum(1 for e in t.lr_drop_epochs if e <= epoch)
             for g in optimizer.param_groups:
-                g["lr"] = self.cfg.train.lr * min(1.0, (step + 1) / warm)
+                g["lr"] = t.lr * dropped * min(1.0, (step + 1) / warm)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

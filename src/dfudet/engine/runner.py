@@ -183,7 +183,8 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         f"(BalancedBatchSampler, batch {d.batch_size})",
         f"  optimizer          : {t.optimizer} lr={t.lr}" + (f" momentum={t.momentum}" if t.optimizer == "sgd" else "")
         + f" weight_decay={t.weight_decay} warmup={t.warmup_steps} steps",
-        f"  scheduler          : ReduceLROnPlateau(val loss) factor={t.plateau_factor} patience={t.plateau_patience}",
+        f"  scheduler          : ReduceLROnPlateau(val loss) factor={t.plateau_factor} patience={t.plateau_patience}"
+        + (f"; x{t.lr_drop_factor} at epochs {t.lr_drop_epochs}" if t.lr_drop_epochs else ""),
         f"  selection          : composite = {w.f1}*F1 + {w.iou}*IoU + {w.recall}*Recall + {w.precision}*Precision"
         + (f" @ score>={t.selection_threshold}" if t.select_at == "selection_threshold"
            else " @ the operating threshold swept on val") + f", IoU>={t.iou_threshold}",
