@@ -213,17 +213,17 @@ class TrainConfig(_Strict):
     @classmethod
     def _drop_epochs(cls, v: list[int]) -> list[int]:
         if any(e < 1 for e in v):
-            raise ValueError(f"lr_drop_epochs are 0-based epochs >= 1 (epoch 0 starts at train.lr), got {v}")
+            raise ValueError("lr_drop_epochs are 0-based epochs >= 1 (epoch 0 starts at train.lr)")
         if sorted(set(v)) != v:
-            raise ValueError(f"lr_drop_epochs must be increasing, each listed once, got {v}")
+            raise ValueError("lr_drop_epochs must be increasing, each epoch listed once")
         return v
 
     @model_validator(mode="after")
     def _drops_within_training(self) -> TrainConfig:
         late = [e for e in self.lr_drop_epochs if e >= self.epochs]
         if late:
-            raise ValueError(f"lr_drop_epochs {late} are not before the end of training (train.epochs={self.epochs}, "
-                             "0-based): such a drop would never happen")
+            raise ValueError(f"train.lr_drop_epochs {late} are not before the end of training (train.epochs="
+                             f"{self.epochs}, epochs 0-based): such a drop would never happen")
         return self
 
     @field_validator("tune_img_sizes")

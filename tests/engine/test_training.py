@@ -19,7 +19,7 @@ import yaml
 from dfudet.checkpoint import load_for_inference, safe_torch_load
 from dfudet.config import config_to_dict
 from dfudet.engine.datamodule import DetectionDataModule
-from dfudet.engine.module import DetectorModule
+from dfudet.engine.module import DetectorModule, dropped_lr
 from dfudet.engine.runner import build_trainer, header, run_training
 from dfudet.models.factory import build_detector
 from dfudet.models.passes import model_targets
@@ -109,7 +109,7 @@ def test_lr_drops_at_the_listed_epochs_and_compose_with_the_plateau(tiny_cache: 
                       "train.lr_drop_factor=0.1", "train.min_lr=0.00001")
     trainer = _fit_scripted(cfg, script)
     lrs = [float(r["lr"]) for r in _history(tmp_path / "run")]
-    # epoch 2 and 4 start 10x lower; the plateau halves after epoch 3; epoch 4's drop stops at min_lr
+    # epochs 2 and 4 start 10x lower; the plateau halves after epoch 3 (the csv's lr is read after the plateau step)
     assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.0005, 0.00005])
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.00005)
     cfg = tiny_config(tiny_cache, tmp_path / "floor", "train.epochs=3", "train.lr=0.01",
@@ -118,6 +118,36 @@ def test_lr_drops_at_the_listed_epochs_and_compose_with_the_plateau(tiny_cache: 
     assert [float(r["lr"]) for r in _history(tmp_path / "floor")] == pytest.approx([0.01, 0.0001, 0.00005])
     assert "ReduceLROnPlateau(val loss) factor=0.1 patience=5; x0.01 at epochs [1, 2]" in \
         header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
+
+
+def test_an_lr_drop_inside_the_warm_up_scales_the_ramp_and_keeps_the_floor(tiny_cache: Path, tmp_path: Path,
+                                                                          tiny_config):
+    # 2 steps per epoch, warm-up over steps 0-5: epoch 1 (steps 2-3) is dropped while still ramping up
+    script = [{"composite": 0.1 * (i + 1), "val_loss": 1.0 - 0.1 * i} for i in range(4)]
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=4", "train.lr=0.01", "train.warmup_steps=5",
+                      "train.lr_drop_epochs=[1,3]", "train.lr_drop_factor=0.1", "train.min_lr=0.00002")
+    _fit_scripted(cfg, script)
+    lrs = [float(r["lr"]) for r in _history(tmp_path / "run")]  # the lr of each epoch's last step
+    # step 1: 0.01 * 2/5; step 3: 0.001 * 4/5 (ramp towards the dropped lr); step 5: 0.001; epoch 3 (after the
+    # warm-up): dropped again, to 0.0001
+    assert lrs == pytest.approx([0.004, 0.0008, 0.001, 0.0001])
+    cfg = tiny_config(tiny_cache, tmp_path / "floor", "train.epochs=3", "train.lr=0.01", "train.warmup_steps=5",
+                      "train.lr_drop_epochs=[1]", "train.lr_drop_factor=0.01", "train.min_lr=0.0005")
+    _fit_scripted(cfg, script[:3])
+    # the ramp aims at the floored 0.0005 (not 0.0001) and the lr stays there after the warm-up
+    assert [float(r["lr"]) for r in _history(tmp_path / "floor")] == pytest.approx([0.004, 0.0004, 0.0005])
+    assert dropped_lr(0.00001, 1, 0.1, 0.0001) == 0.00001  # an lr already under the floor is never raised
+
+
+def test_resumed_run_applies_new_lr_drops_from_its_next_epoch_and_says_so(tiny_cache: Path, tmp_path: Path,
+                                                                          tiny_config):
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_cache, run, "train.epochs=1"))
+    run_training(tiny_config(tiny_cache, run, "train.epochs=3", "train.lr_drop_epochs=[1,2]"))
+    logs = "".join(p.read_text() for p in sorted(run.glob("train-*.log")))
+    assert "(resuming from" in logs
+    assert "train.lr_drop_epochs changed on resume ([] -> [1, 2])" in logs
+    assert [float(r["lr"]) for r in _history(run)] == pytest.approx([1e-3, 1e-4, 1e-5])
 
 
 def _cli(cfg_path: Path, *extra: str) -> list[str]:
@@ -168,6 +198,8 @@ def test_kill_mid_epoch_and_resume_ends_bit_identical_to_an_uninterrupted_run(ti
     assert "resuming from" in out.stdout
     rows, ref_rows = _history(run), _history(ref)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # every epoch exactly once
+    # the lr drop at epoch 2 happened, once, in both runs (the plateau cannot cut in 4 epochs at patience 5)
+    assert [float(r["lr"]) for r in ref_rows] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
     for row, ref_row in zip(rows, ref_rows):
         assert {k: v for k, v in row.items() if k not in _TIMING} == \
             {k: v for k, v in ref_row.items() if k not in _TIMING}

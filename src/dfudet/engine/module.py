@@ -32,6 +32,12 @@ def backbone_name(cfg: Config) -> str:
     return backbone_label(cfg.model.name, cfg.model.backbone)
 
 
+def dropped_lr(lr: float, drops: int, factor: float, min_lr: float) -> float:
+    """`lr` after `drops` lr drops of train.lr_drop_epochs: times `factor` each, floored at `min_lr`, never raised."""
+    for _ in range(drops):
+        lr = min(lr, max(lr * factor, min_lr))
+    return lr
+
 
 class DetectorModule(L.LightningModule):
     """Wraps a torchvision detector: SGD/AdamW + ReduceLROnPlateau(val loss), composite metrics after validation."""
@@ -81,7 +87,7 @@ class DetectorModule(L.LightningModule):
             # epoch-budgeted drop (train.lr_drop_epochs); applied to the lr the optimizer holds, so it composes with
             # the plateau's cuts and a run resumed from the previous epoch's checkpoint drops exactly once
             for g in self.trainer.optimizers[0].param_groups:
-                g["lr"] = max(g["lr"] * t.lr_drop_factor, t.min_lr)
+                g["lr"] = dropped_lr(g["lr"], 1, t.lr_drop_factor, t.min_lr)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
@@ -221,7 +227,7 @@ class DetectorModule(L.LightningModule):
         warm = t.warmup_steps
         step = self.trainer.global_step
         if warm and step <= warm:
-            dropped = t.lr_drop_factor ** sum(1 for e in t.lr_drop_epochs if e <= epoch)
+            target = dropped_lr(t.lr, sum(1 for e in t.lr_drop_epochs if e <= epoch), t.lr_drop_factor, t.min_lr)
             for g in optimizer.param_groups:
-                g["lr"] = t.lr * dropped * min(1.0, (step + 1) / warm)
+                g["lr"] = target * min(1.0, (step + 1) / warm)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)

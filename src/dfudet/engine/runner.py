@@ -270,6 +270,10 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
         saved = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
         cfg = with_model(cfg, anchor_sizes=saved.model.anchor_sizes, aspect_ratios=saved.model.aspect_ratios)
+        if saved.train.lr_drop_epochs != cfg.train.lr_drop_epochs:
+            log.warning("train.lr_drop_epochs changed on resume (%s -> %s): a drop is applied when its epoch starts, "
+                        "so drops at epochs this run has already trained are not applied", saved.train.lr_drop_epochs,
+                        cfg.train.lr_drop_epochs)
     quiet_third_party()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
