@@ -170,7 +170,7 @@ class TrainConfig(_Strict):
     plateau_factor: float = Field(0.1, gt=0, lt=1)
     plateau_patience: int = Field(5, ge=0)
     min_lr: float = Field(1e-7, ge=0)
-    # Epoch-budgeted lr drops on top of ReduceLROnPlateau (the MultiStep schedule of detectron2/mmdetection's "1x"):
+    # Epoch-budgeted lr drops on top of ReduceLROnPlateau (a MultiStep schedule like mmdetection's "1x"):
     # at the start of each listed epoch (0-based) the lr is multiplied by lr_drop_factor, never below min_lr.
     # Empty (default): only the plateau changes the lr.
     lr_drop_epochs: list[int] = Field(default_factory=list)
