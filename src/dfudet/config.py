@@ -206,6 +206,9 @@ class TrainConfig(_Strict):
     limit_val_batches: int | float | None = None
     log_every_n_steps: int = Field(10, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads on CPU (None = torch default)
+    # glibc: keep freed host memory for reuse instead of unmapping it every step (engine/host_memory.py); same numbers,
+    # fewer page faults, higher but flat RSS
+    keep_freed_memory: bool = True
     max_time_minutes: float | None = Field(None, gt=0)
     log_sample_ids: bool = False  # write run_dir/sample_ids/rank{r}-epoch{e}.json (audit of DDP sharding)
 

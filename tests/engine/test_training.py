@@ -19,6 +19,7 @@ import yaml
 from dfudet.checkpoint import load_for_inference, safe_torch_load
 from dfudet.config import config_to_dict
 from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.host_memory import glibc
 from dfudet.engine.module import DetectorModule, dropped_lr
 from dfudet.engine.runner import build_trainer, header, run_training
 from dfudet.models.factory import build_detector
@@ -79,6 +80,8 @@ def test_best_model_is_chosen_on_composite_not_val_loss(tiny_cache: Path, tmp_pa
     elapsed = [float(r["elapsed_seconds"]) for r in rows]
     assert elapsed[0] > 0 and all(b > a for a, b in zip(elapsed, elapsed[1:]))
     assert float(rows[-1]["elapsed_seconds"]) == pytest.approx(sum(float(r["seconds"]) for r in rows), abs=0.05)
+    # this process's resident set after each epoch (flat memory over a long run is visible in the csv)
+    assert all(100 < float(r["rss_mib"]) < 64 * 1024 for r in rows)
     assert (tmp_path / "run" / "last.ckpt").is_file() and (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
@@ -159,7 +162,7 @@ def _write_cfg(cfg, path: Path) -> Path:
     return path
 
 
-_TIMING = {"seconds", "elapsed_seconds"}
+_TIMING = {"seconds", "elapsed_seconds", "rss_mib"}  # machine-dependent columns
 
 
 @pytest.mark.slow
@@ -278,6 +281,8 @@ def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_pat
     assert "\r" not in out and "\r" not in log_text and "litlogger" not in out
     assert "epoch 0: 2/2 steps" in log_text
     assert "optimizer          : adamw lr=" in log_text and "momentum" not in log_text
+    # train.keep_freed_memory (default) is applied on glibc, and the log says so
+    assert ("host memory: freed blocks kept for reuse" in log_text) == (glibc() is not None)
     assert result["learned"] == (result["best"]["composite"] > result["baseline"]["composite"])
     if not result["learned"]:
         assert "does NOT beat the untrained model" in log_text

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 from matplotlib.ticker import MaxNLocator
 
 from dfudet.checkpoint import atomic_torch_save, build_best_payload
+from dfudet.engine.host_memory import rss_mib
 from dfudet.metrics.scores import ValidationScores
 from dfudet.utils import atomic_write_bytes
 
@@ -27,7 +28,7 @@ log = logging.getLogger("dfudet")
 BEST_NAME = "best_model.pth"
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "precision", "recall", "f1", "mean_iou", "composite",
                   "operating_threshold", "composite_at_operating", "ap50", "ap50_95", "lr", "new_best", "seconds",
-                  "elapsed_seconds")
+                  "elapsed_seconds", "rss_mib")
 
 
 def is_better(score: float, best: float | None) -> bool:
@@ -134,7 +135,8 @@ class EpochSummary(L.Callback):
         elapsed = round(sum(float(h.get("seconds", 0.0)) for h in earlier) + seconds, 2)
         scores = v.as_dict()
         row = {"epoch": int(trainer.current_epoch), **{k: float(scores[k]) for k in HISTORY_FIELDS if k in scores},
-               "new_best": int(self.best.improved), "seconds": seconds, "elapsed_seconds": elapsed}
+               "new_best": int(self.best.improved), "seconds": seconds, "elapsed_seconds": elapsed,
+               "rss_mib": round(rss_mib(), 1)}
         self.history = earlier + [row]
         if not trainer.is_global_zero:
             return

@@ -30,6 +30,7 @@ from dfudet.engine.callbacks import (
 )
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.host_memory import keep_freed_memory
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
 from dfudet.metrics.scores import ValidationScores
@@ -280,6 +281,9 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     # Denormal floats (weights/activations decaying towards 0 in from-scratch training) make CPU kernels many times
     # slower; flushing them to zero costs no accuracy that matters here. No effect on CUDA.
     torch.set_flush_denormal(True)
+    if cfg.train.keep_freed_memory and keep_freed_memory():
+        log.info("host memory: freed blocks kept for reuse (glibc mallopt: no mmap, no trim); "
+                 "train.keep_freed_memory=false gives glibc's defaults")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
