@@ -17,14 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-
-def rss_mib() -> float:
-    """Resident set size of this process in MiB (from /proc, no extra dependency)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+from dfudet.engine.host_memory import keep_freed_memory, rss_mib
 
 
 class MemoryProbe(L.Callback):
@@ -68,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.set_flush_denormal(True)  # as `dfudet train` does on CPU
+    kept = bool(cfg.train.keep_freed_memory) and keep_freed_memory()  # as `dfudet train` does (glibc)
     acc, devices, precision = resolve_hardware(cfg)
     trainer = build_trainer(cfg, acc, devices, precision)
     probe = MemoryProbe()
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "config": {"model": cfg.model.name, "img_size": cfg.data.img_size, "batch_size": cfg.data.batch_size,
-                   "train_batches": a.train_batches, "val_batches": a.val_batches},
+                   "train_batches": a.train_batches, "val_batches": a.val_batches, "keep_freed_memory": kept},
         "per_epoch": rows,
         "rss_epoch3_mib": ref["rss_mib"], "rss_last_mib": last["rss_mib"], "growth_percent": round(growth, 2),
         "target_percent": 3.0, "met": abs(growth) <= 3.0,

@@ -9,7 +9,9 @@ A model is `name` or `name:backbone` (the backbone only matters for timm-backbon
 fcos_timm). Times are medians
 over --steps timed steps after --warmup untimed ones; a step is forward + backward + SGD update on --batch-size
 images (one with a box, one without, alternating). On CUDA it uses AMP (fp16 autocast + GradScaler).
-Writes JSON (--out) and prints a markdown table; it never edits docs.
+Page faults and system time per training step are recorded too. Like `dfudet train`, it keeps freed memory for reuse
+(glibc; `--no-keep-freed-memory` measures glibc's defaults). Writes JSON (--out) and prints a markdown table; it never
+edits docs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -31,6 +34,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 from dfudet.config import ModelConfig  # noqa: E402
+from dfudet.engine.host_memory import keep_freed_memory  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
 from dfudet.models.factory import get_spec  # noqa: E402
 
@@ -86,8 +90,10 @@ def bench_one(
 
     model.train()
     train_times: list[float] = []
+    faults = sys_s = 0.0
     for i in range(warmup + steps):
         _sync(device)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = model(images, targets)
@@ -99,6 +105,9 @@ def bench_one(
         _sync(device)
         if i >= warmup:
             train_times.append(time.perf_counter() - t0)
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            faults += ru1.ru_minflt - ru0.ru_minflt
+            sys_s += ru1.ru_stime - ru0.ru_stime
 
     model.eval()
     infer_times: list[float] = []
@@ -118,6 +127,8 @@ def bench_one(
         "model": name,
         "backbone": backbone or None,
         "size": size,
+        "minor_page_faults_per_step": round(faults / steps),  # the kernel faulting in (and zeroing) pages
+        "system_s_per_step": round(sys_s / steps, 3),
         "batch_size": batch_size,
         "steps": steps,
         "fpn_channels": fpn_channels,
@@ -159,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-convs", type=int, default=None, help="conv layers per head branch (fcos_timm only)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                    help="glibc keeps freed memory for reuse, as `dfudet train` does by default "
+                         "(train.keep_freed_memory); --no-keep-freed-memory measures glibc's defaults")
     args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as `dfudet train` does on CPU (denormal floats from random init are slow)
+    kept = args.keep_freed_memory and keep_freed_memory()
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     models = args.models or default_models()
@@ -189,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "device": str(device),
             "amp": device.type == "cuda",
+            "keep_freed_memory": kept,
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "timm": timm.__version__,
