@@ -16,8 +16,9 @@ pytestmark = pytest.mark.skipif(glibc() is None, reason="glibc only (the setting
 # of five more are counted. A real allocator and real tensors: the count comes from the kernel (getrusage), in a fresh
 # process each time.
 _PROBE = textwrap.dedent("""
-    import resource, sys, torch
+    import ctypes, resource, sys, torch
     from dfudet.engine.host_memory import keep_freed_memory
+    ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages, so fault counts do not depend on THP
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     n = 64 * 2**20  # float32 elements: 256 MiB

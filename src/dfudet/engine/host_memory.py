@@ -5,20 +5,23 @@ kernel with `munmap` when it is freed. A CPU detection step at 512 px allocates 
 gradients that large, so every step the kernel maps, faults in and zeroes the same gigabytes again: the FUSeg FCOS
 recipe took 342 M minor page faults and 805 s of system time in an hour of training (docs/benchmarks.md).
 `keep_freed_memory` asks glibc to serve such blocks from its heap and not to return freed memory, so the next step
-reuses it. The numbers a run computes are unchanged (only where the bytes live changes); the resident set is higher
-(the heap keeps its high-water mark) and stays flat from the first epoch on, which `rss_mib` in metrics.csv shows.
+reuses it. Only where the bytes live changes (that recipe computed identical numbers with and without it); the
+resident set is higher (the heap keeps its high-water mark) and, at a fixed input size, flat from the first epochs
+on, which `rss_mib` in metrics.csv shows.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import platform
 import sys
+
+log = logging.getLogger("dfudet")
 
 # mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-_INT_MAX = 2**31 - 1
 
 
 def glibc() -> ctypes.CDLL | None:
@@ -32,16 +35,24 @@ def glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc malloc keep freed memory for reuse: no mmap-backed blocks, no trimming of the heap.
+    """Make glibc malloc keep freed memory for reuse: trimming of the heap off, then no mmap-backed blocks.
 
-    Process-wide and lasting (DataLoader workers forked later inherit it). Returns False, changing nothing, when the
-    C library is not glibc (musl, macOS, Windows: their allocators need no such setting or take none).
+    Process-wide and lasting: DataLoader workers forked later inherit it, and nothing here undoes it. Returns False,
+    changing nothing, when the C library is not glibc (musl, macOS, Windows: their allocators need no such setting or
+    take none), and warns when glibc refuses a setting.
     """
     libc = glibc()
     if libc is None:
         return False
-    # mallopt returns 1 on success, 0 on error
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, _INT_MAX))
+    mallopt = libc.mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # trimming first: blocks served from the heap while trimming is still on would be returned to the kernel as
+    # soon as they are freed, which is worse than glibc's defaults. mallopt returns 1 on success.
+    ok = mallopt(M_TRIM_THRESHOLD, -1) == 1 and mallopt(M_MMAP_MAX, 0) == 1
+    if not ok:
+        log.warning("host memory: glibc refused mallopt (M_TRIM_THRESHOLD -1 / M_MMAP_MAX 0); glibc's defaults apply")
+    return ok
 
 
 def rss_mib() -> float:
