@@ -195,6 +195,10 @@ class TrainConfig(_Strict):
     tune_img_sizes: list[int] = Field(default_factory=list)
     tune_confidence: float = Field(0.95, ge=0, le=1)
     iou_threshold: float = Field(0.5, gt=0, le=1)
+    # Exponential moving average of the weights (engine/ema.py), updated after every optimizer step with the decay
+    # ramped as min(ema_decay, (1 + n) / (10 + n)); validation, the kept model and early stopping use the average.
+    # None (default): the raw weights. The average looks back about 1 / (1 - ema_decay) steps.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     grad_clip: float | None = Field(10.0, gt=0)
     precision: Precision = "32"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"

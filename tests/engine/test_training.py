@@ -168,10 +168,12 @@ _TIMING = {"seconds", "elapsed_seconds", "rss_mib"}  # machine-dependent columns
 @pytest.mark.slow
 def test_kill_mid_epoch_and_resume_ends_bit_identical_to_an_uninterrupted_run(tiny_cache: Path, tmp_path: Path,
                                                                              tiny_config):
-    """SIGKILL inside epoch 2, resume: every epoch once, and final weights, optimizer and metrics equal (CPU)."""
+    """SIGKILL inside epoch 2, resume: every epoch once, and final weights, optimizer and metrics equal (CPU).
+
+    With an EMA of the weights (train.ema_decay): the average and the raw weights both resume exactly."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     overrides = ("train.epochs=4", "train.limit_train_batches=6", "train.limit_val_batches=2",
-                 "train.optimizer=sgd", "train.warmup_steps=3", "train.lr_drop_epochs=[2]")
+                 "train.optimizer=sgd", "train.warmup_steps=3", "train.lr_drop_epochs=[2]", "train.ema_decay=0.9")
     ref = tmp_path / "reference"
     ref_cfg = _write_cfg(tiny_config(tiny_cache, ref, *overrides), tmp_path / "ref.yaml")
     out = subprocess.run(_cli(ref_cfg), env=env, capture_output=True, text=True, timeout=600)
@@ -210,7 +212,8 @@ def test_kill_mid_epoch_and_resume_ends_bit_identical_to_an_uninterrupted_run(ti
     assert final["epoch"] == ref_final["epoch"] == 3
     assert final["state_dict"].keys() == ref_final["state_dict"].keys()
     for key, tensor in ref_final["state_dict"].items():
-        assert torch.equal(final["state_dict"][key], tensor), key
+        assert torch.equal(final["state_dict"][key], tensor), key  # the average
+        assert torch.equal(final["current_model_state"][key], ref_final["current_model_state"][key]), key  # raw
     for a, b in zip(final["optimizer_states"][0]["state"].values(), ref_final["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in b)
     assert safe_torch_load(run / "best_model.pth")["weights_sha256"] == \

@@ -30,6 +30,7 @@ from dfudet.engine.callbacks import (
 )
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.ema import ValidatedEMA
 from dfudet.engine.host_memory import keep_freed_memory
 from dfudet.engine.module import DetectorModule, backbone_name
 from dfudet.errors import ConfigError
@@ -190,6 +191,8 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         + (f" @ score>={t.selection_threshold}" if t.select_at == "selection_threshold"
            else " @ the operating threshold swept on val") + f", IoU>={t.iou_threshold}",
         f"  early stopping     : composite, patience {t.early_stop_patience}; max epochs {t.epochs}",
+        "  weights validated  : "
+        + (f"EMA, decay min({t.ema_decay}, (1+n)/(10+n)) after n steps" if t.ema_decay else "as trained (no EMA)"),
         f"  device             : {acc} x{devices} nodes={t.num_nodes} strategy={t.strategy} precision={precision}",
         f"  data               : {cfg.data.cache or cfg.data.dataset}",
     ]
@@ -221,6 +224,8 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: Precision) -> 
         summary,
         EarlyStopping(monitor="val/composite", mode="max", patience=cfg.train.early_stop_patience,
                       check_on_train_epoch_end=False, check_finite=False),
+        # after the callbacks above (they read the validated weights in on_validation_end), before last.ckpt
+        *([ValidatedEMA(cfg.train.ema_decay)] if cfg.train.ema_decay else []),
         LastCheckpoint(run_dir, LAST_NAME, after_save=[summary.write_files]),  # metrics.csv after its checkpoint
         # a live bar on a terminal; plain lines in a log file or CI (tqdm's carriage returns make one huge line)
         TQDMProgressBar(refresh_rate=1) if sys.stdout.isatty() else PlainProgress(),

@@ -1,0 +1,99 @@
+"""train.ema_decay: the average is the ramped EMA of the real weights, validation scores it, best_model.pth keeps it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dfudet.checkpoint import load_for_inference, safe_torch_load
+from dfudet.config import config_to_dict
+from dfudet.engine.datamodule import DetectionDataModule
+from dfudet.engine.ema import ValidatedEMA, ramped_decay, ramped_ema
+from dfudet.engine.module import DetectorModule
+from dfudet.engine.runner import build_trainer, header, validation_scores
+
+
+def test_ramped_decay_starts_small_and_caps_at_the_decay():
+    assert ramped_decay(0.99, 1) == pytest.approx(2 / 11)
+    assert ramped_decay(0.99, 100) == pytest.approx(101 / 110)
+    assert ramped_decay(0.99, 10_000) == 0.99
+    with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+        ValidatedEMA(1.0)
+
+
+def test_ramped_ema_update_in_place_and_counts_copied():
+    ema = [torch.tensor([0.0, 10.0]), torch.tensor([4.0])]
+    cur = [torch.tensor([1.0, 0.0]), torch.tensor([8.0])]
+    ramped_ema(0.5)(ema, cur, torch.tensor(100))  # ramp 101/110 > 0.5: the cap applies
+    assert torch.allclose(ema[0], torch.tensor([0.5, 5.0])) and torch.allclose(ema[1], torch.tensor([6.0]))
+    early = [torch.tensor([0.0])]
+    ramped_ema(0.5)(early, [torch.tensor([13.0])], torch.tensor(3))  # ramp (1+3)/(10+3) < 0.5
+    assert torch.allclose(early[0], torch.tensor([9.0]))
+    counts = [torch.tensor(7)]
+    ramped_ema(0.5)(counts, [torch.tensor(9)], torch.tensor(3))
+    assert int(counts[0]) == 9
+
+
+class RisingModule(DetectorModule):
+    """Real model, loop and val loss; the composite rises every epoch, so the last epoch is the kept one."""
+
+    def validation_metrics(self, preds):
+        real = super().validation_metrics(preds)
+        return dataclasses.replace(real, composite=0.1 * (self.current_epoch + 1))
+
+
+class WeightLog(L.Callback):
+    """Copies a few real parameters and a BatchNorm buffer after every optimizer step (before the EMA update)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        state = pl_module.state_dict()
+        self.steps.append({n: state[n].detach().clone() for n in self.names})
+
+
+def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache: Path, tmp_path: Path, tiny_config):
+    decay = 0.6
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", "train.limit_train_batches=3",
+                      "train.optimizer=sgd", "train.lr=0.02", f"train.ema_decay={decay}")
+    module = RisingModule(config_to_dict(cfg))
+    state = module.state_dict()
+    trained = [n for n, p in module.named_parameters() if p.requires_grad]
+    names = [trained[0], trained[len(trained) // 2], trained[-1],
+             next(n for n in state if n.endswith("running_mean"))]
+    watch = WeightLog(names)
+    trainer = build_trainer(cfg, "cpu", 1, "32")
+    trainer.callbacks.insert(0, watch)
+    trainer.fit(module, datamodule=DetectionDataModule(cfg))
+    assert len(watch.steps) == 9
+
+    # the average, computed here independently from the real weights after each step
+    expected = {n: watch.steps[0][n].clone().double() for n in names}
+    for n_done, step in enumerate(watch.steps[1:], start=1):
+        d = min(decay, (1 + n_done) / (10 + n_done))
+        for n in names:
+            expected[n] = d * expected[n] + (1 - d) * step[n].double()
+    last = safe_torch_load(tmp_path / "run" / "last.ckpt")
+    best = load_for_inference(tmp_path / "run" / "best_model.pth")
+    assert best.epoch == 2  # the last epoch, so the kept weights are the final average
+    for n in names:
+        assert torch.allclose(last["state_dict"][n].double(), expected[n], rtol=1e-5, atol=1e-7), n
+        # training continues from the raw weights; the kept model is the average
+        assert torch.equal(last["current_model_state"][n], watch.steps[-1][n]), n
+        assert torch.equal(best.model_state_dict[n.removeprefix("model.")], last["state_dict"][n]), n
+        assert not torch.allclose(last["state_dict"][n], last["current_model_state"][n]), n
+
+    # the scores stored with the kept model are those of its weights: validate a fresh module holding them
+    fresh = DetectorModule(config_to_dict(cfg))
+    fresh.model.load_state_dict(best.model_state_dict)
+    again = validation_scores(fresh, DetectionDataModule(cfg), "cpu")
+    assert best.scores is not None
+    assert again.val_loss == pytest.approx(best.scores.val_loss, rel=1e-5)
+    assert again.ap50 == pytest.approx(best.scores.ap50, abs=1e-9)
+    assert "EMA, decay min(0.6, (1+n)/(10+n))" in header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
