@@ -32,8 +32,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 from dfudet.config import ModelConfig  # noqa: E402
+from dfudet.engine.ema import ramped_ema  # noqa: E402
 from dfudet.engine.host_memory import keep_freed_memory  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
 from dfudet.models.factory import get_spec  # noqa: E402
@@ -109,6 +111,18 @@ def bench_one(
             faults += ru1.ru_minflt - ru0.ru_minflt
             sys_s += ru1.ru_stime - ru0.ru_stime
 
+    # train.ema_decay: one update of the weights' moving average (parameters and buffers), as after every step
+    ema = AveragedModel(model, use_buffers=True, multi_avg_fn=ramped_ema(0.995))
+    ema_times: list[float] = []
+    for i in range(warmup + steps + 1):  # the first update copies the weights
+        _sync(device)
+        t0 = time.perf_counter()
+        ema.update_parameters(model)
+        _sync(device)
+        if i > warmup:
+            ema_times.append(time.perf_counter() - t0)
+    del ema
+
     model.eval()
     infer_times: list[float] = []
     with torch.inference_mode():
@@ -136,6 +150,7 @@ def bench_one(
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_s_per_step": round(train_s, 4),
         "train_img_per_s": round(batch_size / train_s, 3),
+        "ema_update_s": round(statistics.median(ema_times), 5),  # added to each step by train.ema_decay
         "infer_s_per_img": round(infer_s, 4),
         "infer_img_per_s": round(1.0 / infer_s, 3),
     }

@@ -14,7 +14,7 @@ from dfudet.config import config_to_dict
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.ema import ValidatedEMA, ramped_decay, ramped_ema
 from dfudet.engine.module import DetectorModule
-from dfudet.engine.runner import build_trainer, header, validation_scores
+from dfudet.engine.runner import build_trainer, header, run_training, validation_scores
 
 
 def test_ramped_decay_starts_small_and_caps_at_the_decay():
@@ -97,3 +97,34 @@ def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache
     assert again.val_loss == pytest.approx(best.scores.val_loss, rel=1e-5)
     assert again.ap50 == pytest.approx(best.scores.ap50, abs=1e-9)
     assert "EMA, decay min(0.6, (1+n)/(10+n))" in header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
+
+
+class StartWeights(L.Callback):
+    """The module's weights when each training epoch starts (after a resume's restore)."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(tiny_cache: Path, tmp_path: Path,
+                                                                             tiny_config):
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_cache, run, "train.epochs=1", "train.ema_decay=0.6"))
+    last = safe_torch_load(run / "last.ckpt")
+    assert any(not torch.equal(v, last["current_model_state"][k]) for k, v in last["state_dict"].items())
+
+    cfg = tiny_config(tiny_cache, run, "train.epochs=2")  # the same run, EMA turned off
+    probe = StartWeights()
+    trainer = build_trainer(cfg, "cpu", 1, "32")
+    trainer.callbacks.insert(0, probe)
+    trainer.fit(DetectorModule(config_to_dict(cfg)), datamodule=DetectionDataModule(cfg), ckpt_path=run / "last.ckpt")
+    assert len(probe.states) == 1  # epoch 1 only
+    for k, v in last["current_model_state"].items():
+        assert torch.equal(probe.states[0][k], v), k  # the raw weights, not the average
+
+    run_training(tiny_config(tiny_cache, run, "train.epochs=3"))
+    logs = "".join(p.read_text() for p in sorted(run.glob("train-*.log")))
+    assert "train.ema_decay changed on resume (0.6 -> None): training continues from the raw weights" in logs

@@ -216,6 +216,10 @@ class DetectorModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.cfg.train.ema_decay is None and isinstance(checkpoint.get("current_model_state"), dict):
+            # a run that averaged its weights (its state_dict is the average), resumed without: train on from the
+            # weights it was training, not from the average (with train.ema_decay set, engine.ema restores both)
+            checkpoint["state_dict"] = checkpoint["current_model_state"]
         extra = checkpoint.get("dfudet") or {}
         self._pending_plateau_state = extra.get("plateau")
         self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before

@@ -280,6 +280,13 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
             log.warning("train.lr_drop_epochs changed on resume (%s -> %s): a drop is applied when its epoch starts, "
                         "so drops at epochs this run has already trained are not applied", saved.train.lr_drop_epochs,
                         cfg.train.lr_drop_epochs)
+        if saved.train.ema_decay != cfg.train.ema_decay:
+            log.warning("train.ema_decay changed on resume (%s -> %s): %s", saved.train.ema_decay,
+                        cfg.train.ema_decay,
+                        "training continues from the raw weights, and validation scores them from now on"
+                        if cfg.train.ema_decay is None else
+                        "the average restarts from the weights of last.ckpt" if saved.train.ema_decay is None else
+                        "the average continues with the new decay")
     quiet_third_party()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
