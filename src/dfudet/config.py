@@ -196,7 +196,8 @@ class TrainConfig(_Strict):
     tune_confidence: float = Field(0.95, ge=0, le=1)
     iou_threshold: float = Field(0.5, gt=0, le=1)
     # Exponential moving average of the weights (engine/ema.py), updated after every optimizer step with the decay
-    # ramped as min(ema_decay, (1 + n) / (10 + n)); validation, the kept model and early stopping use the average.
+    # ramped as min(ema_decay, (1 + n) / (10 + n)); validation (so the val loss of ReduceLROnPlateau too), the kept
+    # model and early stopping use the average.
     # None (default): the raw weights. The average looks back about 1 / (1 - ema_decay) steps.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     grad_clip: float | None = Field(10.0, gt=0)
@@ -224,6 +225,13 @@ class TrainConfig(_Strict):
         if sorted(set(v)) != v:
             raise ValueError("lr_drop_epochs must be increasing, each epoch listed once")
         return v
+
+    @model_validator(mode="after")
+    def _ema_unsharded(self) -> TrainConfig:
+        if self.ema_decay is not None and any(k in self.strategy.lower() for k in ("fsdp", "deepspeed")):
+            raise ValueError(f"train.ema_decay needs the whole model on every device; strategy {self.strategy!r} "
+                             "shards it. Use strategy ddp (or auto), or remove ema_decay")
+        return self
 
     @model_validator(mode="after")
     def _drops_within_training(self) -> TrainConfig:

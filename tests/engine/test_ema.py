@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -10,11 +12,13 @@ import pytest
 import torch
 
 from dfudet.checkpoint import load_for_inference, safe_torch_load
-from dfudet.config import config_to_dict
+from dfudet.config import config_to_dict, load_config
+from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.ema import ValidatedEMA, ramped_decay, ramped_ema
 from dfudet.engine.module import DetectorModule
 from dfudet.engine.runner import build_trainer, header, run_training, validation_scores
+from dfudet.errors import CheckpointError, ConfigError
 
 
 def test_ramped_decay_starts_small_and_caps_at_the_decay():
@@ -59,7 +63,7 @@ class WeightLog(L.Callback):
 
 
 def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache: Path, tmp_path: Path, tiny_config):
-    decay = 0.6
+    decay = 0.3  # the ramp (1+n)/(10+n) passes it at n = 3: both branches run
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", "train.limit_train_batches=3",
                       "train.optimizer=sgd", "train.lr=0.02", f"train.ema_decay={decay}")
     module = RisingModule(config_to_dict(cfg))
@@ -96,7 +100,7 @@ def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache
     assert best.scores is not None
     assert again.val_loss == pytest.approx(best.scores.val_loss, rel=1e-5)
     assert again.ap50 == pytest.approx(best.scores.ap50, abs=1e-9)
-    assert "EMA, decay min(0.6, (1+n)/(10+n))" in header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
+    assert "EMA, decay min(0.3, (1+n)/(10+n))" in header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
 
 
 class StartWeights(L.Callback):
@@ -120,7 +124,12 @@ def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(ti
     probe = StartWeights()
     trainer = build_trainer(cfg, "cpu", 1, "32")
     trainer.callbacks.insert(0, probe)
-    trainer.fit(DetectorModule(config_to_dict(cfg)), datamodule=DetectionDataModule(cfg), ckpt_path=run / "last.ckpt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DetectorModule(config_to_dict(cfg)), datamodule=DetectionDataModule(cfg),
+                    ckpt_path=run / "last.ckpt")
+    # no contradicting Lightning warning about the EMA callback's saved state
+    assert not [w for w in caught if "ValidatedEMA" in str(w.message)]
     assert len(probe.states) == 1  # epoch 1 only
     for k, v in last["current_model_state"].items():
         assert torch.equal(probe.states[0][k], v), k  # the raw weights, not the average
@@ -128,3 +137,35 @@ def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(ti
     run_training(tiny_config(tiny_cache, run, "train.epochs=3"))
     logs = "".join(p.read_text() for p in sorted(run.glob("train-*.log")))
     assert "train.ema_decay changed on resume (0.6 -> None): training continues from the raw weights" in logs
+
+
+def test_ema_resumes_exactly_and_a_damaged_raw_state_is_refused(tiny_cache: Path, tmp_path: Path, tiny_config):
+    """Stopped after epoch 0 and resumed: the average, its count and the raw weights equal an uninterrupted run's."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_training(tiny_config(tiny_cache, ref, "train.epochs=2", "train.ema_decay=0.6"))
+    run_training(tiny_config(tiny_cache, run, "train.epochs=1", "train.ema_decay=0.6"))
+    run_training(tiny_config(tiny_cache, run, "train.epochs=2", "train.ema_decay=0.6"))
+    a, b = safe_torch_load(ref / "last.ckpt"), safe_torch_load(run / "last.ckpt")
+    assert a["epoch"] == b["epoch"] == 1
+    assert int(b["averaging_state"]["n_averaged"]) == 4  # 2 steps in each of 2 epochs
+    for part in ("state_dict", "current_model_state", "averaging_state"):
+        assert a[part].keys() == b[part].keys()
+        for k, t in a[part].items():
+            assert torch.equal(b[part][k], t), (part, k)
+
+    # the raw weights training resumes from are checked like the average
+    damaged = tmp_path / "damaged.ckpt"
+    shutil.copy(run / "last.ckpt", damaged)
+    ckpt = safe_torch_load(damaged)
+    key = next(k for k, t in ckpt["current_model_state"].items() if t.is_floating_point())
+    ckpt["current_model_state"][key] = ckpt["current_model_state"][key] + 1e-3
+    torch.save(ckpt, damaged)
+    AtomicCheckpointIO().load_checkpoint(run / "last.ckpt")  # the intact file loads
+    with pytest.raises(CheckpointError, match=r"damaged.ckpt: the checkpoint is damaged: its raw \(not averaged\)"):
+        AtomicCheckpointIO().load_checkpoint(damaged)
+
+
+def test_ema_with_a_sharding_strategy_is_refused():
+    with pytest.raises(ConfigError, match="train.ema_decay needs the whole model on every device; strategy 'fsdp'"):
+        load_config(None, ["train.ema_decay=0.99", "train.strategy=fsdp"])
+    assert load_config(None, ["train.ema_decay=0.99", "train.strategy=ddp"]).train.ema_decay == 0.99

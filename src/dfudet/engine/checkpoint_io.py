@@ -24,4 +24,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         extra: dict[str, Any] = raw if isinstance(raw, dict) else {}
         if isinstance(ckpt.get("state_dict"), dict):  # resume: refuse a damaged last.ckpt instead of training on it
             verify_weights(ckpt["state_dict"], Path(path), extra.get("weights_sha256"))
+        if isinstance(ckpt.get("current_model_state"), dict):  # EMA runs: the raw weights training resumes from
+            verify_weights(ckpt["current_model_state"], Path(path), extra.get("current_weights_sha256"),
+                           what="raw (not averaged) weights")
         return ckpt

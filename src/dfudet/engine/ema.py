@@ -11,7 +11,12 @@ resume) with two changes for dfudet:
   `on_validation_end` and before the `Checkpoint` that writes last.ckpt (Lightning runs checkpoints last).
 
 last.ckpt then holds the averaged weights in `state_dict` (what `dfudet evaluate last.ckpt` scores) and the raw ones
-in `current_model_state` (what training continues from).
+in `current_model_state` (what training continues from). Everything computed in validation uses the average,
+including the val loss that steps ReduceLROnPlateau. When fit ends, Lightning copies the average into the module.
+
+Under DDP every rank averages the same parameters, but BatchNorm running statistics are updated per rank between
+DDP's buffer broadcasts, so the averaged buffers are broadcast from rank 0 before each validation: every rank scores,
+and rank 0 saves, the same model. Sharded strategies (FSDP, DeepSpeed) are refused by the config.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class ValidatedEMA(WeightAveraging):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._average_model is not None and trainer.state.fn == "fit":
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                for buf in self._average_model.module.buffers():
+                    torch.distributed.broadcast(buf, src=0)
             self._swap_models(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.types import OptimizerConfig
 from dfudet.checkpoint import state_digest
 from dfudet.config import Config
 from dfudet.engine import rng
+from dfudet.engine.ema import ValidatedEMA
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import ValidationScores, best_threshold, detection_scores
 from dfudet.models.factory import backbone_label, get_spec
@@ -209,6 +210,10 @@ class DetectorModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dfudet"] = {
             "weights_sha256": state_digest(checkpoint["state_dict"]),  # checked when resuming or loading
+            # with an EMA (train.ema_decay) state_dict is the average; the raw weights training resumes from are
+            # checked too
+            **({"current_weights_sha256": state_digest(checkpoint["current_model_state"])}
+               if isinstance(checkpoint.get("current_model_state"), dict) else {}),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
             "operating_threshold": (self.last_val.operating_threshold if self.last_val is not None
                                     else self.cfg.train.selection_threshold),
@@ -220,6 +225,9 @@ class DetectorModule(L.LightningModule):
             # a run that averaged its weights (its state_dict is the average), resumed without: train on from the
             # weights it was training, not from the average (with train.ema_decay set, engine.ema restores both)
             checkpoint["state_dict"] = checkpoint["current_model_state"]
+            callbacks = checkpoint.get("callbacks")
+            if isinstance(callbacks, dict):  # its state has no callback to go to (runner logs the change)
+                callbacks.pop(ValidatedEMA.__qualname__, None)
         extra = checkpoint.get("dfudet") or {}
         self._pending_plateau_state = extra.get("plateau")
         self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before
