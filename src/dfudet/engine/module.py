@@ -20,7 +20,7 @@ from dfudet.engine import rng
 from dfudet.engine.ema import ValidatedEMA
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import ValidationScores, best_threshold, detection_scores
-from dfudet.models.factory import backbone_label, get_spec
+from dfudet.models.factory import backbone_label, build_detector, get_spec
 from dfudet.models.passes import losses_and_detections, model_targets, to_float_images
 from dfudet.utils import atomic_write_bytes
 
@@ -48,7 +48,7 @@ class DetectorModule(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.cfg = Config.model_validate(config)
         self.spec = get_spec(self.cfg.model.name)
-        self.model = self.spec.build(self.cfg.model, self.cfg.data.img_size, True)
+        self.model = build_detector(self.cfg.model, self.cfg.data.img_size)
         self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
         self._nonfinite = {"train": 0, "val": 0}

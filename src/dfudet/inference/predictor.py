@@ -29,7 +29,7 @@ from dfudet.inference.backend import (
     to_original,
 )
 from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
-from dfudet.models.factory import get_spec
+from dfudet.models.factory import build_detector, get_spec
 from dfudet.models.passes import set_input_size, to_float_images
 from dfudet.models.spec import ModelSpec
 
@@ -86,7 +86,7 @@ class Predictor(Backend):
         cfg = ckpt.config
         try:
             spec = get_spec(cfg.model.name)
-            model = spec.build(cfg.model, ckpt.img_size, False)
+            model = build_detector(cfg.model, ckpt.img_size, load_weights=False)
         except ConfigError as exc:
             raise CheckpointError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from exc
         try:

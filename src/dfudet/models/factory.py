@@ -6,7 +6,9 @@ Each family module registers its specs when imported; the list below is the regi
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
+import torch
 from torch import nn
 
 from dfudet.config import ModelConfig
@@ -42,7 +44,23 @@ def build_detector(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
     `load_weights=False`: same modules (frozen stages included) but no pretrained weights are looked for; the caller
     loads a checkpoint's state dict next.
     """
-    return get_spec(cfg.name).build(cfg, img_size, load_weights)
+    model = get_spec(cfg.name).build(cfg, img_size, load_weights)
+    if cfg.channels_last:
+        model.backbone.register_forward_pre_hook(_channels_last_input)
+    return model
+
+
+def _channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook on the backbone: hand it the batch in channels-last (NHWC) memory layout.
+
+    Every conv after it then computes and returns NHWC, which oneDNN's CPU kernels (depthwise ones above all) and
+    cuDNN's tensor-core kernels run faster than NCHW; the values are the same up to float rounding and the weights
+    are untouched, so checkpoints do not depend on it. Skipped while tracing for ONNX export (a layout is not part
+    of an ONNX graph).
+    """
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return None
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
 def weights_source(model: nn.Module) -> str | None:
