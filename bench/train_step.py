@@ -73,7 +73,7 @@ def _batch(size: int, n: int, device: torch.device) -> tuple[list[torch.Tensor],
 
 def bench_one(
     spec: str, size: int, batch_size: int, steps: int, warmup: int, device: torch.device, fpn_channels: int = 256,
-    head_convs: int | None = None,
+    head_convs: int | None = None, channels_last: bool = True,
 ) -> dict[str, Any]:
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
@@ -82,7 +82,7 @@ def bench_one(
     if not get_spec(name).timm_backbone:
         fpn_channels = 256  # torchvision fixes the FPN width of its own backbones
     cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
-                      head_convs=head_convs if one_stage else None)
+                      head_convs=head_convs if one_stage else None, channels_last=channels_last)
     model = build_detector(cfg, size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -147,6 +147,7 @@ def bench_one(
         "steps": steps,
         "fpn_channels": fpn_channels,
         "head_convs": head_convs if one_stage else None,
+        "channels_last": channels_last,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_s_per_step": round(train_s, 4),
         "train_img_per_s": round(batch_size / train_s, 3),
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on CPU")
     ap.add_argument("--fpn-channels", type=int, default=256, help="FPN width (timm-backbone models only)")
     ap.add_argument("--head-convs", type=int, default=None, help="conv layers per head branch (fcos_timm only)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="the backbone's input in NHWC layout, as model.channels_last (default true) does; "
+                         "--no-channels-last measures NCHW (bench/channels_last_ab.py compares both interleaved)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in models:
         for size in args.sizes:
             r = bench_one(spec, size, args.batch_size, args.steps, args.warmup, device, args.fpn_channels,
-                          args.head_convs)
+                          args.head_convs, args.channels_last)
             results.append(r)
             print(f"{spec} @ {size}: {r['train_s_per_step']:.3f} s/step ({r['train_img_per_s']:.2f} img/s train), "
                   f"{r['infer_s_per_img']:.3f} s/img inference", flush=True)
