@@ -77,12 +77,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests bench scripts
 	$(PY) -m mypy
 
+# -n auto: one pytest-xdist worker per core, each with one torch thread (tests/conftest.py)
 test: $(STAMP) lint
 	bash scripts/ensure-browser.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto -m "not slow"
 
 bench-loader: $(STAMP)
 	$(PY) bench/loader.py --out bench/results/loader.json

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (make test): the N workers share the cores, so each (and every process it starts) runs torch with
+    # one thread; several multi-threaded torch processes on 2 cores spin against each other (a step went 1.1 -> 8 s)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from dfudet.config import Config, load_config  # noqa: E402
 

@@ -130,8 +130,14 @@ def test_checkpoint_to_predictor_with_and_without_tta(name: str, tmp_path: Path)
     assert len(tta.boxes) > 0 and (tta.scores <= 1).all()
 
 
+# ResNet-50 FPN v2 comes from the same torchvision-constructor builder as the two MobileNet models and trains through
+# the same loop; its own train step, val pass, checkpoint -> predictor and ONNX export are checked by the other tests
+# here. Training and resuming it took 31 of the suite's seconds.
+RESUME_MODELS = [m for m in MODELS if m != "fasterrcnn_resnet50_fpn_v2"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", RESUME_MODELS)
 def test_train_and_resume(name: str, tiny_cache: Path, tmp_path: Path):
     from dfudet.engine.runner import run_training
 

@@ -7,6 +7,7 @@ path), this test fails, as `make demo` itself would.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def test_demo_recipe_beats_the_untrained_model_on_val(tmp_path: Path, capsys: py
     assert main(["data", "prepare", str(ds), "--out", str(cache), "--img-size", str(DEMO_SIZE)]) == 0
     code = main(["train", "--config", str(REPO / "configs" / "demo.yaml"), "--baseline", "--require-improvement",
                  "--run-dir", str(run), f"data.cache={cache}", f"data.img_size={DEMO_SIZE}",
-                 f"train.epochs={DEMO_EPOCHS}", "train.warmup_steps=20"])
+                 f"train.epochs={DEMO_EPOCHS}", "train.warmup_steps=20",
+                 # under pytest -n (make test) the workers share the cores: one thread, as tests/conftest.py sets
+                 *(["train.threads=1"] if os.environ.get("PYTEST_XDIST_WORKER") else [])])
     out = capsys.readouterr().out
     assert code == 0, f"the demo recipe did not beat the untrained model (exit {code}):\n{out[-3000:]}"
     saved = yaml.safe_load((run / "config.yaml").read_text())
