@@ -46,7 +46,7 @@ def build_detector(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
     """
     model = get_spec(cfg.name).build(cfg, img_size, load_weights)
     if cfg.channels_last:
-        model.backbone.register_forward_pre_hook(_channels_last_input)
+        model.get_submodule("backbone").register_forward_pre_hook(_channels_last_input)
     return model
 
 
