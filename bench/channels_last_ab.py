@@ -4,12 +4,13 @@ Usage:
     python bench/channels_last_ab.py --out bench/results/channels_last_ab.json
     python bench/channels_last_ab.py --model fasterrcnn_efficientnet:efficientnet_lite0 --fpn-channels 96
 
-Two copies of one detector with the same initial weights, one built with model.channels_last=false (NCHW) and one
-with true (the backbone's input in NHWC, so every conv runs channels-last). Rounds alternate between them: per round
-each does --steps timed training steps (forward + backward + AdamW on a synthetic batch of --batch-size, after one
-untimed step) and --steps single-image inference passes. Reports the median per layout, the speed-up, and the
-largest difference of the first step's losses (same weights, same batch: only float rounding differs). Like `dfudet
-train` on CPU it keeps freed memory for reuse and flushes denormals. Random init: no weights needed.
+Two copies of one detector with the same initial weights and the recipe's frozen stages, one built with
+model.channels_last=false (NCHW) and one with true (the backbone's input in NHWC, so every conv runs channels-last).
+Rounds alternate between them: per round each does --steps timed training steps (forward + backward + AdamW on a
+synthetic batch of --batch-size, after one untimed step) and --steps single-image inference passes. Reports the
+median per layout, the speed-up, and the largest difference of the first step's losses (same weights, same batch:
+only float rounding differs). Like `dfudet train` on CPU it keeps freed memory for reuse and flushes denormals.
+Random init: no weights needed.
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     first_loss: dict[str, dict[str, float]] = {}
     for label, channels_last in LAYOUTS.items():
         torch.manual_seed(0)
-        cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_lite0", pretrained=False,
+        # pretrained=True with load_weights=False: the frozen stages (FrozenBatchNorm) of a pretrained recipe, no
+        # weights needed (with pretrained=False every stage would train)
+        cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_lite0", pretrained=True,
                           fpn_channels=args.fpn_channels, head_convs=args.head_convs if one_stage else None,
                           trainable_backbone_layers=args.trainable_backbone_layers,
                           channels_last=channels_last)
-        model = build_detector(cfg, args.size)
+        model = build_detector(cfg, args.size, load_weights=False)
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         models[label] = (model, opt)
     models["channels_last"][0].load_state_dict(models["nchw"][0].state_dict())
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss.backward()
                 opt.step()
                 if rnd == 0 and i == 0:
-                    first_loss[label] = {k: float(v) for k, v in losses.items()}
+                    first_loss[label] = {k: float(v.detach()) for k, v in losses.items()}
                 if i > 0:
                     train[label].append(time.perf_counter() - t0)
             model.eval()

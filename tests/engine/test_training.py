@@ -153,6 +153,20 @@ def test_resumed_run_applies_new_lr_drops_from_its_next_epoch_and_says_so(tiny_c
     assert [float(r["lr"]) for r in _history(run)] == pytest.approx([1e-3, 1e-4, 1e-5])
 
 
+def test_a_layout_change_on_resume_is_logged_and_old_runs_count_as_nchw(tiny_cache: Path, tmp_path: Path,
+                                                                        tiny_config):
+    run = tmp_path / "run"
+    run_training(tiny_config(tiny_cache, run, "train.epochs=1"))
+    assert "(backbone input channels-last)" in "".join(p.read_text() for p in run.glob("train-*.log"))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["model"]["channels_last"]  # as written by dfudet before the setting existed (those runs were NCHW)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    run_training(tiny_config(tiny_cache, run, "train.epochs=2"))
+    logs = "".join(p.read_text() for p in sorted(run.glob("train-*.log")))
+    assert "(resuming from" in logs and "model.channels_last changed on resume (False -> True)" in logs
+    assert safe_torch_load(run / "last.ckpt")["epoch"] == 1
+
+
 def _cli(cfg_path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dfudet.cli", "train", "--config", str(cfg_path), *extra]
 

@@ -178,7 +178,7 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         "  classes            : 2 (background, ulcer)",
         f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained}"
         + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
-        f"  img_size           : {d.img_size}",
+        f"  img_size           : {d.img_size}  (backbone input {'channels-last' if m.channels_last else 'NCHW'})",
         ("  anchors            : none (anchor-free; level sizes = strides)" if get_spec(m.name).anchor_free else
          f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
@@ -273,13 +273,20 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     resume = last if last.is_file() and not fresh else None
     if resume:
         _check_resume_config(run_dir, cfg)
-        saved = Config.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        saved_raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+        saved = Config.model_validate(saved_raw)
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
         cfg = with_model(cfg, anchor_sizes=saved.model.anchor_sizes, aspect_ratios=saved.model.aspect_ratios)
         if saved.train.lr_drop_epochs != cfg.train.lr_drop_epochs:
             log.warning("train.lr_drop_epochs changed on resume (%s -> %s): a drop is applied when its epoch starts, "
                         "so drops at epochs this run has already trained are not applied", saved.train.lr_drop_epochs,
                         cfg.train.lr_drop_epochs)
+        # a run begun before model.channels_last existed trained in NCHW (its config.yaml has no such key)
+        saved_layout = bool((saved_raw.get("model") or {}).get("channels_last", False))
+        if saved_layout != cfg.model.channels_last:
+            log.warning("model.channels_last changed on resume (%s -> %s): the weights carry over unchanged, but float "
+                        "rounding differs from here on, so this run will not be bit-identical to one trained in a "
+                        "single layout", saved_layout, cfg.model.channels_last)
         if saved.train.ema_decay != cfg.train.ema_decay:
             log.warning("train.ema_decay changed on resume (%s -> %s): %s", saved.train.ema_decay,
                         cfg.train.ema_decay,

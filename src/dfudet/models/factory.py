@@ -58,7 +58,7 @@ def _channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any,
     are untouched, so checkpoints do not depend on it. Skipped while tracing for ONNX export (a layout is not part
     of an ONNX graph).
     """
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return None
     return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
