@@ -92,10 +92,10 @@ bench-memory: $(STAMP)
 	$(PY) bench/memory.py --cache $(DEMO)/cache --out bench/results/memory.json
 
 bench-infer: $(STAMP)
-	$(PY) bench/infer.py --out bench/results/infer.json
+	$(PY) bench/infer.py --no-channels-last --out bench/results/infer.json  # NCHW, as docs/benchmarks.md
 
 bench-onnx: $(STAMP)
-	$(PY) bench/onnx_speed.py --out bench/results/onnx_speed.json
+	$(PY) bench/onnx_speed.py --no-channels-last --out bench/results/onnx_speed.json  # NCHW, as docs/benchmarks.md
 
 bench-train-step: $(STAMP)
 	$(PY) bench/train_step.py --no-channels-last --out bench/results/train_step.json  # NCHW, as docs/benchmarks.md

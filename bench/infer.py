@@ -36,11 +36,12 @@ DEFAULT_MODELS = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_efficientnet:
                   "fasterrcnn_efficientnet:efficientnet_b5", "fasterrcnn_resnet50_fpn_v2"]
 
 
-def write_checkpoint(spec: str, img_size: int, path: Path) -> Path:
+def write_checkpoint(spec: str, img_size: int, path: Path, channels_last: bool = True) -> Path:
     """A best_model.pth of a random-init model, so the benchmark runs the real `Predictor` path."""
     name, _, backbone = spec.partition(":")
     cfg = load_config(None, [f"model.name={name}", f"model.backbone={backbone or 'efficientnet_b0'}",
-                             "model.pretrained=false", f"data.img_size={img_size}"])
+                             "model.pretrained=false", f"data.img_size={img_size}",
+                             f"model.channels_last={str(channels_last).lower()}"])
     model = build_detector(cfg.model, img_size)
     save_model_checkpoint(path, model.state_dict(), cfg, epoch=0)
     return path
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench/results/infer.json")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="model.channels_last of the benchmarked checkpoints (--no-channels-last: NCHW)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in a.models:
             for size in a.sizes:
-                pred = Predictor.from_checkpoint(write_checkpoint(spec, size, Path(tmp) / "m.pth"), device=a.device)
+                pred = Predictor.from_checkpoint(write_checkpoint(spec, size, Path(tmp) / "m.pth", a.channels_last),
+                                                   device=a.device)
                 for bs in a.batches:
                     pred.predict_arrays(images[:bs], batch_size=bs)  # warm-up
                     times = []
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{spec:45s} {size:4d}  batch {bs:2d}  {row['ms_per_img']:8.1f} ms/img  "
                           f"{row['img_per_s']:6.2f} img/s", flush=True)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}, "results": rows}
+                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+              "channels_last": a.channels_last, "results": rows}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print("\n| model | img_size | batch | ms/img | img/s |\n|---|---|---|---|---|")

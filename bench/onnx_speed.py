@@ -42,20 +42,22 @@ from dfudet.models.factory import build_detector  # noqa: E402
 DEFAULT_MODELS = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_efficientnet:efficientnet_b0"]
 
 
-def make_checkpoint(spec: str, size: int, path: Path) -> Path:
+def make_checkpoint(spec: str, size: int, path: Path, channels_last: bool = True) -> Path:
     """A random-init best_model.pth of `name[:backbone]` at img_size `size`."""
     name, _, backbone = spec.partition(":")
     cfg = load_config(None, [f"model.name={name}", f"model.backbone={backbone or 'efficientnet_b0'}",
-                             "model.pretrained=false", f"data.img_size={size}"])
+                             "model.pretrained=false", f"data.img_size={size}",
+                             f"model.channels_last={str(channels_last).lower()}"])
     torch.manual_seed(0)
     model = build_detector(cfg.model, size)
     save_model_checkpoint(path, model.state_dict(), cfg, epoch=0)
     return path
 
 
-def bench_one(spec: str, size: int, image: Any, runs: int, warmup: int, threads: int, work: Path) -> dict[str, Any]:
+def bench_one(spec: str, size: int, image: Any, runs: int, warmup: int, threads: int, work: Path,
+              channels_last: bool = True) -> dict[str, Any]:
     """Export one model and time both predictors on `image`; returns ms/image medians and the speed-up."""
-    ckpt = make_checkpoint(spec, size, work / f"{spec.replace(':', '_')}_{size}.pth")
+    ckpt = make_checkpoint(spec, size, work / f"{spec.replace(':', '_')}_{size}.pth", channels_last)
     onnx_path = work / f"{spec.replace(':', '_')}_{size}.onnx"
     t0 = time.perf_counter()
     export_onnx(ckpt, onnx_path)
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/onnx_speed.json")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="model.channels_last of the PyTorch side (--no-channels-last: NCHW)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     image = cv2.resize(render_sample(0, 0, 480, healthy=False).image, (640, 480), interpolation=cv2.INTER_LINEAR)
@@ -106,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in a.models:
             for size in a.sizes:
-                rows.append(bench_one(spec, size, image, a.runs, a.warmup, a.threads, Path(tmp)))
+                rows.append(bench_one(spec, size, image, a.runs, a.warmup, a.threads, Path(tmp), a.channels_last))
                 print(f"{spec} @ {size}: torch {rows[-1]['torch_ms']} ms, onnx {rows[-1]['onnx_ms']} ms",
                       file=sys.stderr)
-    result = {"rows": rows, "threads": a.threads, "runs": a.runs, "warmup": a.warmup,
+    result = {"rows": rows, "threads": a.threads, "runs": a.runs, "warmup": a.warmup, "channels_last": a.channels_last,
               "torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version(),
               "cpu": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
               "loadavg_before_after": [load_before, os.getloadavg()], "date": time.strftime("%Y-%m-%d")}
