@@ -199,3 +199,39 @@ def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Pat
     assert "untrained model, before any training" in m["threshold_source"]
     assert "during training" not in m["threshold_source"]
     assert "(untrained)" in (tmp_path / "out" / "report.md").read_text().splitlines()[0]
+
+
+def test_compare_reports_the_paired_composite_difference(tiny_ckpt: Path, demo_data: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    import json
+    import re
+
+    from dfudet.export.slim import export_slim
+    from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
+
+    other = tmp_path / "other.pth"  # the same weights, scored at the checkpoint's own threshold (0.5)
+    export_slim(tiny_ckpt, other)
+    out = tmp_path / "out"
+    m = run_evaluation(tiny_ckpt, demo_data["cache"], out, split="test", bootstrap=200, progress=False,
+                       compare=other, operating_threshold=0.05)
+    paired = m["compare"]["paired_composite_difference"]
+    diff = m["at_threshold"]["composite"] - m["compare"]["at_threshold"]["composite"]
+    assert diff != 0.0  # the two thresholds give different composites on these photos
+    # recomputed from this model's saved detections: the same weights give the compared model's boxes at 0.5
+    images = json.loads((out / "detections.json").read_text())["images"]
+    preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
+             for r in images]
+    gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in images]
+    gains = paired_composite_gains(per_image_counts(preds, gts, 0.5, 0.5), per_image_counts(preds, gts, 0.05, 0.5),
+                                   m["composite_weights"], 200, 0)
+    assert paired["n"] == 200
+    assert paired["ci95"] == pytest.approx(list(np.quantile(gains, [0.025, 0.975])))
+    assert paired["share_this_higher"] == pytest.approx(float(np.mean(gains > 0)))
+    assert np.sign(np.median(gains)) == np.sign(diff)  # this model minus the compared one, not the reverse
+    line = re.search(r"this model minus the compared one: \*\*([-+][\d.]+)\*\*", (out / "report.md").read_text())
+    assert line and float(line.group(1)) == pytest.approx(diff, abs=6e-4)
+    # without a bootstrap there is no paired interval, and the report says nothing about one
+    m0 = run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "out0", split="test", bootstrap=0, progress=False,
+                        compare=other, operating_threshold=0.05)
+    assert m0["compare"]["paired_composite_difference"] is None
+    assert "minus the compared one" not in (tmp_path / "out0" / "report.md").read_text()

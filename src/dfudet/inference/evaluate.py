@@ -29,7 +29,7 @@ from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
 from dfudet.inference.report import write_galleries, write_plots, write_report_md
-from dfudet.metrics.bootstrap import bootstrap_ci
+from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
@@ -194,19 +194,29 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
 
 
 def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch_size: int, progress: bool,
-             iou_threshold: float, weights: Any) -> dict[str, Any]:
+             iou_threshold: float, weights: Any, this_per_image: np.ndarray, n_boot: int,
+             seed: int = 0) -> dict[str, Any]:
     """The headline figures of another checkpoint (e.g. the untrained model) on the same photos, at its own
-    threshold."""
+    threshold; with `n_boot` > 0 also the paired bootstrap of the composite difference (this model minus that one,
+    both scored on the same resampled photos: `this_per_image` is this model's `per_image_counts`)."""
     other = load_backend(checkpoint=checkpoint, device=device, tta=tta)
     rows = predict_split(other, dataset, batch_size, progress)
     preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+    at = detection_scores(preds, gts, other.operating_threshold, iou_threshold, weights).as_dict()
+    paired = None
+    if n_boot > 0 and len(gts):
+        other_per_image = per_image_counts(preds, gts, other.operating_threshold, iou_threshold)
+        gains = paired_composite_gains(other_per_image, this_per_image, weights, n_boot, seed)
+        lo, hi = np.quantile(gains, [0.025, 0.975])
+        paired = {"n": int(n_boot), "seed": seed, "unit": "image", "ci95": [float(lo), float(hi)],
+                  "share_this_higher": float(np.mean(gains > 0))}
     return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch, "origin": other.info.origin,
                            "model_name": other.info.model_name, "backbone": other.info.backbone},
             "operating_threshold": other.operating_threshold, "threshold_source": other.threshold_source,
-            "at_threshold": detection_scores(preds, gts, other.operating_threshold, iou_threshold,
-                                             weights).as_dict(),
-            "coco": coco_map(preds, gts), "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]}}
+            "at_threshold": at, "coco": coco_map(preds, gts),
+            "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]},
+            "paired_composite_difference": paired}
 
 
 def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | Path, split: str = "test",
@@ -253,7 +263,8 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         out.mkdir(parents=True, exist_ok=True)
         files = write_plots(out, curves.pr, curves.froc, curves.sweep)
         gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
-        compared = (_compare(compare, dataset, device, tta, batch_size, progress, iou_threshold, weights)
+        compared = (_compare(compare, dataset, device, tta, batch_size, progress, iou_threshold, weights,
+                             per_image_counts(preds, gts, thr, iou_threshold), bootstrap)
                     if compare is not None else None)
     info = predictor.info
     at = m["at_threshold"]
