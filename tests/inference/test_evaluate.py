@@ -204,7 +204,6 @@ def test_untrained_model_threshold_source_says_so(tmp_path: Path, tiny_ckpt: Pat
 def test_compare_reports_the_paired_composite_difference(tiny_ckpt: Path, demo_data: dict[str, Path],
                                                          tmp_path: Path) -> None:
     import json
-    import re
 
     from dfudet.export.slim import export_slim
     from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
@@ -222,14 +221,19 @@ def test_compare_reports_the_paired_composite_difference(tiny_ckpt: Path, demo_d
     preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
              for r in images]
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in images]
-    gains = paired_composite_gains(per_image_counts(preds, gts, 0.5, 0.5), per_image_counts(preds, gts, 0.05, 0.5),
-                                   m["composite_weights"], 200, 0)
-    assert paired["n"] == 200
-    assert paired["ci95"] == pytest.approx(list(np.quantile(gains, [0.025, 0.975])))
+    other_thr = m["compare"]["operating_threshold"]
+    assert other_thr == pytest.approx(0.5)
+    gains = paired_composite_gains(per_image_counts(preds, gts, other_thr, 0.5),
+                                   per_image_counts(preds, gts, 0.05, 0.5), m["composite_weights"], 200, 0)
+    assert paired["n"] == 200 and paired["point"] == pytest.approx(diff)
+    lo, hi = np.quantile(gains, [0.025, 0.975])
+    assert paired["ci95"] == pytest.approx([lo, hi])
     assert paired["share_this_higher"] == pytest.approx(float(np.mean(gains > 0)))
-    assert np.sign(np.median(gains)) == np.sign(diff)  # this model minus the compared one, not the reverse
-    line = re.search(r"this model minus the compared one: \*\*([-+][\d.]+)\*\*", (out / "report.md").read_text())
-    assert line and float(line.group(1)) == pytest.approx(diff, abs=6e-4)
+    assert paired["share_this_lower"] == pytest.approx(float(np.mean(gains < 0)))
+    expected = (f"Composite, this model minus the compared one: **{diff:+.3f}** (95% CI {lo:+.3f} to {hi:+.3f}; "
+                f"higher in {100 * np.mean(gains > 0):.1f}% and lower in {100 * np.mean(gains < 0):.1f}% of 200 "
+                "paired resamples")
+    assert expected in (out / "report.md").read_text()
     # without a bootstrap there is no paired interval, and the report says nothing about one
     m0 = run_evaluation(tiny_ckpt, demo_data["cache"], tmp_path / "out0", split="test", bootstrap=0, progress=False,
                         compare=other, operating_threshold=0.05)

@@ -29,7 +29,7 @@ from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
 from dfudet.inference.report import write_galleries, write_plots, write_report_md
-from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts
+from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
@@ -205,12 +205,16 @@ def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch
     gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
     at = detection_scores(preds, gts, other.operating_threshold, iou_threshold, weights).as_dict()
     paired = None
-    if n_boot > 0 and len(gts):
+    if n_boot > 0:
         other_per_image = per_image_counts(preds, gts, other.operating_threshold, iou_threshold)
         gains = paired_composite_gains(other_per_image, this_per_image, weights, n_boot, seed)
         lo, hi = np.quantile(gains, [0.025, 0.975])
-        paired = {"n": int(n_boot), "seed": seed, "unit": "image", "ci95": [float(lo), float(hi)],
-                  "share_this_higher": float(np.mean(gains > 0))}
+        point = scores_of_sums(this_per_image.sum(0), weights)["composite"] - scores_of_sums(
+            other_per_image.sum(0), weights)["composite"]
+        paired = {"point": float(point[0]), "n": int(n_boot), "alpha": 0.05, "seed": seed, "unit": "image",
+                  "ci95": [float(lo), float(hi)], "share_this_higher": float(np.mean(gains > 0)),
+                  "share_this_lower": float(np.mean(gains < 0)),
+                  "weights": "this model's composite weights, for both"}
     return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch, "origin": other.info.origin,
                            "model_name": other.info.model_name, "backbone": other.info.backbone},
             "operating_threshold": other.operating_threshold, "threshold_source": other.threshold_source,

@@ -254,11 +254,11 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
         lines.append(f"CIs: percentile bootstrap over images, {m['bootstrap']['n']} replicates.")
     paired = (cmp_m or {}).get("paired_composite_difference")
     if cmp_m and paired:
-        diff = float(m["at_threshold"]["composite"]) - float(cmp_m["at_threshold"]["composite"])
         lo, hi = paired["ci95"]
-        lines += ["", f"Composite, this model minus the compared one: **{diff:+.3f}** (95% CI {lo:+.3f} to {hi:+.3f}; "
-                  f"higher in {100 * paired['share_this_higher']:.1f}% of {paired['n']} paired resamples: the same "
-                  "resampled photos scored for both, each at its own threshold)."]
+        lines += ["", f"Composite, this model minus the compared one: **{paired['point']:+.3f}** (95% CI {lo:+.3f} to "
+                  f"{hi:+.3f}; higher in {100 * paired['share_this_higher']:.1f}% and lower in "
+                  f"{100 * paired['share_this_lower']:.1f}% of {paired['n']} paired resamples: the same resampled "
+                  "photos scored for both, each at its own threshold, with this model's composite weights)."]
     outlines = m.get("outlines")
     lines += outline_lines(outlines)
     w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}
