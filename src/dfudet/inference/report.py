@@ -252,8 +252,8 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
     ]
     if m.get("bootstrap"):
         lines.append(f"CIs: percentile bootstrap over images, {m['bootstrap']['n']} replicates.")
-    paired = (cmp_m or {}).get("paired_composite_difference")
-    if cmp_m and paired:
+    paired = cmp_m.get("paired_composite_difference") if cmp_m else None
+    if paired:
         lo, hi = paired["ci95"]
         lines += ["", f"Composite, this model minus the compared one: **{paired['point']:+.3f}** (95% CI {lo:+.3f} to "
                   f"{hi:+.3f}; higher in {100 * paired['share_this_higher']:.1f}% and lower in "
