@@ -31,7 +31,7 @@ demo: $(STAMP)
 	  --out $(DEMO)/report-untrained
 	@echo "demo report: $(DEMO)/report/report.md (the untrained model for comparison: $(DEMO)/report-untrained)"
 
-# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache -> train -> tune (the inference input
+# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache (at the config's data.img_size) -> train -> tune (the inference input
 # size and its threshold, chosen on val among train.tune_img_sizes when one beats the training size in 95% of paired
 # val resamples, train.tune_confidence; none listed: the training size) -> evaluate the
 # tuned model on val and on test (the reported table, bootstrap CIs) and the untrained model on test.
@@ -48,7 +48,8 @@ TIMEV := $(shell test -x /usr/bin/time && echo /usr/bin/time -v -o $(FUSEG_RUN)/
 reproduce-fuseg: $(STAMP)
 	test -d $(FUSEG)/images || { echo "FUSeg data not found at $(FUSEG) (set FUSEG=...)"; exit 2; }
 	$(DFUDET) data import $(FUSEG_IMPORT_$(FUSEG_FORMAT)) --out $(FUSEG_RUN)/dataset
-	$(DFUDET) data prepare $(FUSEG_RUN)/dataset --out $(FUSEG_RUN)/cache --img-size 512
+	size=$$($(PY) -c 'import sys; from dfudet.config import load_config; print(load_config(sys.argv[1]).data.img_size)' \
+	  $(FUSEG_CONFIG)) && $(DFUDET) data prepare $(FUSEG_RUN)/dataset --out $(FUSEG_RUN)/cache --img-size $$size
 	$(TIMEV) $(DFUDET) train --config $(FUSEG_CONFIG) --run-dir $(FUSEG_RUN)/train data.cache=$(FUSEG_RUN)/cache \
 	  --baseline
 	-grep -E "Elapsed|Maximum resident" $(FUSEG_RUN)/train-time.txt
