@@ -31,10 +31,10 @@ demo: $(STAMP)
 	  --out $(DEMO)/report-untrained
 	@echo "demo report: $(DEMO)/report/report.md (the untrained model for comparison: $(DEMO)/report-untrained)"
 
-# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache (at the config's data.img_size) -> train -> tune (the inference input
-# size and its threshold, chosen on val among train.tune_img_sizes when one beats the training size in 95% of paired
-# val resamples, train.tune_confidence; none listed: the training size) -> evaluate the
-# tuned model on val and on test (the reported table, bootstrap CIs) and the untrained model on test.
+# Reference CPU result on real photos (docs/results.md): FUSeg import -> cache (at the config's data.img_size) ->
+# train -> tune (the inference input size and its threshold, chosen on val among train.tune_img_sizes when one beats
+# the training size in 95% of paired val resamples, train.tune_confidence; none listed: the training size) ->
+# evaluate the tuned model on val and on test (the reported table, bootstrap CIs) and the untrained model on test.
 # FUSEG_CONFIG=configs/fuseg_cpu.yaml reproduces the two-stage (Faster R-CNN) result instead.
 FUSEG ?= ../shared/data/fuseg
 FUSEG_CONFIG ?= configs/fuseg_cpu_fcos.yaml
