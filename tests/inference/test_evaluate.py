@@ -14,6 +14,7 @@ from dfudet.errors import CheckpointError, ConfigError, DataError
 from dfudet.inference.evaluate import run_evaluation
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
+from dfudet.metrics.sizes import found_by_size
 
 EXPECTED_FILES = ("metrics.json", "report.md", "pr_curve.png", "froc.png", "threshold_sweep.png", "detections.json")
 GALLERIES = ("missed_ulcers", "false_alarms_healthy", "poor_localization")
@@ -45,6 +46,7 @@ def test_writes_every_file(cache_eval: Path) -> None:
             assert (cache_eval / entry["file"]).is_file() and entry["reason"]
     report = (cache_eval / "report.md").read_text()
     assert "| composite |" in report and "Oracle" in report and "operating_threshold" in report
+    assert "## Ulcers found by size" in report and "| 64 px and more |" in report
 
 
 def test_metrics_match_dfudet_metrics_called_directly(cache_eval: Path, tiny_ckpt: Path) -> None:
@@ -55,6 +57,9 @@ def test_metrics_match_dfudet_metrics_called_directly(cache_eval: Path, tiny_ckp
     for k, v in direct.as_dict().items():
         assert m["at_threshold"][k] == pytest.approx(v), k
     assert m["coco"] == pytest.approx(coco_map(preds, gts))
+    assert m["by_size"] == found_by_size(preds, gts, 0.5, 0.5)
+    assert sum(r["ulcers"] for r in m["by_size"]) == sum(len(g) for g in gts)
+    assert sum(r["found"] for r in m["by_size"]) == direct.tp
     t, row = best_threshold(preds, gts, iou_threshold=0.5)
     assert m["oracle"]["threshold"] == t and m["oracle"]["scores"]["composite"] == pytest.approx(row.composite)
     c = m["counts"]
@@ -160,8 +165,10 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
     # the summary in words, with the real counts
     assert f"Found **{c['tp']} of {c['gt_boxes']} ulcers**" in report and f"missed {c['fn']}" in report
     assert f"**{c['fp']} false alarm(s)** on {c['images']} photos" in report
-    # every metric the table prints is defined in "How to read this"
-    printed = re.findall(r"^\| ([^|]+?) \| [-\d.]+ \|", report, flags=re.M)
+    # every metric the main table prints is defined in "How to read this" (the size table explains its own columns)
+    main_table = report.split("## Ulcers found by size", 1)[0]
+    assert main_table != report and "| found at any score |" in report
+    printed = re.findall(r"^\| ([^|]+?) \| [-\d.]+ \|", main_table, flags=re.M)
     assert len(printed) >= 13
     glossary = report.split("## How to read this", 1)[1]
     for name in printed + ["TP / FP / FN", "95% CI"]:

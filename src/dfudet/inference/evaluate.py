@@ -35,6 +35,7 @@ from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
 from dfudet.metrics.outlines import outline_bootstrap_ci, outline_images, outline_scores
 from dfudet.metrics.scores import Scores, detection_scores, pick_best, sweep_thresholds
+from dfudet.metrics.sizes import found_by_size
 from dfudet.models.factory import backbone_label
 from dfudet.utils import atomic_write_bytes
 
@@ -171,6 +172,7 @@ def compute_metrics(preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.nda
     out: dict[str, Any] = {
         "at_threshold": at.as_dict(),
         "coco": coco_map(preds, gts),
+        "by_size": found_by_size(preds, gts, threshold, iou_threshold),
         "healthy_images": {"n": at.n_healthy_images, "image_specificity": at.image_specificity,
                            "fp_per_healthy_image": at.fp_per_healthy_image},
         "ulcer_images": {"n": at.n_ulcer_images, "image_sensitivity": at.image_sensitivity},

@@ -169,6 +169,22 @@ def outline_lines(o: dict[str, Any] | None) -> list[str]:
     return lines + ["", OUTLINE_BENCHMARK_NOTE]
 
 
+def size_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    """'Ulcers found by size' table (reports written before it existed have no `by_size`: nothing)."""
+    if not rows:
+        return []
+    lines = ["", "## Ulcers found by size", "",
+             "Side √(w·h) of the true box in the photo's pixels. Found: matched at the operating threshold; at any "
+             "score: matched by any box the model returned (what a lower threshold could recover).", "",
+             "| true box side | ulcers | found | recall | found at any score |", "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["min_side"], r["max_side"]
+        label = f"{lo:g} – {hi:g} px" if hi is not None else f"{lo:g} px and more"
+        recall = f"{r['recall']:.0%}" if r["recall"] is not None else "n/a"
+        lines.append(f"| {label} | {r['ulcers']} | {r['found']} | {recall} | {r['found_at_any_score']} |")
+    return lines
+
+
 def _table_rows(m: dict[str, Any]) -> list[tuple[str, float]]:
     at = m["at_threshold"]
     return [("precision", at["precision"]), ("recall", at["recall"]), ("f1", at["f1"]), ("mean_iou", at["mean_iou"]),
@@ -259,6 +275,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
                   f"{hi:+.3f}; higher in {100 * paired['share_this_higher']:.1f}% and lower in "
                   f"{100 * paired['share_this_lower']:.1f}% of {paired['n']} paired resamples: the same resampled "
                   "photos scored for both, each at its own threshold, with this model's composite weights)."]
+    lines += size_lines(m.get("by_size"))
     outlines = m.get("outlines")
     lines += outline_lines(outlines)
     w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}
