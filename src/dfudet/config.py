@@ -108,6 +108,10 @@ class ModelConfig(_Strict):
     # FCOS + Lite0 train steps 1.3x faster on this CPU (docs/benchmarks.md). false: NCHW, bit-identical to runs of
     # dfudet before the setting existed
     channels_last: bool = True
+    # fcos_timm only: weight each positive location's losses by n ** -instance_balance, where n is how many positive
+    # locations its ulcer has (weights rescaled to average 1). 0: torchvision's loss, every location alike, so a
+    # 48 px ulcer (9 locations) outweighs an 8-16 px one (1-3) several times; 1: every ulcer weighs the same
+    instance_balance: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _weights_need_pretrained(self) -> ModelConfig:

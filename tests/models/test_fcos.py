@@ -112,3 +112,52 @@ def test_backbone_with_other_strides_is_a_config_error() -> None:
     with pytest.raises(ConfigError,
                        match=r"'dla34' gives feature maps at strides \[4, 8, 16\].*needs strides \[8, 16, 32\]"):
         build_detector(_cfg(backbone="dla34"), IMG)
+
+
+def _loss_inputs(balance: float) -> tuple[torch.nn.Module, list[torch.Tensor], dict[str, torch.Tensor]]:
+    model = build_detector(_cfg(instance_balance=balance), IMG)
+    model.train()
+    g = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, IMG, IMG, generator=g) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[20.0, 20.0, 31.0, 30.0], [50.0, 40.0, 100.0, 96.0]]),
+                "labels": torch.tensor([1, 1])},
+               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}]
+    return model, images, targets
+
+
+def test_instance_balance_zero_is_torchvisions_loss_and_one_changes_it() -> None:
+    """The balanced path with every weight 1 (a box per location) gives torchvision's numbers; balance 1 does not."""
+    model, images, targets = _loss_inputs(0.0)
+    torch.manual_seed(0)
+    plain = model(images, targets)
+    model.head.balance = 1e-12  # the balanced code path, weights n ** -1e-12 = 1 up to rounding
+    torch.manual_seed(0)
+    same = model(images, targets)
+    for k in plain:
+        assert torch.allclose(plain[k], same[k], rtol=1e-5, atol=1e-6), k
+    model.head.balance = 1.0
+    balanced = model(images, targets)
+    assert not torch.allclose(plain["bbox_regression"], balanced["bbox_regression"])
+    assert sum(balanced.values()).requires_grad
+
+
+def test_instance_weights_make_each_box_weigh_the_same() -> None:
+    from dfudet.models.fcos import instance_weights
+
+    idx = torch.tensor([-1, 0, 1, 1, 1, -1, 1, 1, 1, 1, 1, 1])  # box 0: 1 location, box 1: 9
+    w = instance_weights([idx, torch.full((12,), -1)], 1.0)
+    assert w.shape == (2, 12) and float(w[1].abs().sum()) == 0.0 and float(w[0, 0]) == 0.0
+    assert torch.isclose(w[0][idx >= 0].mean(), torch.tensor(1.0))
+    assert torch.isclose(w[0, 1], w[0][idx == 1].sum())  # one ulcer's total = the other's
+    half = instance_weights([idx], 0.5)[0]
+    assert torch.isclose(half[1] / half[2], torch.tensor(3.0))  # (1 / 9) ** -0.5
+    assert torch.equal(instance_weights([idx], 0.0)[0][idx >= 0], torch.ones(10))
+
+
+def test_instance_balance_on_other_models_is_a_config_error() -> None:
+    for name in ("fasterrcnn_efficientnet", "retinanet_timm"):
+        with pytest.raises(ConfigError, match=f"model.instance_balance=1.0 applies to fcos_timm .*not {name}"):
+            build_detector(ModelConfig(name=name, backbone="resnet10t", pretrained=False, fpn_channels=32,
+                                       instance_balance=1.0), IMG)
+    with pytest.raises(ValueError, match="instance_balance"):
+        ModelConfig(instance_balance=1.5)

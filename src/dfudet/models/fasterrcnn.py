@@ -91,6 +91,9 @@ def _no_one_stage_settings(cfg: ModelConfig, masks: bool = False) -> None:
         if value is not None:
             raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm, retinanet_timm), not "
                               f"{cfg.name}; remove the setting")
+    if cfg.instance_balance:
+        raise ConfigError(f"model.instance_balance={cfg.instance_balance} applies to fcos_timm (its per-location "
+                          f"loss), not {cfg.name}; remove the setting")
     for key in () if masks else MASK_HEAD_SETTINGS:
         value = getattr(cfg, key)
         if value is not None:

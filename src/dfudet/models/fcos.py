@@ -6,10 +6,12 @@ import math
 from functools import partial
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
@@ -47,16 +49,85 @@ class ForegroundFCOS(FCOS):
         return detections
 
 
+def instance_weights(matched_idxs: list[Tensor], balance: float) -> Tensor:
+    """Per-location loss weights [N, HWA]: 0 for background, n ** -balance for a location that is one of the n
+    positive locations of its box, rescaled so that the positives' weights average 1 (the loss keeps its scale)."""
+    weights = []
+    for idx in matched_idxs:
+        w = torch.zeros(idx.shape, dtype=torch.float32, device=idx.device)
+        fg = idx >= 0
+        if fg.any():
+            counts = torch.bincount(idx[fg])
+            w[fg] = counts[idx[fg]].to(torch.float32).pow(-balance)
+        weights.append(w)
+    stacked = torch.stack(weights)
+    fg_all = stacked > 0
+    if fg_all.any():
+        stacked[fg_all] *= fg_all.sum() / stacked[fg_all].sum()
+    return stacked
+
+
+class BalancedFCOSHead(FCOSHead):
+    """torchvision's FCOS head whose loss can weigh every ulcer alike instead of every positive location alike.
+
+    torchvision (like the FCOS paper) sums the losses over positive locations: a box gets one per stride-8 location
+    inside it and near its centre, so an 8-16 px ulcer has 1-3 and a 48 px one 9, and small ulcers weigh little in
+    what the head learns about box size and score. With `balance` > 0 each positive location's focal, GIoU and
+    centre-ness losses are weighted by n ** -balance (n: its box's positive locations; weights average 1);
+    background locations keep weight 1. balance 0 is torchvision's loss exactly (its own code runs).
+    """
+
+    balance: float = 0.0
+
+    def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
+                     anchors: list[Tensor], matched_idxs: list[Tensor]) -> dict[str, Tensor]:
+        if self.balance == 0:
+            return super().compute_loss(targets, head_outputs, anchors, matched_idxs)
+        cls_logits = head_outputs["cls_logits"]  # [N, HWA, C]
+        gt_classes, gt_boxes = [], []
+        for t, idx in zip(targets, matched_idxs):
+            if len(t["labels"]) == 0:
+                classes, boxes = t["labels"].new_zeros(idx.shape), t["boxes"].new_zeros((len(idx), 4))
+            else:
+                classes, boxes = t["labels"][idx.clip(min=0)], t["boxes"][idx.clip(min=0)]
+            classes = classes.clone()
+            classes[idx < 0] = -1
+            gt_classes.append(classes)
+            gt_boxes.append(boxes)
+        all_classes, all_boxes, all_anchors = torch.stack(gt_classes), torch.stack(gt_boxes), torch.stack(anchors)
+        fg = all_classes >= 0
+        num_fg = max(1, int(fg.sum().item()))
+        w = instance_weights(matched_idxs, self.balance)
+
+        cls_targets = torch.zeros_like(cls_logits)
+        cls_targets[fg, all_classes[fg]] = 1.0
+        cls_weight = torch.where(fg, w, torch.ones_like(w)).unsqueeze(-1)
+        loss_cls = (sigmoid_focal_loss(cls_logits, cls_targets, reduction="none") * cls_weight).sum()
+
+        pred_boxes = self.box_coder.decode(head_outputs["bbox_regression"], all_anchors)
+        loss_reg = (generalized_box_iou_loss(pred_boxes[fg], all_boxes[fg], reduction="none") * w[fg]).sum()
+
+        reg_targets = self.box_coder.encode(all_anchors, all_boxes)
+        lr, tb = reg_targets[:, :, [0, 2]], reg_targets[:, :, [1, 3]]
+        ctr_targets = torch.sqrt((lr.min(dim=-1)[0] / lr.max(dim=-1)[0]) * (tb.min(dim=-1)[0] / tb.max(dim=-1)[0]))
+        pred_ctr = head_outputs["bbox_ctrness"].squeeze(dim=2)
+        loss_ctr = (nn.functional.binary_cross_entropy_with_logits(pred_ctr[fg], ctr_targets[fg], reduction="none")
+                    * w[fg]).sum()
+        return {"classification": loss_cls / num_fg, "bbox_regression": loss_reg / num_fg,
+                "bbox_ctrness": loss_ctr / num_fg}
+
+
 def group_norm(channels: int) -> Any:
     """GroupNorm with gcd(32, channels // 2) groups: torchvision's 32 for 256 channels, and always >= 2 channels per
     group (GroupNorm of one channel on the 1x1 P7 map of a small image has a single value and fails in training)."""
     return partial(nn.GroupNorm, math.gcd(32, channels // 2))
 
 
-def _fcos_head(channels: int, num_foreground: int, num_convs: int) -> FCOSHead:
-    """FCOS head with `num_convs` conv+GroupNorm+ReLU layers per branch."""
+def _fcos_head(channels: int, num_foreground: int, num_convs: int, balance: float = 0.0) -> BalancedFCOSHead:
+    """FCOS head with `num_convs` conv+GroupNorm+ReLU layers per branch; `balance`: see BalancedFCOSHead."""
     norm = group_norm(channels)
-    head = FCOSHead(channels, 1, num_foreground, num_convs=0)  # no GroupNorm(32) layers; branches replaced below
+    head = BalancedFCOSHead(channels, 1, num_foreground, num_convs=0)  # no GroupNorm(32) layers; branches below
+    head.balance = balance
     head.classification_head = FCOSClassificationHead(channels, 1, num_foreground, num_convs, norm_layer=norm)
     head.regression_head = FCOSRegressionHead(channels, 1, num_convs, norm_layer=norm)
     return head
@@ -122,7 +193,7 @@ def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn
         image_mean=mean,
         image_std=std,
         anchor_generator=anchors,
-        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.head_convs or 4),
+        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.head_convs or 4, cfg.instance_balance),
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.detections_per_img,
