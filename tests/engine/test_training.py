@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -283,7 +284,15 @@ def test_selection_at_the_operating_threshold_is_recorded_in_the_checkpoint(tiny
                       "model.box_score_thresh=0.0", "train.keep_freed_memory=false")
     result = run_training(cfg)
     # train.keep_freed_memory=false: glibc's defaults are not touched, and the log does not claim otherwise
-    assert "host memory" not in next((tmp_path / "run").glob("train-*.log")).read_text()
+    log_file = next((tmp_path / "run").glob("train-*.log"))
+    assert "host memory" not in log_file.read_text()
+    # the finished run lets go of its log file and of the stdout it wrote to: later dfudet messages in this
+    # process (the next test, a notebook's next cell) neither land in its log nor fail when its folder is gone
+    dfudet_log = logging.getLogger("dfudet")
+    assert dfudet_log.handlers == [] and dfudet_log.propagate
+    size = log_file.stat().st_size
+    dfudet_log.warning("after the run")
+    assert log_file.stat().st_size == size
     best = safe_torch_load(tmp_path / "run" / "best_model.pth")
     assert best["selection_threshold"] == best["operating_threshold"] == result["best"]["operating_threshold"]
     assert best["composite"] >= 0.0

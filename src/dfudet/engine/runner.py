@@ -65,6 +65,15 @@ def setup_logging(run_dir: Path) -> Path:
     return path
 
 
+def teardown_logging() -> None:
+    """Detach and close what setup_logging attached, so a process that trains (a test session, a notebook, a sweep)
+    does not keep writing to the finished run's log file, or to a stdout that has since been replaced or closed."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = True
+
+
 def _archive_previous(run_dir: Path) -> Path | None:
     """--fresh: move the previous run's checkpoints aside (never deleted) so the new run starts clean."""
     old = [p for p in (run_dir / LAST_NAME, run_dir / BEST_NAME, run_dir / UNTRAINED_NAME, run_dir / "metrics.csv",
@@ -263,6 +272,13 @@ def run_training(cfg: Config, fresh: bool = False, baseline: bool = False) -> di
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = setup_logging(run_dir)
+    try:
+        return _train(cfg, run_dir, log_path, fresh, baseline)
+    finally:
+        teardown_logging()
+
+
+def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bool) -> dict[str, Any]:
     if _rank() == 0:
         remove_stale_temp_files(run_dir)
     if fresh and _rank() == 0:
