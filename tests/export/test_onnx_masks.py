@@ -48,10 +48,22 @@ def _mask_iou(a: dict, b: dict) -> float:
     return 1.0 if union == 0 else int((ma & mb).sum()) / union
 
 
+SCORE_TOL = 1e-3
+
+
 def _matched(ref: Detections, got: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of (PyTorch, ONNX) detections matched by largest box-coordinate difference."""
-    cost = np.abs(ref.boxes[:, None] - got.boxes[None]).max(-1)
-    return linear_sum_assignment(cost)
+    """Pairs of (PyTorch, ONNX) detections matched by largest box-coordinate difference.
+
+    PyTorch detections scored within SCORE_TOL of the lower of the two lists' last kept scores are left out: at the
+    cut-off (detections_per_img, min_score) two near-tied candidates can swap places when float rounding moves their
+    scores by up to SCORE_TOL, so each backend keeps a different one (seen with one thread per process, `make test`).
+    Every detection above that band must be in both lists.
+    """
+    cut = min(float(ref.scores.min()), float(got.scores.min())) + SCORE_TOL
+    above = np.flatnonzero(ref.scores > cut)
+    cost = np.abs(ref.boxes[above][:, None] - got.boxes[None]).max(-1)
+    rows, cols = linear_sum_assignment(cost)
+    return above[rows], cols
 
 
 def test_sidecar_and_graph_carry_the_outlines(exported_masks: tuple[Path, Path]):
@@ -80,7 +92,7 @@ def test_onnx_outlines_match_pytorch(exported_masks: tuple[Path, Path]):
             continue
         rows, cols = _matched(ref, got)
         assert np.abs(ref.boxes[rows] - got.boxes[cols]).max() <= 1.0
-        assert np.abs(ref.scores[rows] - got.scores[cols]).max() <= 1e-3
+        assert np.abs(ref.scores[rows] - got.scores[cols]).max() <= SCORE_TOL
         for r, c in zip(rows, cols):
             assert got.masks[c]["size"] == [im.shape[0], im.shape[1]]
             ious.append(_mask_iou(ref.masks[r], got.masks[c]))
