@@ -26,7 +26,7 @@ from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats, build_timm_fpn_backbone, weights_unavailable
-from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, register
+from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, refuse_instance_balance, register
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -91,9 +91,7 @@ def _no_one_stage_settings(cfg: ModelConfig, masks: bool = False) -> None:
         if value is not None:
             raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm, retinanet_timm), not "
                               f"{cfg.name}; remove the setting")
-    if cfg.instance_balance:
-        raise ConfigError(f"model.instance_balance={cfg.instance_balance} applies to fcos_timm (its per-location "
-                          f"loss), not {cfg.name}; remove the setting")
+    refuse_instance_balance(cfg)
     for key in () if masks else MASK_HEAD_SETTINGS:
         value = getattr(cfg, key)
         if value is not None:

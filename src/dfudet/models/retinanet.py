@@ -9,12 +9,11 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.retinanet import RetinaNetHead
 
 from dfudet.config import ModelConfig
-from dfudet.errors import ConfigError
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats
 from dfudet.models.fcos import group_norm, one_stage_backbone, refuse_two_stage_settings
 from dfudet.models.passes import locations_per_level, split_levels
-from dfudet.models.spec import ModelSpec, Targets, register
+from dfudet.models.spec import ModelSpec, Targets, refuse_instance_balance, register
 
 LEVELS = 5  # P3..P7 at strides 8..128
 
@@ -40,9 +39,7 @@ def _retinanet_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) 
     recipe) with model.head_convs conv layers per branch (default 4), focal loss; anchors as for Faster R-CNN
     (model.anchor_sizes / aspect_ratios / auto_anchors over the five levels)."""
     refuse_two_stage_settings(cfg)
-    if cfg.instance_balance:
-        raise ConfigError(f"model.instance_balance={cfg.instance_balance} applies to fcos_timm (its per-location "
-                          f"loss), not {cfg.name}; remove the setting")
+    refuse_instance_balance(cfg)
     anchors = anchor_generator_for(cfg, img_size, LEVELS)
     backbone = one_stage_backbone(cfg, load_weights)
     num_anchors = anchors.num_anchors_per_location()[0]

@@ -14,6 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dfudet.config import ModelConfig
+from dfudet.errors import ConfigError
 
 # (model config, image size, load_weights) -> detector. load_weights=False builds the pretrained structure (frozen
 # stages) without looking for ImageNet weights, for rebuilding a trained model from its checkpoint.
@@ -24,6 +25,13 @@ Targets = list[dict[str, Tensor]]
 # model settings that only outline (mask) models take; the other builders refuse a non-default value
 MASK_HEAD_SETTINGS = ("mask_head_channels", "mask_head_convs")
 HeadsPass = Callable[[nn.Module, Any, "dict[str, Tensor]", Targets], tuple[dict[str, Tensor], Targets]]
+
+
+def refuse_instance_balance(cfg: ModelConfig) -> None:
+    """model.instance_balance weights FCOS's per-location losses; the other families refuse a non-zero value."""
+    if cfg.instance_balance:
+        raise ConfigError(f"model.instance_balance={cfg.instance_balance} applies to fcos_timm (its per-location "
+                          f"loss), not {cfg.name}; remove the setting")
 
 
 @dataclass(frozen=True)
