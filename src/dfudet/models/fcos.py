@@ -90,8 +90,7 @@ class BalancedFCOSHead(FCOSHead):
                 classes, boxes = t["labels"].new_zeros(idx.shape), t["boxes"].new_zeros((len(idx), 4))
             else:
                 classes, boxes = t["labels"][idx.clip(min=0)], t["boxes"][idx.clip(min=0)]
-            classes = classes.clone()
-            classes[idx < 0] = -1
+            classes[idx < 0] = -1  # indexing and new_zeros made copies: the targets are not touched
             gt_classes.append(classes)
             gt_boxes.append(boxes)
         all_classes, all_boxes, all_anchors = torch.stack(gt_classes), torch.stack(gt_boxes), torch.stack(anchors)
