@@ -167,7 +167,7 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
     assert f"**{c['fp']} false alarm(s)** on {c['images']} photos" in report
     # every metric the main table prints is defined in "How to read this" (the size table explains its own columns)
     main_table = report.split("## Ulcers found by size", 1)[0]
-    assert main_table != report and "| found at any score |" in report
+    assert main_table != report and "| found at any score |" in report and "| box ÷ true side |" in report
     printed = re.findall(r"^\| ([^|]+?) \| [-\d.]+ \|", main_table, flags=re.M)
     assert len(printed) >= 13
     glossary = report.split("## How to read this", 1)[1]

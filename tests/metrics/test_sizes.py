@@ -1,4 +1,4 @@
-"""Ulcers found by size: bins of the true box side, found at the threshold and at any score."""
+"""Ulcers found by size: bins of the true box side, found at the threshold and at any score, located, box side bias."""
 
 from __future__ import annotations
 
@@ -54,3 +54,28 @@ def test_custom_edges_and_bad_edges() -> None:
     for bad in ([], [16, 16], [32, 16], [0], [float("inf")]):
         with pytest.raises(ConfigError, match="size bin edges"):
             found_by_size([], [], 0.5, edges=bad)
+
+
+def test_side_ratio_uses_the_best_scoring_box_centred_inside_each_ulcer() -> None:
+    gt = np.array([_box(0, 0, 10), _box(100, 100, 10), _box(300, 300, 100)])
+    boxes = np.array([
+        _box(-5, -5, 20),       # centred on ulcer 0, twice its side, the higher score of the two centred on it
+        _box(-2.5, -2.5, 15),   # centred on ulcer 0, 1.5x, lower score: not the one measured
+        _box(30, 30, 10),       # the highest score overall, centred on no ulcer
+        _box(101, 101, 8),      # centred on ulcer 1: 0.8x
+        _box(250, 250, 40),     # overlaps ulcer 2 but its centre (270, 270) lies outside it
+    ])
+    scores = np.array([0.6, 0.3, 0.99, 0.05, 0.9])
+    rows = found_by_size([(boxes, scores)], [gt], score_threshold=0.5)
+    assert [r["located"] for r in rows] == [2, 0, 0, 0]
+    assert rows[0]["side_ratio"] == pytest.approx(np.median([2.0, 0.8]))
+    assert rows[3]["ulcers"] == 1 and rows[3]["side_ratio"] is None
+
+
+def test_side_ratio_is_the_median_over_ulcers_and_images() -> None:
+    preds = [(np.array([_box(0, 0, 30)]), np.array([0.5])), (np.array([_box(0, 0, 40)]), np.array([0.5])),
+             (np.array([_box(0, 0, 50)]), np.array([0.5])), (np.zeros((0, 4)), np.zeros(0))]
+    gts = [np.array([_box(0, 0, 40)])] * 4   # ratios 0.75, 1.0, 1.25; the last image has no box at all
+    rows = found_by_size(preds, gts, 0.5)
+    assert rows[2]["ulcers"] == 4 and rows[2]["located"] == 3
+    assert rows[2]["side_ratio"] == pytest.approx(1.0)

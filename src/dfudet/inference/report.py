@@ -175,13 +175,19 @@ def size_lines(rows: list[dict[str, Any]] | None) -> list[str]:
         return []
     lines = ["", "## Ulcers found by size", "",
              "Side √(w·h) of the true box in the photo's pixels. Found: matched at the operating threshold; at any "
-             "score: matched by any box the model returned (what a lower threshold could recover).", "",
-             "| true box side | ulcers | found | recall | found at any score |", "|---|---|---|---|---|"]
+             "score: matched by any box the model returned (what a lower threshold could recover). Located: a box "
+             "centred inside the true box at any score; box ÷ true side: the median, over located ulcers, of the "
+             "side of the best-scoring such box over the true side (above 1: boxes too large).", "",
+             "| true box side | ulcers | found | recall | found at any score | located | box ÷ true side |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["min_side"], r["max_side"]
         label = f"{lo:g} – {hi:g} px" if hi is not None else f"{lo:g} px and more"
         recall = f"{r['recall']:.0%}" if r["recall"] is not None else "n/a"
-        lines.append(f"| {label} | {r['ulcers']} | {r['found']} | {recall} | {r['found_at_any_score']} |")
+        located = r.get("located", "n/a")  # reports written before these columns existed
+        ratio = f"{r['side_ratio']:.2f}" if r.get("side_ratio") is not None else "n/a"
+        lines.append(f"| {label} | {r['ulcers']} | {r['found']} | {recall} | {r['found_at_any_score']} | "
+                     f"{located} | {ratio} |")
     return lines
 
 
