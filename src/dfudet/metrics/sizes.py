@@ -39,7 +39,7 @@ def found_by_size(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_th
     for (boxes, scores), gt in zip(p, g):
         if not len(gt):
             continue
-        side = np.sqrt(np.clip(gt[:, 2] - gt[:, 0], 0, None) * np.clip(gt[:, 3] - gt[:, 1], 0, None))
+        side = _sides(gt)
         bins = np.searchsorted(e, side, side="right")
         ranked = match_ranked(boxes, scores, gt, iou_threshold)
         hit_any = np.zeros(len(gt), dtype=bool)
@@ -61,6 +61,11 @@ def found_by_size(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], score_th
             for lo, hi, n, k, a, r in zip(lows, highs, total, found, found_any, ratios)]
 
 
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """Side √(w·h) of each xyxy box (0 for a degenerate one)."""
+    return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+
+
 def _side_ratios(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, side: np.ndarray) -> list[float | None]:
     """Per true box: side √(w·h) of the best-scoring box centred inside it ÷ its own side (None: no such box, or a
     zero-area true box)."""
@@ -70,6 +75,6 @@ def _side_ratios(boxes: np.ndarray, scores: np.ndarray, gt: np.ndarray, side: np
     inside = ((cx[None] >= gt[:, 0:1]) & (cx[None] <= gt[:, 2:3])
               & (cy[None] >= gt[:, 1:2]) & (cy[None] <= gt[:, 3:4]))
     best = np.where(inside, scores[None].astype(np.float64), -np.inf).argmax(axis=1)
-    pred_side = np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None))
+    pred_side = _sides(boxes)
     return [float(pred_side[k] / s) if inside[i].any() and s > 0 else None
             for i, (k, s) in enumerate(zip(best, side))]
