@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo reproduce-fuseg reproduce-fuseg-outlines lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
+.PHONY: install demo reproduce-fuseg reproduce-fuseg-outlines reproduce-model lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -44,10 +44,13 @@ FUSEG_FORMAT ?= coco
 FUSEG_IMPORT_coco = --format coco --images $(FUSEG)/images --annotations $(FUSEG)/annotations/train.json \
   --annotations $(FUSEG)/annotations/val.json --annotations $(FUSEG)/annotations/test.json
 FUSEG_IMPORT_masks = --format masks --images $(FUSEG)/images --annotations $(FUSEG)/masks
+# healthy-photo folders to add as ulcer-free photos (`--healthy DIR` each; their train/val/test subfolders set splits)
+FUSEG_HEALTHY ?=
 TIMEV := $(shell test -x /usr/bin/time && echo /usr/bin/time -v -o $(FUSEG_RUN)/train-time.txt)  # wall time, peak RSS
 reproduce-fuseg: $(STAMP)
 	test -d $(FUSEG)/images || { echo "FUSeg data not found at $(FUSEG) (set FUSEG=...)"; exit 2; }
-	$(DFUDET) data import $(FUSEG_IMPORT_$(FUSEG_FORMAT)) --out $(FUSEG_RUN)/dataset
+	$(DFUDET) data import $(FUSEG_IMPORT_$(FUSEG_FORMAT)) $(foreach h,$(FUSEG_HEALTHY),--healthy $(h)) \
+	  --out $(FUSEG_RUN)/dataset
 	size=$$($(PY) -c 'import sys; from dfudet.config import load_config; print(load_config(sys.argv[1]).data.img_size)' \
 	  $(FUSEG_CONFIG)) && $(DFUDET) data prepare $(FUSEG_RUN)/dataset --out $(FUSEG_RUN)/cache --img-size $$size
 	$(TIMEV) $(DFUDET) train --config $(FUSEG_CONFIG) --run-dir $(FUSEG_RUN)/train data.cache=$(FUSEG_RUN)/cache \
@@ -72,6 +75,14 @@ reproduce-fuseg-outlines: $(STAMP)
 	$(PY) scripts/fuseg_zoom_visits.py --fuseg $(FUSEG) --out $(OUTLINE_RUN)/zoom_visits --n 12
 	$(DFUDET) track $(OUTLINE_RUN)/zoom_visits/visits.csv --checkpoint $(OUTLINE_RUN)/train/tuned_model.pth \
 	  --out $(OUTLINE_RUN)/zoom_visits/track
+
+# The shipped model (docs/model_card.md): FUSeg's wound masks + the fixed healthy-feet split (configs/splits/) as
+# ulcer-free photos, Mask R-CNN + Lite0 (configs/dfu_shipped.yaml); then the held-out healthy feet and the shifted test.
+HEALTHY ?= ../shared/data/healthy_feet
+MODEL_RUN := runs/dfu_shipped
+reproduce-model: $(STAMP)
+	$(PY) scripts/healthy_feet_split.py layout --images $(HEALTHY)/images --out $(MODEL_RUN)/healthy
+	$(MAKE) reproduce-fuseg FUSEG_CONFIG=configs/dfu_shipped.yaml FUSEG_FORMAT=masks FUSEG_HEALTHY=$(MODEL_RUN)/healthy
 
 # ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)

@@ -40,6 +40,12 @@ class AugmentConfig(_Strict):
     brightness_contrast: float = Field(0.2, ge=0, le=1)
     hue_saturation: float = Field(0.3, ge=0, le=1)
     blur: float = Field(0.1, ge=0, le=1)
+    # Photos unlike FUSeg's clinic close-ups (off by default so the documented recipes reproduce): probabilities of
+    # a low-resolution copy (downscaled to 25-60% then back up), JPEG re-compression (quality 30-90), and a colour
+    # cast (white balance / lighting: per-channel shift and gamma).
+    low_res: float = Field(0.0, ge=0, le=1)
+    jpeg: float = Field(0.0, ge=0, le=1)
+    color_cast: float = Field(0.0, ge=0, le=1)
     min_visibility: float = Field(0.3, ge=0, le=1)
     min_box_size: float = Field(2.0, ge=0)
 

@@ -59,6 +59,20 @@ def _resize_pad(img_size: int) -> list[A.BasicTransform]:
     ]
 
 
+def _photo_conditions(a: dict[str, Any]) -> list[A.BasicTransform]:
+    """Colour cast, low resolution and JPEG re-compression (the steps whose probability is 0 are left out, so a
+    config without them draws the same random numbers as before they existed)."""
+    steps: list[A.BasicTransform] = []
+    if a.get("color_cast", 0.0) > 0:
+        steps.append(A.OneOf([A.RGBShift(r_shift_limit=20, g_shift_limit=15, b_shift_limit=20, p=1.0),
+                              A.RandomGamma(gamma_limit=(70, 140), p=1.0)], p=a["color_cast"]))
+    if a.get("low_res", 0.0) > 0:
+        steps.append(A.Downscale(scale_range=(0.25, 0.6), p=a["low_res"]))
+    if a.get("jpeg", 0.0) > 0:
+        steps.append(A.ImageCompression(quality_range=(30, 90), p=a["jpeg"]))
+    return steps
+
+
 class DetectionTransform:
     """Picklable callable `(image HWC uint8, boxes (N,4)) -> (image, boxes, scale)` around an albumentations pipeline.
 
@@ -102,6 +116,7 @@ class DetectionTransform:
                                            p=0.5 if a["brightness_contrast"] > 0 else 0.0),
                 A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=a["hue_saturation"]),
                 A.GaussianBlur(blur_limit=(3, 5), p=a["blur"]),
+                *_photo_conditions(a),
                 *_resize_pad(self.img_size),
             ]
             params = A.BboxParams(format="pascal_voc", label_fields=[_LABELS], min_visibility=a["min_visibility"],
