@@ -7,3 +7,13 @@ _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 CLASS_NAMES = ("background", "ulcer")
+
+
+def load(name_or_path=None, device="cpu", threshold=None):  # type: ignore[no-untyped-def]
+    """Load a detector (a shipped model by name, a checkpoint or an ONNX file); see `dfudet.api.load`.
+
+    Imported lazily so `import dfudet` stays light (no torch until a model is loaded).
+    """
+    from dfudet.api import load as _load
+
+    return _load(name_or_path, device=device, threshold=threshold)

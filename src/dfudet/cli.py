@@ -52,6 +52,28 @@ def add_threshold_option(p: argparse.ArgumentParser) -> None:
                    "on val during training). --score-threshold is the old name")
 
 
+def add_model_options(p: argparse.ArgumentParser, checkpoint_help: str, onnx_help: str) -> None:
+    """--checkpoint / --onnx / --model (one at most; none: the default shipped model)."""
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help=checkpoint_help)
+    model.add_argument("--onnx", help=onnx_help)
+    model.add_argument("--model", metavar="NAME",
+                       help="a model shipped with dfudet (`dfudet models` lists them); default when none of "
+                            "--checkpoint/--onnx/--model is given: the default shipped model")
+
+
+def model_source(a: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(checkpoint, onnx) from the options; a shipped model (digest checked) when neither file is given."""
+    if a.checkpoint or a.onnx:
+        return a.checkpoint, a.onnx
+    from dfudet.inference.zoo import MODEL_CARD, resolve
+
+    model, path = resolve(a.model)
+    print(f"using the shipped model {model.name} ({model.returns}; see {MODEL_CARD}); --checkpoint, --onnx or "
+          "--model picks another", file=sys.stderr)
+    return str(path), None
+
+
 def cmd_data_import(a: argparse.Namespace) -> int:
     from dfudet.data.importers import ImportOptions, import_dataset
 
@@ -208,10 +230,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from dfudet.inference.evaluate import run_evaluation
 
+    checkpoint, onnx = model_source(a)
     m = run_evaluation(
-        checkpoint=a.checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
+        checkpoint=checkpoint, data=a.data, out=a.out, split=a.split, images=a.images,
         operating_threshold=a.operating_threshold, iou_threshold=a.iou_threshold, batch_size=a.batch_size,
-        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare, onnx=a.onnx,
+        bootstrap=a.bootstrap, tta=a.tta, config=a.config, device=a.device, compare=a.compare, onnx=onnx,
     )
     at = m["at_threshold"]
     print(f"evaluated {m['counts']['images']} images of split {m['data']['split']!r} at score threshold "
@@ -225,9 +248,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on a split: metrics.json, report.md, curves, galleries")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="best_model.pth (or a Lightning .ckpt) from `dfudet train`")
-    model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (scores the deployed model itself)")
+    add_model_options(p, "best_model.pth (or a Lightning .ckpt) from `dfudet train`",
+                      "MODEL.onnx from `dfudet export` (scores the deployed model itself)")
     p.add_argument("--data", required=True, help="LMDB cache dir, dataset dir, or a COCO json (with --images)")
     p.add_argument("--split", default="test", help="split to evaluate (a COCO json is evaluated whole)")
     p.add_argument("--out", required=True, help="folder for metrics.json, report.md, PNGs and gallery/")
@@ -291,8 +313,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     if not a.inputs and not a.photos:
         raise ConfigError("give image files or folders to predict, or a photo list with --photos LIST.csv")
-    s = run_predict(a.inputs, checkpoint=a.checkpoint, out=a.out, operating_threshold=a.operating_threshold, tta=a.tta,
-                    batch_size=a.batch_size, device=a.device, onnx=a.onnx, mm_per_px=a.mm_per_px,
+    checkpoint, onnx = model_source(a)
+    s = run_predict(a.inputs, checkpoint=checkpoint, out=a.out, operating_threshold=a.operating_threshold, tta=a.tta,
+                    batch_size=a.batch_size, device=a.device, onnx=onnx, mm_per_px=a.mm_per_px,
                     photo_list=a.photos)
     print(f"{s['images']} image(s) predicted, {s['boxes']} box(es) at threshold {s['threshold']:.3f}, "
           f"{s['skipped']} skipped; outputs in {s['out']}")
@@ -310,9 +333,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mm-per-px", type=float, default=None,
                    help="outline models: the photos' scale in millimetres per pixel, for areas in mm² (no scale: "
                         "pixels only; a --photos scale wins for its photo)")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="best_model.pth or a Lightning .ckpt (PyTorch)")
-    model.add_argument("--onnx", help="MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
+    add_model_options(p, "best_model.pth or a Lightning .ckpt (PyTorch)",
+                      "MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--out", required=True, help="folder for predictions.json/.csv and annotated copies")
     add_threshold_option(p)
     p.add_argument("--tta", action="store_true", help="horizontal flip + weighted boxes fusion")
@@ -326,7 +348,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def cmd_track(a: argparse.Namespace) -> int:
     from dfudet.inference.track import run_track
 
-    s = run_track(a.visits, out=a.out, checkpoint=a.checkpoint, onnx=a.onnx, mm_per_px=a.mm_per_px,
+    checkpoint, onnx = model_source(a)
+    s = run_track(a.visits, out=a.out, checkpoint=checkpoint, onnx=onnx, mm_per_px=a.mm_per_px,
                   min_reduction=a.min_reduction, window_days=a.window_days,
                   tolerance_days=a.window_tolerance_days, operating_threshold=a.operating_threshold, device=a.device)
     f = s["flags"]
@@ -344,9 +367,8 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("visits", metavar="VISITS.csv",
                    help="columns patient, date (YYYY-MM-DD), photo (relative to the CSV's folder), optional scale "
                         "(mm per pixel: '0.2', '0.2 mm/px' or '5 px/mm')")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="best_model.pth of an outline model, e.g. maskrcnn_efficientnet")
-    model.add_argument("--onnx", help="MODEL.onnx of an outline model from `dfudet export`")
+    add_model_options(p, "best_model.pth of an outline model, e.g. maskrcnn_efficientnet",
+                      "MODEL.onnx of an outline model from `dfudet export`")
     p.add_argument("--out", required=True,
                    help="folder for patients/<id>/area.csv + area.png, summary.csv, summary.md, problems.csv")
     p.add_argument("--mm-per-px", type=float, default=None,
@@ -372,12 +394,15 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- export
 def cmd_export(a: argparse.Namespace) -> int:
+    if a.half and a.format != "pth":
+        raise ConfigError("--half applies to --format pth (an ONNX export computes in float32)")
     if a.format == "pth":
         from dfudet.export.slim import export_slim
 
-        info = export_slim(a.checkpoint, a.out)
+        info = export_slim(a.checkpoint, a.out, half=a.half)
         print(f"deployable checkpoint written to {info['out']} ({info['bytes_out'] / 1e6:.1f} MB, from "
-              f"{info['bytes_in'] / 1e6:.1f} MB: no optimizer state); predict, evaluate, export and serve read it")
+              f"{info['bytes_in'] / 1e6:.1f} MB: no optimizer state, weights stored as {info['storage_dtype']}); "
+              "predict, evaluate, export and serve read it")
         return 0
     from dfudet.export.onnx import export_onnx, metadata_path
 
@@ -394,6 +419,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx", "pth"],
                    help="onnx: MODEL.onnx + MODEL.json; pth: the checkpoint without optimizer state (ship this one)")
     p.add_argument("--out", required=True, help="file to write (onnx: MODEL.json is written beside it)")
+    p.add_argument("--half", action="store_true",
+                   help="pth: store the weights as float16 (half the size; computed in float32 when loaded)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (11..21)")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="not supported for torchvision detectors (explains why); images run one per call")
@@ -408,7 +435,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         print("warning: --token is visible to every user of this machine (ps, /proc); use --token-file FILE or "
               "the DFUDET_TOKEN environment variable", file=sys.stderr)
     token = a.token or read_token(a.token_file)
-    serve(checkpoint=a.checkpoint, onnx=a.onnx, host=a.host, port=a.port, token=token,
+    checkpoint, onnx = model_source(a)
+    serve(checkpoint=checkpoint, onnx=onnx, host=a.host, port=a.port, token=token,
           max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, device=a.device,
           operating_threshold=a.operating_threshold,
           pixels_in_flight=a.pixels_in_flight, busy_timeout=a.busy_timeout, body_timeout=a.body_timeout,
@@ -418,9 +446,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web page + JSON API (POST /v1/detect) for one model, on 127.0.0.1 by default")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="best_model.pth (PyTorch)")
-    src.add_argument("--onnx", help="MODEL.onnx written by `dfudet export` (onnxruntime, no PyTorch needed)")
+    add_model_options(p, "best_model.pth (PyTorch)",
+                      "MODEL.onnx written by `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 = all)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     auth = p.add_mutually_exclusive_group()
@@ -443,9 +470,31 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+# ----------------------------------------------------------------------------------------------- models
+def cmd_models(a: argparse.Namespace) -> int:
+    from dfudet.inference.zoo import available, describe, resolve
+
+    models = available()
+    if not models:
+        print("no shipped model is installed")
+        return 0
+    for m in models:
+        if a.check:
+            resolve(m.name)  # raises, naming the file, when it is missing or damaged
+        print(describe(m) + ("\n  digest check : OK" if a.check else ""))
+        print()
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the models shipped with dfudet (used when no --checkpoint is given)")
+    p.add_argument("--check", action="store_true", help="also check each file against its SHA-256")
+    p.set_defaults(func=cmd_models)
+
+
 # ----------------------------------------------------------------------------------------------- main
 _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_evaluate, _add_tune, _add_predict, _add_track, _add_export, _add_serve,
+    _add_train, _add_evaluate, _add_tune, _add_predict, _add_track, _add_export, _add_serve, _add_models,
 ]
 
 

@@ -4,6 +4,12 @@
 is two more tensors per weight (about 3x the file). Predict, evaluate, export and serve need only the weights, the
 config and the thresholds: `dfudet export --format pth` writes exactly that, in the same `best_model.pth` schema
 (`optimizer_state_dict` empty, `slim: true`), so every command reads it unchanged.
+
+`half=True` stores the floating-point weights as float16 (`storage_dtype: "float16"`; integer buffers stay as they
+are): half the size again, which is how the shipped models fit in the repository. The weights' digest is of the
+stored float16 tensors, and loading casts them back to float32 (`load_state_dict` copies into the float32 model), so
+every backend computes in float32 as before; the shipped model's parity with its float32 original is measured in
+docs/model_card.md.
 """
 
 from __future__ import annotations
@@ -12,24 +18,43 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dfudet.checkpoint import BEST_FORMAT, atomic_torch_save, build_best_payload, load_for_inference
 from dfudet.errors import CheckpointError
 from dfudet.metrics.scores import ValidationScores
 
 
-def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write `out`: the checkpoint's weights, config and thresholds without optimizer state; returns sizes."""
+def half_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The state dict with every floating-point tensor stored as float16 (integer buffers unchanged)."""
+    return {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in state.items()}
+
+
+def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], half: bool = False) -> dict[str, Any]:
+    """Write `out`: the checkpoint's weights, config and thresholds without optimizer state; returns sizes.
+
+    Args:
+        checkpoint: best_model.pth, tuned_model.pth or a Lightning .ckpt.
+        out: the file to write (must differ from `checkpoint`).
+        half: store floating-point weights as float16 (half the size; computed in float32 at load).
+
+    Returns:
+        {"out", "bytes_in", "bytes_out", "format", "from_lightning", "storage_dtype"}.
+    """
     src, dst = Path(checkpoint), Path(out)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"{dst}: --out must differ from --checkpoint (the original is kept)")
     ckpt = load_for_inference(src)
     # a Lightning .ckpt has no val scores of its own: recorded as unknown (NaN), not invented
     scores = ckpt.scores or ValidationScores.unknown(ckpt.operating_threshold, ckpt.config.train.selection_threshold)
+    state = half_state(ckpt.model_state_dict) if half else ckpt.model_state_dict
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
-                                 model_state_dict=ckpt.model_state_dict, optimizer_state_dict={}, scores=scores,
+                                 model_state_dict=state, optimizer_state_dict={}, scores=scores,
                                  config=ckpt.config)
     payload["slim"] = True
     payload["source_checkpoint"] = src.name
+    payload["storage_dtype"] = "float16" if half else "float32"
     atomic_torch_save(payload, dst)
     return {"out": str(dst), "bytes_in": src.stat().st_size, "bytes_out": dst.stat().st_size,
-            "format": BEST_FORMAT, "from_lightning": ckpt.format == "lightning"}
+            "format": BEST_FORMAT, "from_lightning": ckpt.format == "lightning",
+            "storage_dtype": payload["storage_dtype"]}

@@ -1,0 +1,132 @@
+"""Shipped models: the index, the digest check, `dfudet models`, the default-model path of predict, float16 storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
+from dfudet.checkpoint import load_for_inference
+from dfudet.cli import main
+from dfudet.data.demo import render_sample
+from dfudet.errors import CheckpointError, ConfigError
+from dfudet.export.slim import export_slim
+from dfudet.inference import zoo
+from dfudet.inference.backend import load_backend
+
+
+@pytest.fixture(scope="module")
+def outline_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few-step Mask R-CNN (tiny resnet10t) checkpoint: boxes, outlines and areas."""
+    return train_demo_checkpoint(tmp_path_factory.mktemp("zoo") / "best_model.pth", steps=3, threshold=0.05,
+                                 overrides=MASK_OVERRIDES)
+
+
+def _index(folder: Path, ckpt: Path, names: tuple[str, ...] = ("tiny-outlines",)) -> Path:
+    """An index.json beside a float16 slim copy of `ckpt` for each name (the first is the default)."""
+    entries = []
+    for i, name in enumerate(names):
+        file = folder / f"{name}.pth"
+        export_slim(ckpt, file, half=True)
+        entries.append({"name": name, "file": file.name, "sha256": zoo.file_sha256(file),
+                        "returns": "boxes, outlines, areas", "architecture": "Mask R-CNN + resnet10t (test)",
+                        "training_data": "3 demo images", "licence": "test only", "summary": "a test model",
+                        "figures": {"test AP50": "n/a"}, "default": i == 0})
+    index = folder / "index.json"
+    index.write_text(json.dumps({"models": entries}))
+    return index
+
+
+def test_float16_storage_halves_the_file_and_predicts_like_float32(outline_ckpt: Path, tmp_path: Path) -> None:
+    full, half = tmp_path / "full.pth", tmp_path / "half.pth"
+    export_slim(outline_ckpt, full)
+    info = export_slim(outline_ckpt, half, half=True)
+    assert info["storage_dtype"] == "float16"
+    stored = load_for_inference(half).model_state_dict
+    floats = [t for t in stored.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    images = [render_sample(7, i, 128, healthy=False).image for i in range(2)]
+    a = load_backend(checkpoint=full).predict_arrays(images)
+    b = load_backend(checkpoint=half).predict_arrays(images)
+    for da, db in zip(a, b):
+        top = min(5, len(da.scores), len(db.scores))
+        assert top > 0
+        np.testing.assert_allclose(da.scores[:top], db.scores[:top], atol=2e-2)
+        np.testing.assert_allclose(da.boxes[:top], db.boxes[:top], atol=2.0)
+
+
+def test_resolve_checks_the_file_digest(outline_ckpt: Path, tmp_path: Path) -> None:
+    index = _index(tmp_path, outline_ckpt, ("tiny-outlines", "other"))
+    model, path = zoo.resolve(None, index)
+    assert model.name == "tiny-outlines" and model.default and path == tmp_path / "tiny-outlines.pth"
+    assert zoo.resolve("other", index)[0].name == "other"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"tiny-outlines.pth: the shipped model 'tiny-outlines' is damaged: "
+                                              r"SHA-256 [0-9a-f]{16}\.\.\. instead of"):
+        zoo.resolve(None, index)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="tiny-outlines.pth: the shipped model 'tiny-outlines' is missing"):
+        zoo.resolve(None, index)
+
+
+def test_unknown_name_lists_the_known_ones(outline_ckpt: Path, tmp_path: Path) -> None:
+    index = _index(tmp_path, outline_ckpt, ("tiny-outlines", "other"))
+    with pytest.raises(ConfigError, match=r"unknown shipped model 'nope'; known: tiny-outlines, other"):
+        zoo.get("nope", index)
+    with pytest.raises(ConfigError, match="lists none"):
+        zoo.get(None, tmp_path / "no-index.json")
+
+
+def test_predict_without_checkpoint_uses_the_default_shipped_model(
+        outline_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "zoo").mkdir()
+    index = _index(tmp_path / "zoo", outline_ckpt)
+    monkeypatch.setenv(zoo.INDEX_ENV, str(index))
+    photo = tmp_path / "foot.png"
+    from PIL import Image
+
+    Image.fromarray(render_sample(3, 0, 128, healthy=False).image).save(photo)
+    assert main(["predict", str(photo), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "using the shipped model tiny-outlines" in err
+    pred = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert pred["checkpoint"].endswith("tiny-outlines.pth")
+    image = pred["images"][0]
+    assert image["outlines"] is True and len(image["detections"]) == len(image["boxes"]) > 0
+    assert all(d["area_px"] > 0 and d["outline"] for d in image["detections"])
+    # --model picks by name; an unknown one is a clear error (exit 2), not a traceback
+    assert main(["predict", str(photo), "--model", "nope", "--out", str(tmp_path / "o2")]) == 2
+    assert "unknown shipped model 'nope'; known: tiny-outlines" in capsys.readouterr().err
+    # a damaged shipped file stops predict with the one-line digest error
+    file = index.parent / "tiny-outlines.pth"
+    file.write_bytes(file.read_bytes()[:-10] + b"0123456789")
+    assert main(["predict", str(photo), "--out", str(tmp_path / "o3")]) == 2
+    assert "is damaged: SHA-256" in capsys.readouterr().err
+
+
+def test_models_lists_and_checks(outline_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    index = _index(tmp_path, outline_ckpt, ("tiny-outlines", "other"))
+    monkeypatch.setenv(zoo.INDEX_ENV, str(index))
+    assert main(["models", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("tiny-outlines  (default)") < out.index("other")
+    for text in ("returns      : boxes, outlines, areas", "licence      : test only", "test AP50    : n/a",
+                 f"sha256       : {zoo.file_sha256(tmp_path / 'other.pth')}", "digest check : OK"):
+        assert text in out
+
+
+def test_export_half_is_refused_for_onnx(outline_ckpt: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--checkpoint", str(outline_ckpt), "--format", "onnx", "--half",
+                 "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--half applies to --format pth" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
