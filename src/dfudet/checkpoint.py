@@ -32,6 +32,7 @@ import torch
 from pydantic import ValidationError
 
 from dfudet import __version__
+from dfudet.confidence import Calibration, calibration_of, review_threshold_of
 from dfudet.config import Config, config_to_dict
 from dfudet.errors import CheckpointError
 from dfudet.metrics.scores import ValidationScores
@@ -165,17 +166,25 @@ ORIGINS = ("train", "untrained", "external")
 
 
 def build_best_payload(*, epoch: int, model_state_dict: Mapping[str, Any], optimizer_state_dict: Mapping[str, Any],
-                       scores: ValidationScores, config: Config, origin: str = "train") -> dict[str, Any]:
+                       scores: ValidationScores, config: Config, origin: str = "train",
+                       calibration: Calibration | None = None, review_threshold: float | None = None
+                       ) -> dict[str, Any]:
     """A best_model.pth dict (format v2) with the digests of its weights and of its whole config (the stored part
     and the four identity fields at the top level). `origin`: "train" (kept by `dfudet train`), "untrained" (the
-    `--baseline` model) or "external" (weights saved with `save_model_checkpoint`)."""
+    `--baseline` model) or "external" (weights saved with `save_model_checkpoint`). `calibration` and
+    `review_threshold` (chosen on val by `dfudet tune`) are stored when given."""
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
     top, stored = _split_config(config)
-    return {"format": BEST_FORMAT, "dfudet_version": __version__, "origin": origin, "epoch": int(epoch),
-            "model_state_dict": dict(model_state_dict), "optimizer_state_dict": dict(optimizer_state_dict),
-            **scores.as_dict(), **top, "config": stored,
-            "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(config_to_dict(config))}
+    payload = {"format": BEST_FORMAT, "dfudet_version": __version__, "origin": origin, "epoch": int(epoch),
+               "model_state_dict": dict(model_state_dict), "optimizer_state_dict": dict(optimizer_state_dict),
+               **scores.as_dict(), **top, "config": stored,
+               "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(config_to_dict(config))}
+    if calibration is not None:
+        payload["calibration"] = calibration.as_dict()
+    if review_threshold is not None:
+        payload["review_threshold"] = float(review_threshold)
+    return payload
 
 
 def save_model_checkpoint(path: str | os.PathLike[str], model_state_dict: Mapping[str, Any], config: Config, *,
@@ -204,6 +213,8 @@ class LoadedCheckpoint:
     dfudet_version: str | None = None
     slim: bool = False
     origin: str = "train"  # "train", "untrained" (--baseline), "external" (save_model_checkpoint), "lightning"
+    calibration: Calibration | None = None  # score -> probability, fitted on val by `dfudet tune`
+    review_threshold: float | None = None  # the triage band's lower edge, chosen on val by `dfudet tune`
 
     @property
     def model_name(self) -> str:
@@ -278,7 +289,8 @@ def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
             path=path, format=str(fmt), config=cfg, model_state_dict=ckpt["model_state_dict"],
             epoch=epoch, operating_threshold=float(ckpt["operating_threshold"]),
             scores=_scores_of(ckpt, old), dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")),
-            origin=str(origin))
+            origin=str(origin), calibration=calibration_of(ckpt, path),
+            review_threshold=review_threshold_of(ckpt, path))
     if "state_dict" in ckpt and "hyper_parameters" in ckpt:
         hp = ckpt["hyper_parameters"]
         config = hp.get("config") if isinstance(hp, dict) else None

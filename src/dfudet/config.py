@@ -208,6 +208,11 @@ class TrainConfig(_Strict):
     # size chosen for a small val gain can lose on test (docs/results.md). 0: the best point estimate.
     tune_img_sizes: list[int] = Field(default_factory=list)
     tune_confidence: float = Field(0.95, ge=0, le=1)
+    # `dfudet tune` also fits the score calibration on val (auto: Platt or isotonic, the lower cross-validated
+    # log-loss; none: skip) and the triage band's review threshold: the highest score at which at least
+    # review_sensitivity of the val ulcer photos have a box (dfudet.metrics.calibration)
+    calibration: Literal["auto", "platt", "isotonic", "none"] = "auto"
+    review_sensitivity: float = Field(0.95, gt=0, le=1)
     iou_threshold: float = Field(0.5, gt=0, le=1)
     # Exponential moving average of the weights (engine/ema.py), updated after every optimizer step with the decay
     # ramped as min(ema_decay, (1 + n) / (10 + n)); validation (so the val loss of ReduceLROnPlateau too), the kept

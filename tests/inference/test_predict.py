@@ -100,9 +100,9 @@ def test_images_without_boxes_get_an_empty_csv_row(tiny_ckpt: Path, folder: Path
     out = tmp_path / "out"
     run_predict([folder / "a.jpg", folder / "sub"], tiny_ckpt, out, operating_threshold=1.0, progress=False)
     rows = list(csv.reader((out / "predictions.csv").open()))
-    assert rows[0] == ["file", "x1", "y1", "x2", "y2", "score"]
+    assert rows[0] == ["file", "label", "x1", "y1", "x2", "y2", "score", "confidence"]
     assert sorted(Path(r[0]).name for r in rows[1:]) == ["a.jpg", "b.PNG"]
-    assert all(r[1:] == ["", "", "", "", ""] for r in rows[1:])
+    assert all(r[2:] == ["", "", "", "", "", ""] for r in rows[1:])
     assert (out / "annotated" / "a.jpg").is_file() and (out / "annotated" / "sub" / "b.jpg").is_file()
 
 
@@ -252,5 +252,6 @@ def test_box_models_report_no_areas(tiny_ckpt: Path, demo_photos: Path, tmp_path
                 progress=False)
     data = json.loads((tmp_path / "predictions.json").read_text())
     assert data["outlines"] is False and "outlines" not in data["images"][0] and data["images"][0]["boxes"]
-    assert list(csv.reader((tmp_path / "predictions.csv").open()))[0] == ["file", "x1", "y1", "x2", "y2", "score"]
+    assert list(csv.reader((tmp_path / "predictions.csv").open()))[0] == ["file", "label", "x1", "y1", "x2", "y2",
+                                                                          "score", "confidence"]
     assert "does not outline ulcers" in capsys.readouterr().err

@@ -140,6 +140,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
         "img_size": size,
         "train_img_size": info.train_img_size,
         "operating_threshold": float(predictor.operating_threshold),
+        "review_threshold": predictor.review_threshold,
+        "calibration": None if predictor.calibration is None else predictor.calibration.as_dict(),
         "min_score": predictor.min_score,
         "max_detections": predictor.max_detections,
         "class_names": class_names(num_classes),

@@ -50,7 +50,8 @@ def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     state = half_state(ckpt.model_state_dict) if half else ckpt.model_state_dict
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
                                  model_state_dict=state, optimizer_state_dict={}, scores=scores,
-                                 config=ckpt.config)
+                                 config=ckpt.config, calibration=ckpt.calibration,
+                                 review_threshold=ckpt.review_threshold)
     payload["slim"] = True
     payload["source_checkpoint"] = src.name
     payload["storage_dtype"] = "float16" if half else "float32"

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from dfudet.confidence import Calibration, photo_fields
 from dfudet.config import CompositeWeights, Config
 from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
@@ -116,6 +117,8 @@ class Backend(ABC):
     threshold_source: str
     tta: bool
     info: ModelInfo
+    calibration: Calibration | None = None  # score -> probability of a true ulcer (fitted on val by `dfudet tune`)
+    review_threshold: float | None = None  # lower edge of the triage band (chosen on val by `dfudet tune`)
 
     @property
     @abstractmethod
@@ -139,6 +142,11 @@ class Backend(ABC):
             chunk = files[start:start + batch_size]
             out += self.predict_arrays([load_image(p) for p in chunk], batch_size)
         return out
+
+    def photo_fields(self, detections: Detections, kept: Detections, quality_ok: bool = True) -> dict[str, Any]:
+        """`confidence` per kept box and the photo's triage `label` (see dfudet.confidence.photo_fields)."""
+        return photo_fields(detections.scores, kept.scores, self.calibration, self.operating_threshold,
+                            self.review_threshold, quality_ok)
 
     def keep(self, detections: Detections, threshold: float | None = None) -> Detections:
         """The detections at or above the threshold (default: the operating threshold)."""

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from pydantic import ValidationError
 
+from dfudet.confidence import calibration_of, review_threshold_of
 from dfudet.config import CompositeWeights
 from dfudet.data import instance_masks
 from dfudet.errors import CheckpointError, ConfigError
@@ -104,6 +105,8 @@ class OnnxPredictor(Backend):
             default_threshold = float(_renamed(meta, "operating_threshold"))
             self._min_score = float(_renamed(meta, "min_score", 0.0))
             self._max_detections = int(meta.get("max_detections", 100))
+            self.calibration = calibration_of(meta, str(meta_file))
+            self.review_threshold = review_threshold_of(meta, str(meta_file))
         except FileNotFoundError as exc:
             raise CheckpointError(f"{meta_file}: metadata file missing; re-run `dfudet export` (it writes "
                                   f"{path.name} and {meta_file.name} side by side)") from exc

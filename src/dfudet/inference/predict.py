@@ -9,9 +9,12 @@
 - An unreadable or missing file is reported on stderr and in the json's "skipped" list, and the run goes on; the
   run succeeds (exit 0) when at least one image was predicted, and fails (DataError, exit 2) when none was.
 - predictions.json: {"checkpoint", "threshold", "threshold_source", "tta", "outlines", "images": [{file, width,
-  height, boxes [[x1,y1,x2,y2]], scores, threshold, annotated}], "skipped": [{file, error}]}; only boxes with
-  score >= threshold are listed. predictions.csv: one row per box (file,x1,y1,x2,y2,score); an image without
-  boxes gets one row with the box and score fields empty.
+  height, boxes [[x1,y1,x2,y2]], scores, confidence, label, review_threshold, threshold, annotated}], "skipped":
+  [{file, error}]}; only boxes with score >= threshold are listed. `confidence` is each box's calibrated
+  probability of being a true ulcer (null when the model carries no calibration: `dfudet tune` fits one on val);
+  `label` is the photo's triage label (ulcer / review / no ulcer, dfudet.confidence). predictions.csv: one row per
+  box (file,label,x1,y1,x2,y2,score,confidence); an image without boxes gets one row with its label and the box
+  fields empty.
 - Outline models (e.g. maskrcnn_efficientnet) add, per image, `outlines: true`, `detections` (one {outline: COCO
   polygons in the photo's pixels, area_px, area_mm2 (null without a scale)} per box, in the order of `boxes`) and
   `mm_per_px`, the same fields as the service's response (`inference.area.outline_fields`); the CSV gains the
@@ -92,16 +95,18 @@ def _unique(name: Path, used: set[str]) -> Path:
 def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["file", "x1", "y1", "x2", "y2", "score", *(["area_px", "area_mm2"] if outlines else [])])
+    w.writerow(["file", "label", "x1", "y1", "x2", "y2", "score", "confidence",
+                *(["area_px", "area_mm2"] if outlines else [])])
     for im in images:
         if not im["boxes"]:
-            w.writerow([im["file"], "", "", "", "", "", *(["", ""] if outlines else [])])
+            w.writerow([im["file"], im["label"], "", "", "", "", "", "", *(["", ""] if outlines else [])])
         for k, (b, s) in enumerate(zip(im["boxes"], im["scores"])):
             extra = []
             if outlines:
                 det = im["detections"][k]
                 extra = [det["area_px"], "" if det["area_mm2"] is None else det["area_mm2"]]
-            w.writerow([im["file"], *b, s, *extra])
+            conf = "" if im["confidence"] is None else im["confidence"][k]
+            w.writerow([im["file"], im["label"], *b, s, conf, *extra])
     return buf.getvalue()
 
 
@@ -193,6 +198,7 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
                     "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
                     "scores": [round(float(s), 4) for s in kept.scores],
                     "threshold": thr, "annotated": f"annotated/{rel.as_posix()}",
+                    **predictor.photo_fields(res, kept),
                 }
                 drawn = draw_detections(image, kept.boxes, kept.scores, thr)
                 if outlines:

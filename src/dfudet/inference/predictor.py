@@ -121,7 +121,9 @@ class Predictor(Backend):
                          num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
                          dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
                          config=cfg, origin=ckpt.origin, outlines=spec.masks, train_img_size=ckpt.img_size)
-        return cls(model, spec, size, threshold, info, device=device, tta=tta, threshold_source=source)
+        predictor = cls(model, spec, size, threshold, info, device=device, tta=tta, threshold_source=source)
+        predictor.calibration, predictor.review_threshold = ckpt.calibration, ckpt.review_threshold
+        return predictor
 
     @property
     def min_score(self) -> float:

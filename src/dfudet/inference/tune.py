@@ -34,6 +34,15 @@ from dfudet.errors import ConfigError, DataError
 from dfudet.inference.evaluate import predict_split
 from dfudet.inference.predictor import Predictor
 from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
+from dfudet.metrics.calibration import (
+    ECE_BINS,
+    Calibration,
+    box_outcomes,
+    choose_review_threshold,
+    expected_calibration_error,
+    fit_calibration,
+    triage_table,
+)
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import Scores, ValidationScores, best_threshold, detection_scores
 from dfudet.utils import atomic_write_bytes
@@ -55,6 +64,8 @@ class SizeTrial:
     seconds: float
     per_image: np.ndarray = field(repr=False, compare=False)  # per_image_counts at the operating threshold
     p_better: float | None = None  # share of paired val resamples where it beats the training size (None: it is it)
+    preds: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False, compare=False)
+    gts: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready row of the tuning table."""
@@ -116,7 +127,40 @@ def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: in
         preds, gts, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
     ap = coco_map(preds, gts)
     per_image = per_image_counts(preds, gts, op.score_threshold, t.iou_threshold)
-    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start, per_image)
+    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start, per_image,
+                     preds=preds, gts=gts)
+
+
+def calibrate_on_val(trial: SizeTrial, train: Any) -> tuple[Calibration | None, float, dict[str, Any]]:
+    """(calibration or None, review threshold, table entry) from the kept size's val detections.
+
+    The review threshold is the highest score at which `train.review_sensitivity` of the val ulcer photos have a
+    box. The calibration maps every val box's score to the chance that it is a true ulcer (`train.calibration`); one
+    that cannot be fitted (too few boxes, or none true / none false) is left out with the reason, and the model's
+    outputs then carry no confidence."""
+    best_scores = [float(s.max()) if len(s) else 0.0 for _, s in trial.preds]
+    has_ulcer = [len(g) > 0 for g in trial.gts]
+    review = choose_review_threshold(best_scores, has_ulcer, train.review_sensitivity,
+                                     trial.operating.score_threshold)
+    info: dict[str, Any] = {"review_threshold": review, "review_sensitivity_target": train.review_sensitivity,
+                            "triage_val": triage_table(best_scores, has_ulcer, trial.operating.score_threshold,
+                                                       review)}
+    if train.calibration == "none":
+        info["calibration"] = None
+        return None, review, info
+    scores, truth, photo = box_outcomes(trial.preds, trial.gts, train.iou_threshold)
+    try:
+        cal, losses = fit_calibration(scores, truth, photo, method=train.calibration,
+                                      iou_threshold=train.iou_threshold)
+    except DataError as exc:
+        log.warning("no calibration stored: %s", exc)
+        info.update({"calibration": None, "calibration_refused": str(exc)})
+        return None, review, info
+    info["calibration"] = {**cal.as_dict(), "cv_log_loss": losses,
+                           "ece_val_raw": expected_calibration_error(scores, truth),
+                           "ece_val_calibrated_in_sample": expected_calibration_error(cal.apply(scores), truth),
+                           "ece_bins": f"{ECE_BINS} equal-mass"}
+    return cal, review, info
 
 
 def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = None, sizes: list[int] | None = None,
@@ -169,14 +213,17 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
         train_loss=old.train_loss if old else nan, val_loss=old.val_loss if old else nan, lr=old.lr if old else nan)
     infer = None if best.img_size == ckpt.img_size else best.img_size
     tuned_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"infer_img_size": infer})})
+    calibration, review, triage = calibrate_on_val(best, cfg.train)
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
                                  model_state_dict=ckpt.model_state_dict, optimizer_state_dict={}, scores=scores,
-                                 config=tuned_cfg, origin=ckpt.origin if ckpt.origin != "lightning" else "train")
+                                 config=tuned_cfg, origin=ckpt.origin if ckpt.origin != "lightning" else "train",
+                                 calibration=calibration, review_threshold=review)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, out)
     table = {"checkpoint": str(checkpoint), "tuned_checkpoint": str(out), "data": str(data), "split": split,
              "train_img_size": ckpt.img_size, "chosen_img_size": best.img_size,
              "operating_threshold": best.operating.score_threshold,
+             **triage,
              "confidence": conf,
              "rule": "best val composite at each size's own operating threshold (recall floor "
                      f"{cfg.train.operating_min_recall}) among the training size and the sizes that beat it in at "

@@ -378,7 +378,7 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
             "scores": [round(float(s), 5) for s in kept.scores],
             "threshold": predictor.operating_threshold, "min_score": floor, "model_id": ident,
             "width": result.width, "height": result.height, "filename": Path(filename).name[:200],
-            "sha256": hashlib.sha256(data).hexdigest(), **outlines,
+            "sha256": hashlib.sha256(data).hexdigest(), **outlines, **predictor.photo_fields(result, kept),
         }
 
     return app
