@@ -5,8 +5,8 @@ can check honestly, and what it cannot:
 - Checked: the split of every one of the 945 shared images (train/val/test membership under the seed), every
   annotation byte of the three COCO files (boxes, mask_area, order, ids, source fields), every mask byte, the set of
   file names, the removed duplicates and which copy is kept, and that the 42 ids the shared folder does not name
-  are the module's 40 holdout + 2 train ids (the split would not reproduce with any other 2 train ids but
-  0121/0126 x 0566/0569/0571; the rest comes from the public repository's file list, see the module docstring).
+  are the module's 40 holdout + 2 train ids (the split reproduces only with 0121 and one of 0566/0569/0571 as the
+  train ids; the public repository's file list says 0569, see the module docstring).
 - Not checkable here: the JPEG bytes of a rebuild from the real source (the replica's PNGs are decodes of the
   shared JPEGs, so they are encoded a second time; only their closeness is checked); the holdout's boxes (its
   photos and masks are not distributed; the replica synthesises them); which of 0566/0569/0571 is train (all three

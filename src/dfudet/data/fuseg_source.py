@@ -34,8 +34,10 @@ Where the README leaves a rule open, it was read off the shared files: the gener
 the annotation order from the COCO entries; the JPEG settings from the shared JPEGs' markers (quantisation tables,
 sampling, default Huffman tables); the PNG settings by re-encoding the shared masks byte for byte. The 42 ids that
 the shared folder does not name (40 holdout, and two train ids removed as copies of holdout photos) are the ids of
-1-1010 it does not name; which two are train (0121, 0569) and which are validation was taken from the public
-repository's file list (tests/data/test_fuseg_source.py checks everything the shared folder can show).
+1-1010 it does not name. Which two are train: the seeded split reproduces every shared image's split only with 0121
+and one of 0566/0569/0571 in train (all three give the same train/val/test); the public repository's file list has
+0569 under train/ and 0566, 0571 under validation/. tests/data/test_fuseg_source.py checks what the shared folder
+can show.
 """
 
 from __future__ import annotations
