@@ -138,8 +138,15 @@ def cmd_data_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_fuseg(a: argparse.Namespace) -> int:
+    from dfudet.data.fuseg_source import build_fuseg
+
+    print(build_fuseg(Path(a.source), Path(a.out)).summary_text())
+    return 0
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="import annotations, build LMDB caches, generate demo data")
+    data = sub.add_parser("data", help="import annotations, build LMDB caches, generate demo data, rebuild FUSeg")
     dsub = _subparsers(data, "data_cmd")
 
     p = dsub.add_parser("import", help="turn COCO/VOC/YOLO/DFUC CSV/masks + healthy folders into a dataset dir")
@@ -187,6 +194,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the generator (same seed, same photos)")
     p.add_argument("--size", type=int, default=320, help="image side in pixels")
     p.set_defaults(func=cmd_data_demo)
+
+    p = dsub.add_parser("fuseg", help="rebuild the FUSeg train/val/test boxes (images, masks, COCO) from a clone of "
+                                      "the public FUSeg repository")
+    p.add_argument("source", help="clone of github.com/uwm-bigdata/wound-segmentation at commit 42a272d (or its "
+                                  "'data/Foot Ulcer Segmentation Challenge' folder)")
+    p.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
+    _add_max_pixels(p)
+    p.set_defaults(func=cmd_data_fuseg)
 
 
 # ----------------------------------------------------------------------------------------------- train
