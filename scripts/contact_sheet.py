@@ -1,5 +1,5 @@
 """A contact sheet of an evaluate run: N seeded-random images of the split, ground truth (green) and the detections
-kept at the report's threshold (red, with scores), tiled into one JPEG (docs/results.md uses it).
+kept at the report's threshold (red, with scores), tiled into one JPEG (docs/experiments.md uses it).
 
     python scripts/contact_sheet.py runs/fuseg_cpu_fcos/report-test --out docs/img/fuseg_test_predictions.jpg --n 12
 """

@@ -205,7 +205,7 @@ class TrainConfig(_Strict):
     # ulcers more pixels at inference for about the square of the side in time. The kept size is the one with the
     # best val composite at its own operating threshold among the training size and the sizes that beat it in at
     # least `tune_confidence` of paired bootstrap replicates over the val images (1,000, seed 0): on 118 val photos a
-    # size chosen for a small val gain can lose on test (docs/results.md). 0: the best point estimate.
+    # size chosen for a small val gain can lose on test (docs/experiments.md). 0: the best point estimate.
     tune_img_sizes: list[int] = Field(default_factory=list)
     tune_confidence: float = Field(0.95, ge=0, le=1)
     # `dfudet tune` also fits the score calibration on val (auto: Platt or isotonic, the lower cross-validated

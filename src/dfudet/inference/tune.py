@@ -9,7 +9,7 @@ composite at its own threshold is kept (ties: the smaller, cheaper size). A size
 competes only if it beats the training size in at least `train.tune_confidence` (default 0.95) of paired bootstrap
 replicates over the val images (each size at its own threshold, fixed in the resamples; several sizes are tested
 without a multiple-testing correction). On ~120 val photos a size kept for a small val gain can lose on test
-(measured: Faster R-CNN + Lite0 on FUSeg, +0.021 val composite winning 91% of the resamples, docs/results.md).
+(measured: Faster R-CNN + Lite0 on FUSeg, +0.021 val composite winning 91% of the resamples, docs/experiments.md).
 
 The result is a new checkpoint (`tuned_model.pth` by default; the kept `best_model.pth` is never changed) with
 `data.infer_img_size` and that threshold in it, and the val scores at that size: evaluate, predict, serve and

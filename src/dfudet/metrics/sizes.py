@@ -1,13 +1,13 @@
 """Ulcers found by size: recall in bins of the true box's side √(w·h), in the photo's own pixels.
 
 Small wounds are where detectors fail first, and one recall figure hides it: on FUSeg every pretrained FCOS run
-finds 0 – 3 of the 27 test ulcers under 16 px and nearly all above 32 px (docs/results.md). Matching is the
+finds 0 – 3 of the 27 test ulcers under 16 px and nearly all above 32 px (docs/experiments.md). Matching is the
 report's own (greedy in score order, IoU >= iou_threshold, one prediction per ulcer): "found" counts ulcers matched
 by a prediction at or above the operating threshold, "found_at_any_score" those matched by any prediction the
 model returned, so the gap between the two is what a lower threshold could recover. "located" counts ulcers with a
 returned box (any score) whose centre lies inside the true box, and "side_ratio" is the median, over them, of the
 side √(w·h) of the best-scoring such box divided by the true side: on FUSeg the small ulcers are located but boxed
-1.5 – 2× too large, which IoU 0.5 counts as a miss (docs/results.md), and a wound-size readout inherits that bias.
+1.5 – 2× too large, which IoU 0.5 counts as a miss (docs/experiments.md), and a wound-size readout inherits that bias.
 """
 
 from __future__ import annotations
