@@ -28,8 +28,9 @@ from dfudet.data.importers import import_dataset
 from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
-from dfudet.inference.report import write_galleries, write_plots, write_report_md
+from dfudet.inference.report import write_galleries, write_plots, write_reliability, write_report_md
 from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
+from dfudet.metrics.calibration import calibration_report, triage_table, ulcer_free_alarms
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
@@ -150,6 +151,25 @@ def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold:
                           if ci is not None else None)}
 
 
+def trust_metrics(rows: list[dict[str, Any]], preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray],
+                  predictor: Backend, iou_threshold: float) -> dict[str, Any]:
+    """The "calibration", "triage" and "ulcer_free" sections of metrics.json: ECE before and after the model's stored
+    calibration, the ulcer / review / no ulcer labels at its thresholds, and false alarms on ulcer-free photos by
+    folder (each folder is one source, e.g. FUSeg's negatives and a healthy-feet folder)."""
+    thr = predictor.operating_threshold
+    review = predictor.review_threshold
+    best = [float(s.max()) if len(s) else 0.0 for _, s in preds]
+    has_ulcer = [len(g) > 0 for g in gts]
+    triage = triage_table(best, has_ulcer, thr, thr if review is None else review)
+    triage["review_threshold_source"] = ("checkpoint (chosen on val by `dfudet tune`)" if review is not None else
+                                         "none stored: the review band is empty")
+    free = [i for i, u in enumerate(has_ulcer) if not u]
+    alarms = ulcer_free_alarms([best[i] for i in free], [int((preds[i][1] >= thr).sum()) for i in free],
+                               [str(Path(rows[i]["path"]).parent) for i in free]) if free else []
+    return {"calibration": calibration_report(preds, gts, predictor.calibration, thr, iou_threshold),
+            "triage": triage, "ulcer_free": alarms}
+
+
 @dataclass(frozen=True)
 class Curves:
     """Full-resolution curves behind the report's PNGs (metrics.json keeps thinned copies)."""
@@ -266,8 +286,10 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         thr = predictor.operating_threshold
         m, curves = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
         outlines = outline_metrics(rows, thr, iou_threshold, bootstrap)
+        trust = trust_metrics(rows, preds, gts, predictor, iou_threshold)
         out.mkdir(parents=True, exist_ok=True)
         files = write_plots(out, curves.pr, curves.froc, curves.sweep)
+        files.append(write_reliability(out, trust["calibration"]))
         gallery = write_galleries(out / "gallery", rows, images_for_gallery, thr, iou_threshold, gallery_size)
         compared = (_compare(compare, dataset, device, tta, batch_size, progress, iou_threshold, weights,
                              per_image_counts(preds, gts, thr, iou_threshold), bootstrap)
@@ -290,6 +312,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
                    "tp": at["tp"], "fp": at["fp"], "fn": at["fn"]},
         **m,
         **({"outlines": outlines} if outlines is not None else {}),  # absent for box-only model and data
+        **trust,
         "gallery": gallery,
         "compare": compared,
     }

@@ -19,7 +19,7 @@ import torch
 from torchvision.ops import box_iou
 
 from dfudet.inference.draw import draw_detections, save_jpeg
-from dfudet.metrics.curves import plot_froc, plot_pr, plot_threshold_sweep
+from dfudet.metrics.curves import plot_froc, plot_pr, plot_reliability, plot_threshold_sweep
 from dfudet.metrics.matching import match_image
 from dfudet.metrics.scores import Scores
 from dfudet.utils import atomic_write_bytes
@@ -36,6 +36,50 @@ def write_plots(out: Path, pr: dict[str, Any], froc_points: dict[str, Any],
     """pr_curve.png, froc.png and threshold_sweep.png (composite and its parts vs the score threshold)."""
     return [plot_pr(pr, out / "pr_curve.png"), plot_froc(froc_points, out / "froc.png"),
             plot_threshold_sweep(sweep, out / "threshold_sweep.png")]
+
+
+def write_reliability(out: Path, calibration: dict[str, Any]) -> Path:
+    """reliability.png: the reliability diagram of the evaluated split (raw scores and calibrated confidence)."""
+    return plot_reliability(calibration, out / "reliability.png")
+
+
+def trust_lines(m: dict[str, Any]) -> list[str]:
+    """The report's calibration, triage and ulcer-free sections."""
+    lines: list[str] = []
+    c = m.get("calibration")
+    if c:
+        lines += ["", "## Calibrated confidence", ""]
+        if c.get("method"):
+            lines += [f"Expected calibration error ({c['bins']} bins) over the {c['boxes']} boxes the model returned "
+                      f"({c['true_boxes']} true ulcers at IoU 0.5): raw score **{c['ece_raw']:.3f}**, calibrated "
+                      f"confidence ({c['method']}, fitted on val) **{c['ece_calibrated']:.3f}**; over the "
+                      f"{c['kept_boxes']} boxes at the threshold: {c['ece_raw_kept']:.3f} raw, "
+                      f"{c['ece_calibrated_kept']:.3f} calibrated. [Reliability diagram](reliability.png)"]
+        else:
+            lines += [f"The model carries no calibration (`dfudet tune` fits one on val): raw-score ECE "
+                      f"({c['bins']} bins, {c['boxes']} boxes) {c['ece_raw']:.3f}. [Reliability diagram]"
+                      "(reliability.png)"]
+    t = m.get("triage")
+    if t:
+        lu, lf = t["labels_ulcer_photos"], t["labels_ulcer_free_photos"]
+        lines += ["", "## Triage: ulcer / review / no ulcer", "",
+                  f"Operating threshold {t['operating_threshold']:.3f}; review threshold {t['review_threshold']:.3f} "
+                  f"({t['review_threshold_source']}).", "",
+                  "| photos | n | ulcer | review | no ulcer |", "|---|---|---|---|---|",
+                  f"| with an ulcer | {t['ulcer_photos']} | {lu['ulcer']} | {lu['review']} | {lu['no ulcer']} |",
+                  f"| ulcer-free | {t['ulcer_free_photos']} | {lf['ulcer']} | {lf['review']} | {lf['no ulcer']} |",
+                  "", f"Triage sensitivity (ulcer photos labelled ulcer or review): **{_fmt(t['sensitivity'])}** "
+                  f"(ulcer label alone: {_fmt(t['sensitivity_operating_only'])}); photos sent to review: "
+                  f"{_fmt(t['review_share'])}; false alarms on ulcer-free photos (ulcer or review): "
+                  f"{_fmt(t['false_alarm_share'])} (ulcer label alone: {_fmt(t['false_alarm_share_operating_only'])})."]
+    free = m.get("ulcer_free") or []
+    if free:
+        lines += ["", "## False alarms on ulcer-free photos, by folder", "",
+                  "| folder | photos | with a box at the threshold | share (95% CI, Wilson) | boxes per photo |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{g['group']}` | {g['photos']} | {g['photos_with_a_box']} | {g['share_with_a_box']:.3f} "
+                  f"({g['ci95'][0]:.3f}–{g['ci95'][1]:.3f}) | {g['boxes_per_photo']:.2f} |" for g in free]
+    return lines
 
 
 def select_gallery(rows: Sequence[dict[str, Any]], threshold: float, iou_threshold: float, n: int = 12
@@ -282,6 +326,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
                   f"{100 * paired['share_this_lower']:.1f}% of {paired['n']} paired resamples: the same resampled "
                   "photos scored for both, each at its own threshold, with this model's composite weights)."]
     lines += size_lines(m.get("by_size"))
+    lines += trust_lines(m)
     outlines = m.get("outlines")
     lines += outline_lines(outlines)
     w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}

@@ -211,3 +211,40 @@ def triage_table(best_scores: Any, has_ulcer: Any, operating: float, review: flo
             "review_share": float((labels == "review").mean()) if len(b) else math.nan,
             "false_alarm_share": float(flagged[~u].mean()) if (~u).any() else math.nan,
             "false_alarm_share_operating_only": float((labels[~u] == "ulcer").mean()) if (~u).any() else math.nan}
+
+
+def ulcer_free_alarms(best_scores: Any, n_kept: Any, groups: Sequence[str]) -> list[dict[str, Any]]:
+    """Per group of ulcer-free photos (e.g. their folder): how many, the share with any box at the operating
+    threshold (95% Wilson interval, scipy's binomtest) and boxes per photo."""
+    from scipy.stats import binomtest
+
+    kept = np.asarray(n_kept, np.int64)
+    out = []
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        n, k = len(idx), int((kept[idx] > 0).sum())
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        out.append({"group": g, "photos": n, "photos_with_a_box": k, "share_with_a_box": k / n,
+                    "ci95": [float(ci.low), float(ci.high)], "boxes_per_photo": float(kept[idx].sum() / n),
+                    "best_score_median": float(np.median(np.asarray(best_scores, np.float64)[idx]))})
+    return out
+
+
+def calibration_report(preds: Sequence[tuple[np.ndarray, np.ndarray]], gts: Sequence[np.ndarray],
+                       calibration: Calibration | None, threshold: float, iou_threshold: float = 0.5
+                       ) -> dict[str, Any]:
+    """ECE of the raw scores and of the calibrated confidence on this split (every box the model returned, and the
+    boxes kept at the threshold), with the reliability bins behind the diagram."""
+    scores, truth, _ = box_outcomes(preds, gts, iou_threshold)
+    kept = scores >= threshold
+    out: dict[str, Any] = {"bins": f"{ECE_BINS} equal-mass", "boxes": int(len(scores)), "true_boxes": int(truth.sum()),
+                           "kept_boxes": int(kept.sum()), "method": None if calibration is None else calibration.method,
+                           "ece_raw": expected_calibration_error(scores, truth),
+                           "ece_raw_kept": expected_calibration_error(scores[kept], truth[kept]),
+                           "reliability_raw": reliability(scores, truth)}
+    if calibration is not None:
+        conf = calibration.apply(scores)
+        out.update({"ece_calibrated": expected_calibration_error(conf, truth),
+                    "ece_calibrated_kept": expected_calibration_error(conf[kept], truth[kept]),
+                    "reliability_calibrated": reliability(conf, truth)})
+    return out

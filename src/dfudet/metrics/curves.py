@@ -146,3 +146,24 @@ def plot_threshold_sweep(sweep: Sequence[Scores], path: Path | str) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_reliability(report: Mapping[str, Any], path: Path | str) -> Path:
+    """Reliability diagram of `calibration_report`: share of true boxes against mean confidence per equal-mass
+    bin, raw scores and (when the model has one) the calibrated confidence, with each curve's ECE."""
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    curves = [("reliability_raw", "ece_raw", "raw score", "tab:orange")]
+    if report.get("reliability_calibrated"):
+        curves.append(("reliability_calibrated", "ece_calibrated", f"confidence ({report['method']})", "tab:blue"))
+    for key, ece, name, color in curves:
+        rows = report.get(key) or []
+        ax.plot([r["confidence"] for r in rows], [r["share_true"] for r in rows], "o-", color=color, ms=4,
+                label=f"{name}, ECE {report[ece]:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean predicted probability (bin)", ylabel="share of true ulcers",
+           title=f"Reliability, {report['boxes']} boxes, {report['bins']} bins")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
