@@ -15,7 +15,6 @@ manifest is never read.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,11 +28,11 @@ from typing import Any
 import cv2
 import lmdb
 import numpy as np
-from PIL import Image
 
 import dfudet
 from dfudet.data import instance_masks
 from dfudet.data.checks import decode_image_bytes, load_image, open_image
+from dfudet.data.privacy import encode_image, strip_jpeg_metadata
 from dfudet.data.records import ImageRecord, read_dataset, summarize
 from dfudet.errors import DataError
 from dfudet.utils import atomic_write_bytes, disk_free_text, is_disk_full
@@ -215,9 +214,10 @@ def _resize_factor(width: int, height: int, img_size: int | None) -> float:
 
 
 def _reusable_original(path: Path, record: ImageRecord) -> bytes | None:
-    """The file's own bytes when they need no change: a JPEG of the right size without EXIF rotation.
+    """The file's own compressed data when it needs no change (a JPEG of the right size without EXIF rotation),
+    with its metadata segments removed (GPS, time, device: dfudet.data.privacy); None when it must be re-encoded.
 
-    Keeping them avoids a second lossy JPEG pass, so cache and folder decode to identical pixels.
+    Keeping the data avoids a second lossy JPEG pass, so cache and folder decode to identical pixels.
     """
     try:
         with open_image(path) as im:
@@ -227,18 +227,14 @@ def _reusable_original(path: Path, record: ImageRecord) -> bytes | None:
                 return None
     except OSError:
         return None
-    return path.read_bytes()
+    return strip_jpeg_metadata(path.read_bytes())
 
 
 def _encode(image: np.ndarray, kind: str, jpeg_quality: int) -> tuple[bytes, str]:
-    """Encode photos as JPEG at the requested quality; other kinds (small crops) losslessly as PNG."""
-    buf = io.BytesIO()
-    pil = Image.fromarray(image)
+    """Encode photos as JPEG at the requested quality; other kinds (small crops) losslessly as PNG; no metadata."""
     if kind == "photo":
-        pil.save(buf, format="JPEG", quality=jpeg_quality)
-        return buf.getvalue(), "jpeg"
-    pil.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue(), "png"
+        return encode_image(image, "JPEG", quality=jpeg_quality), "jpeg"
+    return encode_image(image, "PNG", compress_level=1), "png"
 
 
 def encode_record(record: ImageRecord, img_size: int | None, jpeg_quality: int) -> tuple[dict[str, Any], bytes]:
@@ -307,8 +303,10 @@ def _write_split(split_dir: Path, records: list[ImageRecord], img_size: int | No
                  hasher: Any) -> str:
     """Write one split's env: entries in record order, then the index; returns the index's SHA-256."""
     split_dir.mkdir(parents=True)
+    # meminit=True: LMDB zeroes the unused bytes of every page it writes; without it they are whatever the heap
+    # held, which here was the photos' files as read, GPS and time included (seen in tests/test_no_metadata_leaks.py)
     env = lmdb.open(str(split_dir), map_size=_map_size(records, img_size), subdir=True, lock=True,
-                    readahead=False, meminit=False, max_dbs=0)
+                    readahead=False, meminit=True, max_dbs=0)
     try:
         entries = []
         for i, record in enumerate(records):

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dfudet.utils import atomic_write_with
+from dfudet.data.privacy import save_image
 
 GT_COLOUR = (0, 200, 0)
 PRED_COLOUR = (230, 25, 25)
@@ -118,5 +118,5 @@ def _label(draw: ImageDraw.ImageDraw, text: str, box: list[float], colour: tuple
 
 
 def save_jpeg(image: Image.Image, path: Any, quality: int = 90) -> None:
-    """Write an RGB image as JPEG atomically (readers never see a half-written gallery file)."""
-    atomic_write_with(Path(path), lambda tmp: image.save(tmp, format="JPEG", quality=quality))
+    """Write an RGB image as JPEG atomically (readers never see a half-written gallery file), with no metadata."""
+    save_image(image, Path(path), "JPEG", quality=quality)

@@ -11,7 +11,7 @@
   ("wound just healed").
 - Hard-negative crops: up to N squares of `crop_size` (clamped to the image) whose every pixel is at least
   `crop_margin` px (Euclidean) from every mask pixel, picked at seeded random, overlapping each other by at most
-  half, written as PNG under out/negatives/{split}/.
+  half, written as PNG under out/negatives/{split}/ with no metadata (dfudet.data.privacy).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dfudet.data import instance_masks
 from dfudet.data.checks import load_pil, open_image
 from dfudet.data.importers._common import ParseResult, RawItem, absolute, ignored_note, scan_images, stem_key
 from dfudet.data.importers.splits import split_from_relpath
+from dfudet.data.privacy import save_image
 from dfudet.data.records import ImageRecord
 from dfudet.errors import DataError
 
@@ -177,7 +178,7 @@ def cut_negative_crops(items: list[RawItem], out: Path, count: int, crop_size: i
         stem = Path(item.name).with_suffix("").as_posix().replace("/", "__")
         for k, (x, y) in enumerate(positions):
             dest = absolute(target / f"{stem}_neg{k}.png")
-            image.crop((x, y, x + size, y + size)).save(dest, format="PNG")
+            save_image(image.crop((x, y, x + size, y + size)), dest, "PNG")  # pixels only, no EXIF/ICC
             records.append(ImageRecord(
                 path=str(dest), width=size, height=size, boxes=[], split=str(item.split), healthy=True,
                 source=f"negative_crop:{item.path}@{x},{y}", patient=item.patient, kind="negative_crop",
