@@ -57,6 +57,10 @@ class Result:
     mm_per_px: float | None = None  # the scale used for mm² (None: pixels only)
     area_source: str | None = None  # where mm² came from: "user" (a given scale), or None
     area_note: str | None = None  # why areas are in pixels only, when they are
+    label: str = "no ulcer"  # triage: "ulcer", "review" (a doubtful box or a poor photo) or "no ulcer"
+    label_reasons: tuple[str, ...] = ()
+    confidence: tuple[float, ...] | None = None  # calibrated probability per ulcer (None: no calibration stored)
+    quality: dict[str, Any] | None = None  # the photo quality check: {"ok", "reasons", "measures"}
 
 
 class Detector:
@@ -92,7 +96,7 @@ class Detector:
         """
         array, source = _as_array(image)
         detections = self.backend.predict_arrays([array], batch_size=1)[0]
-        return self._result(detections, source, mm_per_px)
+        return self._result(detections, source, mm_per_px, array)
 
     def predict_many(self, images: Iterable[ImageInput], batch_size: int = 8,
                      mm_per_px: float | None = None) -> list[Result]:
@@ -111,13 +115,14 @@ class Detector:
         for start in range(0, len(items), max(1, int(batch_size))):
             loaded = [_as_array(im) for im in items[start:start + batch_size]]
             found = self.backend.predict_arrays([a for a, _ in loaded], batch_size=batch_size)
-            out += [self._result(d, src, mm_per_px) for d, (_, src) in zip(found, loaded)]
+            out += [self._result(d, src, mm_per_px, a) for d, (a, src) in zip(found, loaded)]
         return out
 
-    def _result(self, detections: Detections, source: str, mm_per_px: float | None) -> Result:
+    def _result(self, detections: Detections, source: str, mm_per_px: float | None, image: np.ndarray) -> Result:
         scale = check_mm_per_px(mm_per_px, "mm_per_px")
         kept = self.backend.keep(detections)
         fields = outline_fields(kept, scale)
+        trust = self.backend.photo_fields(detections, kept, image)
         per_box: Sequence[dict[str, Any]] = fields.get("detections") or [{} for _ in range(len(kept.scores))]
         ulcers = tuple(
             Ulcer(box=tuple(float(v) for v in box),  # type: ignore[arg-type]
@@ -129,7 +134,10 @@ class Detector:
         return Result(source=source, width=kept.width, height=kept.height, threshold=float(self.threshold),
                       ulcers=ulcers, outlines=bool(fields["outlines"]), mm_per_px=fields.get("mm_per_px"),
                       area_source=fields.get("area_source", "user" if scale is not None else None),
-                      area_note=fields.get("area_note"))
+                      area_note=fields.get("area_note"), label=trust["label"],
+                      label_reasons=tuple(trust["label_reasons"]),
+                      confidence=None if trust["confidence"] is None else tuple(trust["confidence"]),
+                      quality=trust.get("quality"))
 
 
 def _as_array(image: ImageInput) -> tuple[np.ndarray, str]:

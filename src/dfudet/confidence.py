@@ -112,17 +112,24 @@ def review_threshold_of(stored: Mapping[str, Any], where: Any) -> float | None:
 
 
 def photo_fields(all_scores: Any, kept_scores: Any, calibration: Calibration | None, operating: float,
-                 review: float | None, quality_ok: bool = True) -> dict[str, Any]:
+                 review: float | None, quality_reasons: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The confidence and triage fields of one photo, as predict, serve and the API write them.
 
     `confidence`: the calibrated probability of each kept box (None without a calibration); `label`: ulcer / review /
     no ulcer from the photo's best box among ALL its detections (a box under the operating threshold can still send
-    the photo to review); without a stored review threshold the band is empty (review only for a failed quality
-    check)."""
+    the photo to review), and a photo that failed the quality check (`quality_reasons`) is never labelled no ulcer;
+    `label_reasons` says why; without a stored review threshold the band is empty."""
     scores = np.asarray(all_scores, dtype=np.float64).reshape(-1)
     best = float(scores.max()) if len(scores) else 0.0
     kept = np.asarray(kept_scores, dtype=np.float64).reshape(-1)
     confidence = None if calibration is None else [round(float(v), 4) for v in calibration.apply(kept)]
     edge = operating if review is None else review
-    return {"confidence": confidence, "label": triage_label(best, operating, edge, quality_ok),
-            "review_threshold": review}
+    label = triage_label(best, operating, edge, not quality_reasons)
+    if label == "ulcer":
+        why = [f"a box scored {best:.2f}, at or above the operating threshold {operating:.2f}"]
+    elif label == "review":
+        why = ([f"a box scored {best:.2f}, between the review threshold {edge:.2f} and the operating threshold "
+                f"{operating:.2f}"] if best >= edge else []) + [f"photo quality: {r}" for r in quality_reasons]
+    else:
+        why = [f"no box scored {edge:.2f} or more"]
+    return {"confidence": confidence, "label": label, "label_reasons": why, "review_threshold": review}

@@ -21,6 +21,7 @@ from dfudet.errors import CheckpointError
 from dfudet.export.slim import export_slim
 from dfudet.inference.predict import run_predict
 from dfudet.inference.predictor import Predictor
+from dfudet.inference.quality import assess_quality
 from dfudet.inference.tune import SizeTrial, calibrate_on_val
 from dfudet.metrics.calibration import box_outcomes, choose_review_threshold, fit_calibration
 from dfudet.metrics.scores import detection_scores
@@ -94,7 +95,9 @@ def test_predict_writes_confidence_and_the_triage_label(calibrated: Path, tmp_pa
         expected = 1 / (1 + np.exp(-(2.0 * np.log(np.asarray(im["scores"]) / (1 - np.asarray(im["scores"]))) - 1.0)))
         np.testing.assert_allclose(im["confidence"], expected, atol=2e-4)
         best = float(raw.scores.max()) if len(raw.scores) else 0.0
-        assert im["label"] == triage_label(best, 0.55, 0.45) and im["review_threshold"] == 0.45
+        quality_ok = assess_quality(np.asarray(Image.open(photo).convert("RGB"))).ok
+        assert im["quality"]["ok"] == quality_ok
+        assert im["label"] == triage_label(best, 0.55, 0.45, quality_ok) and im["review_threshold"] == 0.45
         labels.add(im["label"])
     rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").open()))
     assert {r["label"] for r in rows} == labels
@@ -128,4 +131,19 @@ def test_the_service_returns_confidence_and_label(calibrated: Path) -> None:
     body = r.json()
     assert r.status_code == 200 and len(body["confidence"]) == len(body["scores"]) > 0
     np.testing.assert_allclose(body["confidence"], PLATT.apply(body["scores"]), atol=2e-4)
-    assert body["label"] == triage_label(max(body["scores"]), 0.55, 0.45)
+    assert body["label"] == triage_label(max(body["scores"]), 0.55, 0.45, body["quality"]["ok"])
+    assert body["label_reasons"]
+
+
+def test_a_poor_photo_is_sent_to_review_never_cleared(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "plain.pth", 96, 1.0)  # no box reaches 1.0: every good photo is "no ulcer"
+    good, dark = tmp_path / "good.png", tmp_path / "dark.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((400, 400, 3)) * 255).astype(np.uint8)).save(good)
+    Image.fromarray((rng.random((400, 400, 3)) * 25).astype(np.uint8)).save(dark)
+    run_predict([good, dark], ckpt, tmp_path / "out", progress=False)
+    written = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    images = {Path(im["file"]).name: im for im in written}
+    assert images["good.png"]["label"] == "no ulcer" and images["good.png"]["quality"]["ok"]
+    assert images["dark.png"]["label"] == "review" and not images["dark.png"]["quality"]["ok"]
+    assert any(r.startswith("photo quality: too dark") for r in images["dark.png"]["label_reasons"])

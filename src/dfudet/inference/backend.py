@@ -26,6 +26,7 @@ from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
 from dfudet.data.instance_masks import Rle
 from dfudet.errors import ConfigError, DataError
+from dfudet.inference.quality import assess_quality
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,16 @@ class Backend(ABC):
             out += self.predict_arrays([load_image(p) for p in chunk], batch_size)
         return out
 
-    def photo_fields(self, detections: Detections, kept: Detections, quality_ok: bool = True) -> dict[str, Any]:
-        """`confidence` per kept box and the photo's triage `label` (see dfudet.confidence.photo_fields)."""
-        return photo_fields(detections.scores, kept.scores, self.calibration, self.operating_threshold,
-                            self.review_threshold, quality_ok)
+    def photo_fields(self, detections: Detections, kept: Detections, image: np.ndarray | None = None
+                     ) -> dict[str, Any]:
+        """`confidence` per kept box, the photo `quality` check (when the image is given) and the photo's triage
+        `label` (see dfudet.confidence.photo_fields and dfudet.inference.quality)."""
+        quality = assess_quality(image) if image is not None else None
+        fields = photo_fields(detections.scores, kept.scores, self.calibration, self.operating_threshold,
+                              self.review_threshold, quality.reasons if quality is not None else ())
+        if quality is not None:
+            fields["quality"] = quality.as_dict()
+        return fields
 
     def keep(self, detections: Detections, threshold: float | None = None) -> Detections:
         """The detections at or above the threshold (default: the operating threshold)."""

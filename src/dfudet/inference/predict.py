@@ -198,7 +198,7 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
                     "boxes": [[round(float(v), 2) for v in b] for b in kept.boxes],
                     "scores": [round(float(s), 4) for s in kept.scores],
                     "threshold": thr, "annotated": f"annotated/{rel.as_posix()}",
-                    **predictor.photo_fields(res, kept),
+                    **predictor.photo_fields(res, kept, image),
                 }
                 drawn = draw_detections(image, kept.boxes, kept.scores, thr)
                 if outlines:

@@ -368,8 +368,9 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
         try:  # the outlines are decoded at the photo's size: their memory stays within the pixel budget too
             image = await run_in_threadpool(decode_upload, data, max_pixels)
             result = await asyncio.wrap_future(work.submit(image))
-            del image
             kept = result.above(floor)
+            trust = await run_in_threadpool(predictor.photo_fields, result, kept, image)
+            del image
             outlines = await run_in_threadpool(outline_fields, kept, mm_per_px)
         finally:
             await budget.release(width * height)
@@ -378,7 +379,7 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
             "scores": [round(float(s), 5) for s in kept.scores],
             "threshold": predictor.operating_threshold, "min_score": floor, "model_id": ident,
             "width": result.width, "height": result.height, "filename": Path(filename).name[:200],
-            "sha256": hashlib.sha256(data).hexdigest(), **outlines, **predictor.photo_fields(result, kept),
+            "sha256": hashlib.sha256(data).hexdigest(), **outlines, **trust,
         }
 
     return app
