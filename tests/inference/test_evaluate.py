@@ -246,3 +246,30 @@ def test_compare_reports_the_paired_composite_difference(tiny_ckpt: Path, demo_d
                         compare=other, operating_threshold=0.05)
     assert m0["compare"]["paired_composite_difference"] is None
     assert "minus the compared one" not in (tmp_path / "out0" / "report.md").read_text()
+
+
+def test_calibration_triage_ulcer_free_and_groups_sections(cache_eval: Path) -> None:
+    m = json.loads((cache_eval / "metrics.json").read_text())
+    det = json.loads((cache_eval / "detections.json").read_text())["images"]
+    thr = m["operating_threshold"]
+    best = [max(d["scores"], default=0.0) for d in det]
+    ulcer = [bool(d["gt_boxes"]) for d in det]
+    t = m["triage"]  # the tiny checkpoint stores no review threshold: the band is empty
+    assert t["review_threshold"] == thr and t["review_threshold_source"].startswith("none stored")
+    assert t["labels"]["ulcer"] == sum(b >= thr for b in best) and t["labels"]["review"] == 0
+    assert t["sensitivity"] == pytest.approx(np.mean([b >= thr for b, u in zip(best, ulcer) if u]))
+    free = [d for d, u in zip(det, ulcer) if not u]
+    assert sum(g["photos"] for g in m["ulcer_free"]) == len(free)
+    assert sum(g["photos_with_a_box"] for g in m["ulcer_free"]) == sum(any(s >= thr for s in d["scores"]) for d in free)
+    for g in m["ulcer_free"]:
+        assert g["ci95"][0] <= g["share_with_a_box"] <= g["ci95"][1]
+    c = m["calibration"]
+    assert c["method"] is None and c["boxes"] == sum(len(d["scores"]) for d in det) and 0 <= c["ece_raw"] <= 1
+    assert (cache_eval / "reliability.png").is_file()
+    g = m["groups"]
+    for key in ("skin_tone", "brightness", "sharpness"):
+        assert sum(r["photos"] for r in g[key]["rows"]) == len(det)
+    report = (cache_eval / "report.md").read_text()
+    for heading in ("## Calibrated confidence", "## Triage: ulcer / review / no ulcer",
+                    "## Results by skin tone and photo condition"):
+        assert heading in report

@@ -28,12 +28,14 @@ from dfudet.data.importers import import_dataset
 from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
+from dfudet.inference.quality import measure_quality
 from dfudet.inference.report import write_galleries, write_plots, write_reliability, write_report_md
 from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
 from dfudet.metrics.calibration import calibration_report, triage_table, ulcer_free_alarms
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.coco_bootstrap import coco_bootstrap_ci
 from dfudet.metrics.curves import froc, pr_curve, threshold_series
+from dfudet.metrics.groups import ITA_BANDS, MIN_PHOTOS, UNKNOWN, group_scores, ita_band, ita_degrees, tertile_bins
 from dfudet.metrics.outlines import outline_bootstrap_ci, outline_images, outline_scores
 from dfudet.metrics.scores import Scores, detection_scores, pick_best, sweep_thresholds
 from dfudet.metrics.sizes import found_by_size
@@ -170,6 +172,39 @@ def trust_metrics(rows: list[dict[str, Any]], preds: list[tuple[np.ndarray, np.n
             "triage": triage, "ulcer_free": alarms}
 
 
+def group_metrics(dataset: Any, preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray], threshold: float,
+                  iou_threshold: float, weights: Any, n_boot: int) -> dict[str, Any]:
+    """The "groups" section of metrics.json: results by skin tone (ITA° of the skin around the wounds) and by
+    brightness and sharpness tertiles (dfudet.metrics.groups), from the stored images (boxes scaled to them)."""
+    ita: list[float | None] = []
+    luma: list[float] = []
+    sharp: list[float] = []
+    for i in range(len(dataset)):
+        image = dataset[i][0].permute(1, 2, 0).numpy()
+        rec = dataset.record(i)
+        sx, sy = image.shape[1] / rec["width"], image.shape[0] / rec["height"]
+        boxes = np.asarray(rec["boxes"], np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
+        ita.append(ita_degrees(image, boxes))
+        m = measure_quality(image)
+        luma.append(m.mean_luma)
+        sharp.append(m.sharpness)
+    bands = [ita_band(v) for v in ita]
+    order = [name for _, name in ITA_BANDS] + [UNKNOWN]
+    bright, bright_cuts = tertile_bins(luma, "brightness")
+    blur, blur_cuts = tertile_bins(sharp, "sharpness")
+    return {
+        "skin_tone": {"measure": "ITA° (median over skin pixels around the true boxes; whole photo without boxes)",
+                      "photos_ita": [None if v is None else round(v, 1) for v in ita],
+                      "rows": group_scores(bands, preds, gts, threshold, iou_threshold, weights, n_boot,
+                                           order=order)},
+        "brightness": {"cuts": bright_cuts, "rows": group_scores(bright, preds, gts, threshold, iou_threshold,
+                                                                  weights, n_boot)},
+        "sharpness": {"cuts": blur_cuts, "rows": group_scores(blur, preds, gts, threshold, iou_threshold, weights,
+                                                               n_boot)},
+        "min_photos": MIN_PHOTOS,
+    }
+
+
 @dataclass(frozen=True)
 class Curves:
     """Full-resolution curves behind the report's PNGs (metrics.json keeps thinned copies)."""
@@ -287,6 +322,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         m, curves = compute_metrics(preds, gts, thr, iou_threshold, weights, bootstrap)
         outlines = outline_metrics(rows, thr, iou_threshold, bootstrap)
         trust = trust_metrics(rows, preds, gts, predictor, iou_threshold)
+        groups = group_metrics(dataset, preds, gts, thr, iou_threshold, weights, bootstrap)
         out.mkdir(parents=True, exist_ok=True)
         files = write_plots(out, curves.pr, curves.froc, curves.sweep)
         files.append(write_reliability(out, trust["calibration"]))
@@ -313,6 +349,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         **m,
         **({"outlines": outlines} if outlines is not None else {}),  # absent for box-only model and data
         **trust,
+        "groups": groups,
         "gallery": gallery,
         "compare": compared,
     }

@@ -82,6 +82,30 @@ def trust_lines(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def group_lines(g: dict[str, Any] | None) -> list[str]:
+    """The report's tables by skin tone, brightness and sharpness."""
+    if not g:
+        return []
+    lines = ["", "## Results by skin tone and photo condition", "",
+             f"At the operating threshold; 95% CIs by bootstrap over each group's photos. Groups under "
+             f"{g['min_photos']} photos are marked *too small to say anything*. Skin tone: "
+             f"{g['skin_tone']['measure']}, standard ITA bands."]
+    for key, title in (("skin_tone", "skin tone (ITA band)"), ("brightness", "brightness"),
+                       ("sharpness", "sharpness")):
+        lines += ["", f"| {title} | photos | ulcers | precision | recall | composite |", "|---|---|---|---|---|---|"]
+        for r in g[key]["rows"]:
+            ci = r.get("ci95") or {}
+
+            def cell(k: str, r: dict[str, Any] = r, ci: dict[str, Any] = ci) -> str:
+                v = _fmt(r[k])
+                return f"{v} ({ci[k][0]:.2f}–{ci[k][1]:.2f})" if k in ci else v
+
+            small = " *too small to say anything*" if r["too_small"] else ""
+            lines.append(f"| {r['group']}{small} | {r['photos']} | {r['ulcers']} | {cell('precision')} | "
+                         f"{cell('recall')} | {cell('composite')} |")
+    return lines
+
+
 def select_gallery(rows: Sequence[dict[str, Any]], threshold: float, iou_threshold: float, n: int = 12
                    ) -> dict[str, list[dict[str, Any]]]:
     """The worst `n` images of each gallery category (row positions and why each was picked)."""
@@ -327,6 +351,7 @@ def write_report_md(path: Path, m: dict[str, Any]) -> None:
                   "photos scored for both, each at its own threshold, with this model's composite weights)."]
     lines += size_lines(m.get("by_size"))
     lines += trust_lines(m)
+    lines += group_lines(m.get("groups"))
     outlines = m.get("outlines")
     lines += outline_lines(outlines)
     w = m.get("composite_weights") or {"f1": 0.4, "iou": 0.25, "recall": 0.2, "precision": 0.15}
