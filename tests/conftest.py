@@ -13,6 +13,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread; several multi-threaded torch processes on 2 cores spin against each other (a step went 1.1 -> 8 s)
     os.environ["OMP_NUM_THREADS"] = "1"
 
+from _require import skip_or_fail  # noqa: E402
 from dfudet.config import Config, load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,10 +22,11 @@ SHARED_DATA = Path(os.environ.get("DFUDET_SHARED_DATA", REPO.parent / "shared" /
 
 @pytest.fixture(scope="session")
 def fuseg_dir() -> Path:
-    """../shared/data/fuseg (real foot-ulcer photos, COCO), or skip when it is not there."""
+    """../shared/data/fuseg (real foot-ulcer photos, COCO), or skip when it is not there (fail under
+    DFUDET_REQUIRE_FULL=1, as in CI)."""
     d = SHARED_DATA / "fuseg"
     if not (d / "annotations" / "train.json").is_file():
-        pytest.skip(f"real FUSeg data not found at {d}")
+        skip_or_fail(f"real FUSeg data not found at {d}")
     return d
 
 

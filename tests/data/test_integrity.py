@@ -11,6 +11,7 @@ import torch
 from test_cache import _entries, make_dataset  # noqa: E402  (tests/data is on sys.path under pytest's rootdir)
 from torch.utils.data import DataLoader
 
+from _require import skip_or_fail
 from dfudet.cli import main, user_message
 from dfudet.data.cache import pack_entry, prepare_cache, read_split_meta, release_envs, verify_cache
 from dfudet.data.dataset import DetectionDataset, collate_detection
@@ -119,7 +120,7 @@ def tiny_disk(tmp_path: Path):
     mnt.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here to fill: {proc.stderr.strip() or proc.stdout.strip()}")
+        skip_or_fail(f"cannot mount a small tmpfs here to fill: {proc.stderr.strip() or proc.stdout.strip()}")
     try:
         yield mnt
     finally:

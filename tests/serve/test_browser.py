@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _require import import_or_skip, skip_or_fail
 from _serve import dfudet_serve
 from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
@@ -33,7 +34,7 @@ def _browser_or_skip() -> None:
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         out = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True)
         if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-            pytest.skip(f"headless Chromium cannot be installed here: {out.stdout.strip() or out.stderr.strip()}")
+            skip_or_fail(f"headless Chromium cannot be installed here: {out.stdout.strip() or out.stderr.strip()}")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def outline_server(outline_checkpoint: Path):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
     _browser_or_skip()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip package selenium (dev extra) not installed")
+    webdriver = import_or_skip("selenium.webdriver", reason="pip package selenium (dev extra) not installed")
     from selenium.webdriver.chrome.service import Service
 
     os.environ.setdefault("SE_AVOID_STATS", "true")
