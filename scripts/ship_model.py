@@ -1,0 +1,78 @@
+"""Put a trained model into the package as a shipped model: a float16 slim copy under src/dfudet/zoo/ and its entry
+in zoo/index.json (digest, what it returns, data, licence, test figures read from evaluate's metrics.json files).
+
+    python scripts/ship_model.py --checkpoint runs/dfu_shipped/train/tuned_model.pth --name dfu-maskrcnn-lite0 \
+        --test runs/dfu_shipped/report-test/metrics.json --shifted runs/shifted/report-test/metrics.json
+
+The figures are copied from the reports as written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from dfudet.export.slim import export_slim
+from dfudet.inference.zoo import INDEX, file_sha256
+
+
+def _ci(m: dict[str, Any], key: str, value: float) -> str:
+    ci = ((m.get("bootstrap") or {}).get("ci95") or {}).get(key)
+    return f"{value:.3f} [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def figures(test: Path | None, shifted: Path | None) -> dict[str, str]:
+    """The index's figures from evaluate's metrics.json of the FUSeg test split and of the shifted test."""
+    out: dict[str, str] = {}
+    if test is not None:
+        m = json.loads(test.read_text())
+        at, coco = m["at_threshold"], m["coco"]
+        out["FUSeg test AP50"] = _ci(m, "AP50", coco["AP50"])
+        out["FUSeg test composite"] = _ci(m, "composite", at["composite"])
+        for g in m.get("ulcer_free", []):
+            if "healthy" in g["group"]:
+                out["healthy feet with a false alarm"] = (
+                    f"{g['photos_with_a_box']} of {g['photos']} ({g['share_with_a_box']:.3f}, 95% CI "
+                    f"{g['ci95'][0]:.3f}-{g['ci95'][1]:.3f})")
+        cal = m.get("calibration") or {}
+        if cal.get("method"):
+            out["test ECE"] = f"{cal['ece_raw']:.3f} raw -> {cal['ece_calibrated']:.3f} calibrated ({cal['method']})"
+    if shifted is not None:
+        m = json.loads(shifted.read_text())
+        out["shifted test AP50"] = _ci(m, "AP50", m["coco"]["AP50"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--test", type=Path, help="metrics.json of `dfudet evaluate` on the FUSeg test split")
+    ap.add_argument("--shifted", type=Path, help="metrics.json of `dfudet evaluate` on the shifted test")
+    ap.add_argument("--index", type=Path, default=INDEX)
+    a = ap.parse_args()
+    file = a.index.parent / f"{a.name}.pth"
+    info = export_slim(a.checkpoint, file, half=True)
+    entry = {
+        "name": a.name, "file": file.name, "sha256": file_sha256(file),
+        "returns": "boxes, outlines, areas (mm² with a scale), calibrated confidence, triage label",
+        "architecture": "Mask R-CNN + EfficientNet-Lite0 (ImageNet) + FPN, 512 px, float16 storage",
+        "training_data": "FUSeg 2021 train split (653 ulcer photos, wound masks) + 60 healthy-feet photos "
+                         "(configs/splits/healthy_feet.csv)",
+        "licence": "weights: non-commercial use only (trained on FUSeg, CC BY-NC); code Apache-2.0",
+        "summary": "finds foot ulcers and outlines them; research and decision support, not a medical device",
+        "figures": figures(a.test, a.shifted), "default": True,
+    }
+    index = json.loads(a.index.read_text()) if a.index.is_file() else {"models": []}
+    models = [m for m in index["models"] if m["name"] != a.name]
+    for m in models:
+        m["default"] = False
+    index["models"] = [entry, *models]
+    a.index.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{file}: {info['bytes_out'] / 1e6:.1f} MB, sha256 {entry['sha256']}; {a.index} updated")
+
+
+if __name__ == "__main__":
+    main()
