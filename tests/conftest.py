@@ -30,6 +30,15 @@ def fuseg_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def mask_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one small Mask R-CNN best_model.pth (3 SGD steps on demo images, threshold 0.3) that the outline tests
+    read: trained once per test process. Tests must not write next to it."""
+    from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
+
+    return train_demo_checkpoint(tmp_path_factory.mktemp("mask-model") / "best_model.pth", overrides=MASK_OVERRIDES)
+
+
 @pytest.fixture(autouse=True)
 def _restore_pixel_limit():
     """`dfudet ... --max-pixels N` sets the process-wide limit; each test starts from the same one."""

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 import dfudet
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.api import Detector, Result
 from dfudet.cli import main
 from dfudet.data.demo import render_sample
@@ -18,9 +17,8 @@ from dfudet.errors import CheckpointError, ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_demo_checkpoint(tmp_path_factory.mktemp("api") / "best_model.pth", steps=3, threshold=0.05,
-                                 overrides=MASK_OVERRIDES)
+def ckpt(mask_checkpoint: Path) -> Path:
+    return mask_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +29,8 @@ def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_path_pil_and_array_give_the_same_result(ckpt: Path, photo: Path) -> None:
-    det = dfudet.load(ckpt)
-    assert isinstance(det, Detector) and det.info.outlines
+    det = dfudet.load(ckpt, threshold=0.05)
+    assert isinstance(det, Detector) and det.info.outlines and det.threshold == 0.05
     by_path = det.predict(photo, mm_per_px=0.5)
     assert isinstance(by_path, Result) and by_path.source == str(photo)
     assert by_path.ulcers, "the few-step model finds something above its 0.05 threshold"

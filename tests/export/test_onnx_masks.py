@@ -25,10 +25,10 @@ from dfudet.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def exported_masks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def exported_masks(tmp_path_factory: pytest.TempPathFactory, mask_checkpoint: Path) -> tuple[Path, Path]:
     """A small Mask R-CNN checkpoint (3 SGD steps: many distinct low scores) and its ONNX export."""
     root = tmp_path_factory.mktemp("onnx_masks")
-    ckpt = train_demo_checkpoint(root / "best_model.pth", overrides=MASK_OVERRIDES)
+    ckpt = mask_checkpoint
     onnx_path = root / "maskrcnn.onnx"
     export_onnx(ckpt, onnx_path)
     return ckpt, onnx_path

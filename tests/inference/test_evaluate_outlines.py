@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.data.dataset import DetectionDataset
 from dfudet.inference.backend import load_backend
 from dfudet.inference.evaluate import run_evaluation
@@ -21,9 +20,9 @@ SHARES = ("mean_dice", "mean_iou", "aggregate_dice", "healthy_false_pixel_share"
 
 
 @pytest.fixture(scope="module")
-def mask_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small Mask R-CNN (outline model) trained a few steps on demo images."""
-    return train_demo_checkpoint(tmp_path_factory.mktemp("mask") / "best_model.pth", overrides=MASK_OVERRIDES)
+def mask_ckpt(mask_checkpoint: Path) -> Path:
+    """A small Mask R-CNN (outline model) trained a few steps on demo images (the session's, tests/conftest.py)."""
+    return mask_checkpoint
 
 
 @pytest.fixture(scope="module")

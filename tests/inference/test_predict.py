@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.cli import main
 from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
@@ -150,9 +149,9 @@ def test_real_fuseg_images(fuseg_dir: Path, tmp_path: Path, checkpoint_factory) 
 
 # ------------------------------------------------------------------------------------------ outlines and areas
 @pytest.fixture(scope="module")
-def mask_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small Mask R-CNN (outline model) trained a few steps on demo images."""
-    return train_demo_checkpoint(tmp_path_factory.mktemp("mask") / "best_model.pth", overrides=MASK_OVERRIDES)
+def mask_ckpt(mask_checkpoint: Path) -> Path:
+    """A small Mask R-CNN (outline model) trained a few steps on demo images (the session's, tests/conftest.py)."""
+    return mask_checkpoint
 
 
 @pytest.fixture(scope="module")

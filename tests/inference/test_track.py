@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
+from _checkpoints import train_demo_checkpoint
 from dfudet.cli import main
 from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
@@ -248,8 +248,8 @@ def test_safe_ids_are_unique_folder_names() -> None:
 
 # ----------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def mask_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_demo_checkpoint(tmp_path_factory.mktemp("track") / "best_model.pth", overrides=MASK_OVERRIDES)
+def mask_ckpt(mask_checkpoint: Path) -> Path:
+    return mask_checkpoint
 
 
 def _shrinking_photos(folder: Path, visits: int, seed: int = 3, index: int = 1, size: int = 128) -> list[int]:

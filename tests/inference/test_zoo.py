@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.checkpoint import load_for_inference
 from dfudet.cli import main
 from dfudet.data.demo import render_sample
@@ -20,10 +19,9 @@ from dfudet.inference.backend import load_backend
 
 
 @pytest.fixture(scope="module")
-def outline_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few-step Mask R-CNN (tiny resnet10t) checkpoint: boxes, outlines and areas."""
-    return train_demo_checkpoint(tmp_path_factory.mktemp("zoo") / "best_model.pth", steps=3, threshold=0.05,
-                                 overrides=MASK_OVERRIDES)
+def outline_ckpt(mask_checkpoint: Path) -> Path:
+    """A few-step Mask R-CNN (tiny resnet10t) checkpoint: boxes, outlines and areas (the session's)."""
+    return mask_checkpoint
 
 
 def _index(folder: Path, ckpt: Path, names: tuple[str, ...] = ("tiny-outlines",)) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
+from _checkpoints import train_demo_checkpoint
 from dfudet.data.demo import render_sample
 
 
@@ -18,10 +18,9 @@ def served_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def outline_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def outline_checkpoint(mask_checkpoint: Path) -> Path:
     """A small Mask R-CNN best_model.pth (an outline model: each detection has a mask), threshold 0.3."""
-    return train_demo_checkpoint(tmp_path_factory.mktemp("serve-outlines") / "best_model.pth",
-                                 overrides=MASK_OVERRIDES)
+    return mask_checkpoint
 
 
 @pytest.fixture(scope="session")
