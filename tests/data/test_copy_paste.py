@@ -31,6 +31,7 @@ from dfudet.errors import ConfigError
 SKIN = (198, 134, 96)
 GREY = (90, 90, 90)
 RED = (180, 30, 40)
+BLUE = (60, 90, 160)
 
 
 def source_photo(size: int = 64, radius: int = 10, centre: tuple[int, int] = (30, 34)) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +43,10 @@ def source_photo(size: int = 64, radius: int = 10, centre: tuple[int, int] = (30
     return image, mask.astype(bool)
 
 
-def target_photo(w: int = 160, h: int = 120, skin: tuple[int, int, int, int] | None = (90, 10, 150, 70)
-                 ) -> np.ndarray:
-    """A grey photo with a skin-coloured rectangle (x0, y0, x1, y1), or none."""
-    image = np.full((h, w, 3), GREY, np.uint8)
+def target_photo(w: int = 160, h: int = 120, skin: tuple[int, int, int, int] | None = (90, 10, 150, 70),
+                 background: tuple[int, int, int] = GREY) -> np.ndarray:
+    """A photo of one colour with a skin-coloured rectangle (x0, y0, x1, y1), or none."""
+    image = np.full((h, w, 3), background, np.uint8)
     if skin is not None:
         x0, y0, x1, y1 = skin
         image[y0:y1, x0:x1] = SKIN
@@ -121,7 +122,7 @@ def test_positions_fall_on_skin_and_the_fallback_stays_inside() -> None:
         assert r.pasted[0]["on_skin"]
         x0, y0, x1, y1 = (int(v) for v in r.boxes[0])
         assert skin[y0:y1, x0:x1].mean() >= 0.8
-    bare = target_photo(skin=None)  # no skin anywhere: placed anywhere, never off the image
+    bare = target_photo(skin=None, background=BLUE)  # no skin anywhere: placed anywhere, never off the image
     for seed in range(8):
         r = paste_wounds(np.random.default_rng(seed), bare, None, [(src, mask)], [1.5])
         assert not r.pasted[0]["on_skin"]
@@ -155,6 +156,27 @@ def test_shrink_finds_skin_for_a_wound_too_big_for_it() -> None:
     assert r.pasted[0]["on_skin"] and r.pasted[0]["relative_scale"] == pytest.approx(0.4 * 0.8)
     r = paste_wounds(np.random.default_rng(0), target, None, [(src, mask)], [0.4])
     assert not r.pasted[0]["on_skin"] and r.pasted[0]["relative_scale"] == pytest.approx(0.4)
+
+
+def test_shrink_falls_back_to_the_smallest_size_without_skin() -> None:
+    src, mask = source_photo()
+    bare = target_photo(skin=None, background=BLUE)
+    r = paste_wounds(np.random.default_rng(0), bare, None, [(src, mask)], [1.0], shrink=True)
+    assert not r.pasted[0]["on_skin"] and r.pasted[0]["relative_scale"] == pytest.approx(0.8 ** 6)
+
+
+def test_a_black_and_white_photo_gets_a_grey_wound_on_its_bright_side() -> None:
+    src, mask = source_photo()
+    target = target_photo(skin=None, background=(30, 30, 30))
+    target[20:100, 60:150] = 170  # a bright grey foot on a dark backdrop
+    assert skin_mask(target)[20:100, 60:150].all() and not skin_mask(target)[:, :50].any()
+    for seed in range(4):
+        r = paste_wounds(np.random.default_rng(seed), target, None, [(src, mask)], [0.5])
+        assert np.abs(np.diff(r.image.astype(int), axis=2)).max() == 0 and (r.image != target).any()
+        x0, y0, x1, y1 = (int(v) for v in r.boxes[0])
+        assert r.pasted[0]["on_skin"] and (target[y0:y1, x0:x1, 0] == 170).mean() >= 0.8
+    coloured = paste_wounds(np.random.default_rng(0), target_photo(), None, [(src, mask)], [1.0])
+    assert np.abs(np.diff(coloured.image.astype(int), axis=2)).max() > 50  # the red wound in a colour photo
 
 
 def test_scale_is_relative_to_the_photo_and_fits() -> None:

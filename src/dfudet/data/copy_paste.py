@@ -16,9 +16,12 @@ training augmentation (`data.augment.copy_paste`, dfudet.data.dataset).
   skin when it can be: at least `min_skin` (80%) of its box is skin under the YCrCb rule of `skin_mask`, and it
   does not overlap existing wounds. Fallback when no such place exists: the free places with the largest skin
   share, else anywhere free, else anywhere inside the image. `paste_wounds` can first shrink a wound too big for
-  any skin region (`shrink`: 0.8, 0.64, 0.51 of its scale) before falling back, and records the scale used.
+  any skin region (`shrink`: 0.8, 0.64, ... 0.26 of its scale) before falling back, and records the scale used.
+- **Black-and-white targets** (mean channel spread under GRAY_SPREAD) get the wound in grey too, and their "skin" is
+  the brighter side of an Otsu split of luma (the colour rule cannot work there; feet are mostly photographed
+  against a darker or a lighter backdrop, and the darker-skin-on-white case then falls back to the largest share).
 - **Occlusion**: each target mask loses the pixels the pasted wound covers; a target wound left empty is dropped.
-  Every box is its mask's tight box (x0, y0, x1 + 1, y1 + 1), as in dfudet.data.instance_masks.tight_boxes.
+  Every box is its mask's tight box (x0, y0, x1 + 1, y1 + 1), as dfudet.data.instance_masks.tight_boxes gives.
 """
 
 from __future__ import annotations
@@ -29,16 +32,36 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from dfudet.data.instance_masks import tight_boxes
-
 # Skin rule (Chai & Ngan 1999, "Face segmentation using skin-color map"): Cr in [133, 173] and Cb in [77, 127] in
 # OpenCV's 8-bit YCrCb, plus luma Y >= 40 so black padding and deep shadow are not skin. It covers light to dark
 # skin under ordinary lighting; strongly tinted light or skin-coloured floors fool it, which only moves a paste.
 SKIN_CR = (133, 173)
 SKIN_CB = (77, 127)
 SKIN_Y_MIN = 40
+# ... and HSV saturation >= 50 / 255: warm-lit white tubs, walls and pale sand pass the Cr/Cb box but are greyer than
+# skin (on the healthy-feet test photos this took most of them out and kept the feet; beige cloth still passes)
+SKIN_S_MIN = 50
 MIN_SKIN = 0.8  # share of the pasted wound's box that must be skin for a position to count as "on skin"
+SHRINK_STEPS = tuple(0.8 ** k for k in range(7))  # paste_wounds(shrink=True): 1, 0.8, ... 0.26 of the scale
+GRAY_SPREAD = 3.0  # a target whose channels differ by less than this on average is black-and-white
 FIT = 0.9  # a pasted wound's box is at most this share of the target's width and height (scale clamped)
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 xyxy tight boxes of (N, H, W) masks, zeros for an empty one: the values of
+    dfudet.data.instance_masks.tight_boxes, from row and column projections (several times faster than np.nonzero
+    over the whole photo, which paid for most of a paste)."""
+    boxes = np.zeros((len(masks), 4), dtype=np.float32)
+    for i, m in enumerate(masks):
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if len(rows):
+            boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    return boxes
+
+
+def _box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (int(v) for v in tight_boxes(np.asarray(mask)[None])[0])
+    return x0, y0, x1, y1
 
 
 @dataclass
@@ -50,12 +73,10 @@ class Wound:
     mask: np.ndarray  # (h, w) bool: the wound itself
     ring_lab: np.ndarray | None  # mean CIE Lab colour of the source's skin around the wound (None: no skin seen)
     scale: float  # the absolute resize factor applied to the source pixels
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # the mask's tight box (x0, y0, x1, y1) inside the crop
 
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """The wound mask's tight box (x0, y0, x1, y1) inside the crop."""
-        x0, y0, x1, y1 = (int(v) for v in tight_boxes(self.mask[None].astype(np.uint8))[0])
-        return x0, y0, x1, y1
+    def __post_init__(self) -> None:
+        self.box = _box_of(self.mask)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,12 +100,29 @@ def _lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
 
 
+def _is_gray(image: np.ndarray) -> bool:
+    """True for a black-and-white photo stored as RGB (mean |R - G| + |G - B| spread under GRAY_SPREAD)."""
+    small = np.asarray(image[::4, ::4, :3], dtype=np.int16)
+    spread = np.abs(small[..., 0] - small[..., 1]).mean() + np.abs(small[..., 1] - small[..., 2]).mean()
+    return bool(spread < GRAY_SPREAD)
+
+
 def skin_mask(image: np.ndarray) -> np.ndarray:
-    """Boolean (H, W) map of skin-coloured pixels of an RGB photo (the YCrCb rule above, opened 5 x 5 for speckle)."""
-    ycrcb = cv2.cvtColor(np.ascontiguousarray(image[..., :3], dtype=np.uint8), cv2.COLOR_RGB2YCrCb)
-    y, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
-    rule = ((y >= SKIN_Y_MIN) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1])
-            & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1])).astype(np.uint8)
+    """Boolean (H, W) map of skin-coloured pixels of an RGB photo (the YCrCb rule above, or for a black-and-white
+    photo the bright side of an Otsu split of luma; opened 5 x 5 for speckle)."""
+    rgb = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+    if _is_gray(rgb):  # no colour to go by: the brighter side of an Otsu split of luma (skin against a backdrop)
+        luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        _, split = cv2.threshold(luma, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        rule = (np.asarray(split, dtype=np.uint8) & (luma >= SKIN_Y_MIN)).astype(np.uint8)
+        if int(luma.max()) - int(luma.min()) < 20:  # a featureless picture has no foot to split off
+            rule[:] = 0
+    else:
+        ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+        y, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
+        sat = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+        rule = ((y >= SKIN_Y_MIN) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1])
+                & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1]) & (sat >= SKIN_S_MIN)).astype(np.uint8)
     opened = cv2.morphologyEx(rule, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
     return np.asarray(opened).astype(bool)
 
@@ -112,7 +150,7 @@ def cut_wound(image: np.ndarray, mask: np.ndarray, scale: float) -> Wound:
         raise ValueError("cannot cut a wound from an empty mask")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    x0, y0, x1, y1 = (int(v) for v in tight_boxes(m[None].astype(np.uint8))[0])
+    x0, y0, x1, y1 = _box_of(m)
     side = float(np.sqrt((x1 - x0) * (y1 - y0))) * scale
     sigma = feather_sigma(side)
     margin = int(np.ceil(3 * sigma / scale)) + 1  # source pixels of skin kept around the wound for the soft edge
@@ -136,8 +174,8 @@ def cut_wound(image: np.ndarray, mask: np.ndarray, scale: float) -> Wound:
 
 
 def _window_sums(a: np.ndarray, bw: int, bh: int) -> np.ndarray:
-    """Sum of `a` over every bw x bh window; entry [y, x] is the window with top-left (x, y)."""
-    ii = np.pad(a.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    """Sum of boolean `a` over every bw x bh window; entry [y, x] is the window with top-left (x, y)."""
+    ii = cv2.integral(np.ascontiguousarray(a, dtype=np.uint8))  # (H + 1, W + 1) int32, zero first row and column
     return ii[bh:, bw:] - ii[:-bh, bw:] - ii[bh:, :-bw] + ii[:-bh, :-bw]
 
 
@@ -161,17 +199,14 @@ def choose_position(rng: np.random.Generator, skin: np.ndarray, size: tuple[int,
         raise ValueError(f"a {bw}x{bh} wound does not fit in a {w}x{h} image")
     skin_share = _window_sums(skin, bw, bh) / float(bw * bh)
     free = (_window_sums(avoid, bw, bh) == 0) if avoid is not None and avoid.any() else np.ones_like(skin_share, bool)
-    for allowed, on_skin in ((free & (skin_share >= min_skin), True), (free & (skin_share > 0), False)):
-        if not on_skin and allowed.any():  # fallback: the free places with the most skin
+    for allowed, on_skin in ((free & (skin_share >= min_skin), True), (free & (skin_share > 0), False),
+                             (free, False)):  # on skin; else the free places with the most skin; else anywhere free
+        if allowed is not free and not on_skin and allowed.any():
             allowed &= skin_share >= skin_share[allowed].max()
-        ys, xs = np.nonzero(allowed)
-        if len(xs):
-            k = int(rng.integers(len(xs)))
-            return int(xs[k]), int(ys[k]), on_skin
-    ys, xs = np.nonzero(free)  # no skin under any free place: anywhere free, else anywhere
-    if len(xs):
-        k = int(rng.integers(len(xs)))
-        return int(xs[k]), int(ys[k]), False
+        places = np.flatnonzero(allowed)  # row-major, uniform draw among them
+        if len(places):
+            y, x = divmod(int(places[int(rng.integers(len(places)))]), allowed.shape[1])
+            return x, y, on_skin
     return int(rng.integers(w - bw + 1)), int(rng.integers(h - bh + 1)), False
 
 
@@ -213,6 +248,8 @@ def paste(target: np.ndarray, wound: Wound, x: int, y: int, target_masks: np.nda
             shift = float(np.clip(color_match, 0.0, 1.0)) * (region_lab[around].mean(axis=0) - wound.ring_lab)
             lab = _lab(patch.astype(np.uint8)) + shift.astype(np.float32)
             patch = np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * 255.0, 0, 255)
+    if _is_gray(target):  # a colour wound in a black-and-white photo would be a give-away
+        patch = np.repeat(cv2.cvtColor(patch.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
     a = wound.alpha[sl_s][..., None]
     out = target.copy()
     out[sl_t][..., :3] = np.clip(np.rint(a * patch + (1.0 - a) * region), 0, 255).astype(np.uint8)
@@ -267,8 +304,8 @@ def paste_wounds(rng: np.random.Generator, target: np.ndarray, target_masks: np.
         relative_scales: one per source (see `absolute_scale`).
         color_match: passed to `paste`.
         min_skin: passed to `choose_position`.
-        shrink: when a wound finds no place on skin, retry at 0.8, 0.64 and 0.51 of its scale (a wound bigger than
-            the foot is implausible); the first size that fits on skin is used, else the original size.
+        shrink: when a wound finds no place on skin, retry at 0.8, 0.64, ... 0.26 of its scale (SHRINK_STEPS; a
+            wound bigger than the foot is implausible); the first size that fits on skin is used, else the smallest.
 
     Returns:
         The PasteResult of the last paste, with `pasted` listing every pasted wound and `kept` the target's survivors.
@@ -283,21 +320,17 @@ def paste_wounds(rng: np.random.Generator, target: np.ndarray, target_masks: np.
     skin = skin_mask(target)
     pasted: list[dict[str, float | bool]] = []
     for (src, src_mask), rel in zip(sources, relative_scales):
-        x0, y0, x1, y1 = (int(v) for v in tight_boxes(np.asarray(src_mask, np.uint8)[None])[0])
+        x0, y0, x1, y1 = _box_of(np.asarray(src_mask))
         scale = absolute_scale(rel, (src.shape[1], src.shape[0]), (w, h), (x1 - x0, y1 - y0))
         # keep a few pixels between wounds so an earlier one is not occluded where another place is free
         covered = np.asarray(masks.any(axis=0), dtype=np.uint8)
         avoid = cv2.dilate(covered, np.ones((7, 7), np.uint8)).astype(bool) if len(masks) else None
-        tries = (1.0, 0.8, 0.64, 0.512) if shrink else (1.0,)
-        for factor in tries:
+        tries = SHRINK_STEPS if shrink else (1.0,)
+        for factor in tries:  # the first size that fits on skin; none: the smallest, where skin is largest
             wound = _cut_fitting(src, src_mask, scale * factor, w, h)
             x, y, on_skin = choose_position(rng, skin, wound.size, avoid, min_skin)
             if on_skin:
                 break
-        else:
-            if len(tries) > 1:  # nowhere on skin at any size: the original size, at the best fallback place
-                wound = _cut_fitting(src, src_mask, scale, w, h)
-                x, y, on_skin = choose_position(rng, skin, wound.size, avoid, min_skin)
         r = paste(image, wound, x, y, masks, color_match)
         image, masks = r.image, r.masks
         origin = [origin[i] for i in r.kept] + [-1]

@@ -299,10 +299,12 @@ of the photo's width or height. Feathered edge: alpha = max(mask, min(1, 2 * Gau
 wound side (0.7-4 px). Colour matched at {COLOR_MATCH:g}: the patch is shifted in CIE Lab by that share of the
 difference between the target's mean colour under the patch and the source's skin ring around the wound.
 Position: uniform among places where >= 80% of the wound box is skin (YCrCb: Cr 133-173, Cb 77-127, Y >= 40,
-opened 5x5) and which do not touch another pasted wound; a wound that fits nowhere on skin is retried at 0.8, 0.64
-and 0.51 of its size (a wound bigger than the foot is implausible; each wound's `relative_scale` in the image entry
-is the one used), and if none fits, pasted at its size where the skin share is largest. Images are JPEG quality
-{JPEG_QUALITY}.
+HSV saturation >= 50/255, opened 5x5) and which do not touch another pasted wound; a wound that fits nowhere on
+skin is retried at 0.8, 0.64, ... 0.26 of its size (a wound bigger than the foot is implausible; each wound's
+`relative_scale` in the image entry is the one used), and if none fits, pasted at the smallest where the skin share
+is largest. In a black-and-white photo the wound is pasted in grey, and "skin" is the brighter side of an Otsu
+split of luma. Skin-coloured cloth, walls or sand pass the colour rule, so some wounds sit beside the foot. Images
+are JPEG quality {JPEG_QUALITY}.
 
 | split | seed | images | wounds | pasted (images / wounds) | lowres | color | pasted wounds on skin |
 |---|---|---|---|---|---|---|---|
