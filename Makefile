@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dfudet-installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo reproduce-fuseg reproduce-fuseg-outlines reproduce-model lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
+.PHONY: install demo reproduce-fuseg reproduce-fuseg-outlines reproduce-model shifted-eval lint test test-fast bench-loader bench-memory bench-train-step bench-infer bench-onnx clean
 
 install: $(STAMP)
 
@@ -83,6 +83,36 @@ MODEL_RUN := runs/dfu_shipped
 reproduce-model: $(STAMP)
 	$(PY) scripts/healthy_feet_split.py layout --images $(HEALTHY)/images --out $(MODEL_RUN)/healthy
 	$(MAKE) reproduce-fuseg FUSEG_CONFIG=configs/dfu_shipped.yaml FUSEG_FORMAT=masks FUSEG_HEALTHY=$(MODEL_RUN)/healthy
+
+# The shifted sets (dfudet.data.shifted; recipe in runs/shifted/raw/README.md): FUSeg val/test wounds pasted on the
+# healthy-feet val/test photos at 0.5x/1x/1.5x, FUSeg val/test photos at 320 px wide, and under colour casts; built
+# from held-out material only, imported with their masks, cached at the photos' own size, and CHECKPOINT scored on
+# shifted val and shifted test, then on each subset of the splits in SHIFTED_SUBSETS (empty: none).
+SHIFTED := runs/shifted
+SHIFTED_SEED ?= 0
+SHIFTED_SUBSETS ?= test
+SHIFTED_OUT ?= $(dir $(CHECKPOINT))shifted
+shifted-eval: $(STAMP)
+	test -n "$(CHECKPOINT)" || { echo "usage: make shifted-eval CHECKPOINT=RUN_DIR/train/tuned_model.pth"; exit 2; }
+	test -d $(FUSEG)/images || { echo "FUSeg data not found at $(FUSEG) (set FUSEG=...)"; exit 2; }
+	for split in val test; do \
+	  $(DFUDET) data shifted --fuseg $(FUSEG) --healthy $(HEALTHY)/images \
+	    --healthy-split configs/splits/healthy_feet.csv --split $$split --out $(SHIFTED)/raw --seed $(SHIFTED_SEED) \
+	    || exit 1; \
+	done
+	$(DFUDET) data import --format coco --images $(SHIFTED)/raw/images \
+	  --annotations $(SHIFTED)/raw/annotations/val.json --annotations $(SHIFTED)/raw/annotations/test.json \
+	  --out $(SHIFTED)/dataset
+	$(DFUDET) data prepare $(SHIFTED)/dataset --out $(SHIFTED)/cache --img-size 0
+	$(DFUDET) evaluate --checkpoint $(CHECKPOINT) --data $(SHIFTED)/cache --split val --out $(SHIFTED_OUT)/report-val \
+	  --bootstrap 1000
+	$(DFUDET) evaluate --checkpoint $(CHECKPOINT) --data $(SHIFTED)/cache --split test \
+	  --out $(SHIFTED_OUT)/report-test --bootstrap 1000
+	for split in $(SHIFTED_SUBSETS); do for shift in pasted lowres color; do \
+	  $(DFUDET) evaluate --checkpoint $(CHECKPOINT) --data $(SHIFTED)/raw/subsets/$$split-$$shift.json \
+	    --images $(SHIFTED)/raw/images --out $(SHIFTED_OUT)/report-$$split-$$shift --bootstrap 1000 || exit 1; \
+	done; done
+	@echo "shifted reports: $(SHIFTED_OUT)/report-{val,test}/report.md (subsets: $(SHIFTED_OUT)/report-<split>-<shift>)"
 
 # ruff over the Python code, then mypy (its files and settings: [tool.mypy] in pyproject.toml)
 lint: $(STAMP)

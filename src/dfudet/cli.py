@@ -145,6 +145,18 @@ def cmd_data_fuseg(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_shifted(a: argparse.Namespace) -> int:
+    from dfudet.data.shifted import build_shifted
+
+    s = build_shifted(Path(a.fuseg), Path(a.healthy), a.split, Path(a.out), seed=a.seed,
+                      healthy_split=Path(a.healthy_split) if a.healthy_split else None)
+    print(f"shifted {s['split']} set written to {a.out}: {s['images']} images, {s['wounds']} wounds "
+          f"(pasted wounds on skin: {s['pasted_on_skin']} of {s['pasted_wounds']})")
+    for shift, n in s["subsets"].items():
+        print(f"  {shift:<7} {n['images']:>5} images  {n['wounds']:>5} wounds")
+    return 0
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="import annotations, build LMDB caches, generate demo data, rebuild FUSeg")
     dsub = _subparsers(data, "data_cmd")
@@ -202,6 +214,23 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
     _add_max_pixels(p)
     p.set_defaults(func=cmd_data_fuseg)
+
+    p = dsub.add_parser("shifted", help="build a COCO set of photos unlike FUSeg's framing from one held-out split: "
+                                        "wounds pasted on healthy feet, 320 px photos, colour casts")
+    p.add_argument("--fuseg", required=True, help="FUSeg folder (images/<split>/, masks/<split>/)")
+    p.add_argument("--healthy", required=True,
+                   help="healthy-foot photos: a folder with val/ and test/ subfolders, or the photos' folder with "
+                        "--healthy-split")
+    p.add_argument("--healthy-split", metavar="CSV",
+                   help="CSV (name, sha256, split) fixing the healthy split, e.g. configs/splits/healthy_feet.csv")
+    p.add_argument("--split", required=True, choices=["val", "test"],
+                   help="the held-out split whose material is used (and only it)")
+    p.add_argument("--out", required=True,
+                   help="folder to write (images/<split>/, annotations/<split>.json, subsets/, README.md); val and "
+                        "test may share it")
+    p.add_argument("--seed", type=int, default=0, help="seed of wound choice, positions and colour casts")
+    _add_max_pixels(p)
+    p.set_defaults(func=cmd_data_shifted)
 
 
 # ----------------------------------------------------------------------------------------------- train

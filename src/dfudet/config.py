@@ -48,11 +48,23 @@ class AugmentConfig(_Strict):
     color_cast: float = Field(0.0, ge=0, le=1)
     min_visibility: float = Field(0.3, ge=0, le=1)
     min_box_size: float = Field(2.0, ge=0)
+    # Simple Copy-Paste (Ghiasi et al. 2021; dfudet.data.copy_paste), off by default: the probability that a sampled
+    # ulcer photo (`copy_paste`) or healthy photo (`copy_paste_healthy`; it then holds an ulcer) gets 1-2 wounds cut
+    # with their masks from other training photos, pasted on skin before the other steps. Each wound's size relative
+    # to the photo is copy_paste_scale_min - copy_paste_scale_max times its size relative to its own photo (1: the
+    # same share). Needs wound masks in the data (import --format masks, or COCO segmentations).
+    copy_paste: float = Field(0.0, ge=0, le=1)
+    copy_paste_healthy: float = Field(0.0, ge=0, le=1)
+    copy_paste_scale_min: float = Field(0.5, gt=0)
+    copy_paste_scale_max: float = Field(1.5, gt=0)
 
     @model_validator(mode="after")
     def _scale_order(self) -> AugmentConfig:
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min ({self.scale_min}) must be <= scale_max ({self.scale_max})")
+        if self.copy_paste_scale_min > self.copy_paste_scale_max:
+            raise ValueError(f"copy_paste_scale_min ({self.copy_paste_scale_min}) must be <= copy_paste_scale_max "
+                             f"({self.copy_paste_scale_max})")
         return self
 
 

@@ -7,6 +7,13 @@ Reproducible augmentation: with `seed` set, every sample's transform randomness 
 (seed, epoch, index) before the transform runs, so a sample is augmented identically whatever the number of
 workers or the start method. The epoch lives in a shared-memory tensor, so `set_epoch()` called in the main
 process reaches persistent workers too (call it before iterating the loader for that epoch).
+
+Copy-paste (`data.augment.copy_paste` / `copy_paste_healthy` > 0, training transforms only): before the transform, a
+sampled photo gets, with that probability, 1-2 wounds cut with their masks from other photos of the split that have
+masks, pasted on skin (dfudet.data.copy_paste). Its draws come from their own generator, seeded from (seed, epoch,
+index) like the transform's, so the transform draws what it drew before; at probability 0 nothing at all is drawn.
+The sampler still sees the record's own healthy flag; a healthy photo given a wound is returned with healthy=False.
+A record with boxes but no masks is left as it is (its wounds could not be kept out of the pasted one's way).
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from dfudet.data.cache import MANIFEST_FILE, read_entry, read_manifest, read_spl
 from dfudet.data.checks import decode_image_bytes, load_image
 from dfudet.data.records import DATASET_FILE, SPLITS, read_dataset, summarize
 from dfudet.data.transforms import DetectionTransform
-from dfudet.errors import DataError
+from dfudet.errors import ConfigError, DataError
+
+PASTE_COLOR_MATCH = 0.5  # share of the skin-colour difference corrected when pasting (dfudet.data.copy_paste)
+PASTE_MIN_AREA = 64  # donor wounds of fewer pixels (under 8 x 8 in the stored photo) are not pasted
 
 
 def _split_error(source: Path, split: str, counts: dict[str, int]) -> DataError:
@@ -73,6 +83,22 @@ class DetectionDataset(Dataset):
                             f"({MANIFEST_FILE}, from `dfudet data prepare`) "
                             f"nor a dataset dir ({DATASET_FILE}, from `dfudet data import`)")
         self.healthy_flags: list[bool] = [bool(e["healthy"]) for e in self._entries]
+        self._paste = self._paste_settings()
+
+    def _paste_settings(self) -> dict[str, Any] | None:
+        """Copy-paste settings from the training transform (None: off), refused when no photo has wound masks."""
+        aug = self.transform.aug if self.transform is not None else None
+        if not aug or (aug.get("copy_paste", 0.0) <= 0 and aug.get("copy_paste_healthy", 0.0) <= 0):
+            return None
+        donors = [i for i, e in enumerate(self._entries) if e.get("masks") and len(e["boxes"])]
+        if not donors:
+            raise ConfigError(
+                f"{self.source} (split {self.split!r}): data.augment.copy_paste pastes wounds with their masks, but no "
+                "photo of this split has wound masks (box-only data). Import the masks (`dfudet data import --format "
+                "masks`, or COCO with segmentations) and prepare the cache again, or set data.augment.copy_paste=0 "
+                "and data.augment.copy_paste_healthy=0")
+        return {"ulcer": float(aug.get("copy_paste", 0.0)), "healthy": float(aug.get("copy_paste_healthy", 0.0)),
+                "scale": (float(aug["copy_paste_scale_min"]), float(aug["copy_paste_scale_max"])), "donors": donors}
 
     # ------------------------------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -150,6 +176,9 @@ class DetectionDataset(Dataset):
             raise IndexError(f"index {i} out of range for split {self.split!r} of {self.source} ({n} images)")
         i = int(i) % n
         image, boxes, masks, scale = self._load(i)
+        healthy = self.healthy_flags[i]
+        if self._paste is not None:
+            image, boxes, masks, healthy = self._copy_paste(i, image, boxes, masks, healthy)
         if self.transform is not None:
             self._seed_transform(i)
             image, boxes, masks, extra = self.transform.with_masks(image, boxes, masks)
@@ -160,12 +189,45 @@ class DetectionDataset(Dataset):
             "boxes": torch.from_numpy(boxes.copy()),
             "labels": torch.ones(len(boxes), dtype=torch.int64),
             "image_id": torch.tensor(i, dtype=torch.int64),
-            "healthy": torch.tensor(self.healthy_flags[i], dtype=torch.bool),
+            "healthy": torch.tensor(healthy, dtype=torch.bool),
             "scale": torch.tensor(scale, dtype=torch.float32),
         }
         if masks is not None:  # (N, H, W) uint8, one per box: what Mask R-CNN style heads train on
             target["masks"] = torch.from_numpy(np.ascontiguousarray(masks))
         return tensor, target
+
+    def _copy_paste(self, i: int, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None, healthy: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+        """Sample i with 1-2 wounds of other photos pasted on it (with probability copy_paste[_healthy])."""
+        from dfudet.data.copy_paste import paste_wounds  # cv2-only module; imported when pasting is on
+
+        assert self._paste is not None
+        p = self._paste["healthy" if healthy else "ulcer"]
+        if p <= 0 or (masks is None and len(boxes)):
+            return image, boxes, masks, healthy
+        seed = self.sample_seed(i)
+        rng = np.random.default_rng(None if seed is None else [seed, 1])  # apart from the transform's generator
+        if rng.random() >= p:
+            return image, boxes, masks, healthy
+        sources = []
+        for _ in range(int(rng.integers(1, 3))):
+            j = self._paste["donors"][int(rng.integers(len(self._paste["donors"])))]
+            if j == i:  # wounds come from other photos
+                continue
+            d_image, _, d_masks, _ = self._load(j)
+            if d_masks is None:
+                continue
+            big = np.flatnonzero(d_masks.reshape(len(d_masks), -1).sum(axis=1) >= PASTE_MIN_AREA)
+            if len(big):
+                sources.append((d_image, d_masks[int(big[int(rng.integers(len(big)))])]))
+        if not sources:
+            return image, boxes, masks, healthy
+        lo, hi = self._paste["scale"]
+        h, w = image.shape[:2]
+        own = masks if masks is not None else np.zeros((0, h, w), np.uint8)
+        r = paste_wounds(rng, image, own, sources, list(rng.uniform(lo, hi, size=len(sources))),
+                         color_match=PASTE_COLOR_MATCH)
+        return r.image, r.boxes, r.masks, False
 
     def record(self, i: int) -> dict[str, Any]:
         """Original-image facts of sample i (path, size, boxes in original pixels, healthy) without decoding."""
