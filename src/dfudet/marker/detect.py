@@ -149,7 +149,7 @@ def _tilt_deg(h: np.ndarray, at: tuple[float, float]) -> float:
     return float(np.degrees(np.arccos(np.clip(s[1] / s[0], 0.0, 1.0))))
 
 
-CHARUCO_WEIGHT = 4  # a ChArUco corner counts this many times in the final fit (measured: ~0.17 px RMS vs ~0.6 px)
+CHARUCO_WEIGHT = 4  # a ChArUco corner counts this many times in the final fit (about 3x more precise)
 
 
 def _fit(grey: np.ndarray, corners: list[np.ndarray], ids: np.ndarray
@@ -157,11 +157,11 @@ def _fit(grey: np.ndarray, corners: list[np.ndarray], ids: np.ndarray
     """(homography card mm -> px, inlier RMS px, inliers, points) from the card's markers and ChArUco corners.
 
     RANSAC over every point finds the outliers; the final least-squares fit on the inliers counts each ChArUco corner
-    CHARUCO_WEIGHT times: saddle points are located 3-4x more precisely than the markers' L-shaped corners (0.17 vs
-    0.6 px RMS on a render with 0.8 px blur), while the marker corners give the fit its height (the ChArUco corners
-    span only 8.5 mm vertically). Fitting the markers' centres instead of their corners (blur pulls the corners
-    inwards along the diagonals, not the centre) was tried and measured worse on the render bench (accepted median
-    0.9% against 0.6%, docs/marker.md).
+    CHARUCO_WEIGHT times: saddle points are located about 3x more precisely than the markers' L-shaped corners
+    (about 0.2 against 0.6 px RMS in a render with 0.7 px blur), while the marker corners give the fit its height
+    (the ChArUco corners span only 8.5 mm vertically). Fitting the markers' centres instead of their corners (blur
+    pulls the corners inwards along the diagonals, not the centre) was tried and measured worse on the render bench
+    (accepted median 0.9% against 0.6%, docs/marker.md).
     """
     geo = card_mod.geometry()
     src_m = np.concatenate([geo.marker_mm[int(i)] for i in ids])
@@ -271,8 +271,9 @@ def find_card(image: np.ndarray, thresholds: Thresholds = DEFAULT_THRESHOLDS,
                                        h).reshape(4, 2)
     card_px = float((np.linalg.norm(outline[1] - outline[0]) + np.linalg.norm(outline[2] - outline[3])) / 2)
     tilt = _tilt_deg(h, (w_mm / 2, h_mm / 2))
-    common = {"found": True, "homography": h, "card_px": card_px, "tilt_deg": tilt, "reprojection_px": rms,
-              "markers_found": n_ours, "points_used": used, "points_found": total, "outline_px": outline}
+    common: dict[str, Any] = {"found": True, "homography": h, "card_px": card_px, "tilt_deg": tilt,
+                              "reprojection_px": rms, "markers_found": n_ours, "points_used": used,
+                              "points_found": total, "outline_px": outline}
     jac_sign = np.linalg.det(h[:2, :2] - np.outer(h[:2, 2], h[2, :2]))  # orientation at the card's origin
     if jac_sign < 0:
         return _refused("mirrored", "the card is mirrored (its markers are laid out mirror-imaged): reprint it "

@@ -15,7 +15,8 @@ Safety decisions (see docs/deploy.md):
 Concurrency: handlers only decode; one worker thread owns the model and runs queued images in micro-batches, so N
 concurrent uploads never run N copies of the model.
 Outline models (Mask R-CNN) also answer each detection's outline (COCO polygons) and area: pixels always, mm² only
-when the request gives the photo's scale (`mm_per_px`), never guessed (dfudet.inference.area).
+when the request gives the photo's scale (`mm_per_px`) or the photo shows an accepted calibration card, never guessed
+(dfudet.inference.area; `area_source` says which, `area_note` why there is none).
 """
 
 from __future__ import annotations
@@ -368,9 +369,10 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
         try:  # the outlines are decoded at the photo's size: their memory stays within the pixel budget too
             image = await run_in_threadpool(decode_upload, data, max_pixels)
             result = await asyncio.wrap_future(work.submit(image))
-            del image
             kept = result.above(floor)
-            outlines = await run_in_threadpool(outline_fields, kept, mm_per_px)
+            # the photo is searched for the calibration card when no scale is given (outline models only)
+            outlines = await run_in_threadpool(outline_fields, kept, mm_per_px, image)
+            del image
         finally:
             await budget.release(width * height)
         return {
