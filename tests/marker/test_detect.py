@@ -128,3 +128,12 @@ def test_any_image_layout_is_read():
     assert find_card(np.dstack([v.image, np.full(v.image.shape[:2], 255, np.uint8)])).accepted
     assert W == v.image.shape[1]
     assert camera((0, 0), 0, 400).shape == (3, 3)
+
+
+def test_real_foot_photos_without_a_card_are_no_card(fuseg_dir):
+    from PIL import Image
+
+    photos = sorted((fuseg_dir / "images" / "val").glob("*.jpg"))[:20]
+    assert photos
+    codes = {p.name: find_card(np.asarray(Image.open(p).convert("RGB"))).code for p in photos}
+    assert set(codes.values()) == {"no_card"}, codes  # no false card, no "other dictionary" in skin texture
