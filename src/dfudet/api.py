@@ -121,7 +121,7 @@ class Detector:
     def _result(self, detections: Detections, source: str, mm_per_px: float | None, image: np.ndarray) -> Result:
         scale = check_mm_per_px(mm_per_px, "mm_per_px")
         kept = self.backend.keep(detections)
-        fields = outline_fields(kept, scale)
+        fields = outline_fields(kept, scale, image)
         trust = self.backend.photo_fields(detections, kept, image)
         per_box: Sequence[dict[str, Any]] = fields.get("detections") or [{} for _ in range(len(kept.scores))]
         ulcers = tuple(

@@ -360,7 +360,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     checkpoint, onnx = model_source(a)
     s = run_predict(a.inputs, checkpoint=checkpoint, out=a.out, operating_threshold=a.operating_threshold, tta=a.tta,
                     batch_size=a.batch_size, device=a.device, onnx=onnx, mm_per_px=a.mm_per_px,
-                    photo_list=a.photos)
+                    photo_list=a.photos, card_bar_mm=a.card_bar_mm)
     print(f"{s['images']} image(s) predicted, {s['boxes']} box(es) at threshold {s['threshold']:.3f}, "
           f"{s['skipped']} skipped; outputs in {s['out']}")
     return 0
@@ -377,6 +377,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mm-per-px", type=float, default=None,
                    help="outline models: the photos' scale in millimetres per pixel, for areas in mm² (no scale: "
                         "pixels only; a --photos scale wins for its photo)")
+    _add_card_bar(p)
     add_model_options(p, "best_model.pth or a Lightning .ckpt (PyTorch)",
                       "MODEL.onnx from `dfudet export` (onnxruntime, no PyTorch needed)")
     p.add_argument("--out", required=True, help="folder for predictions.json/.csv and annotated copies")
@@ -395,7 +396,8 @@ def cmd_track(a: argparse.Namespace) -> int:
     checkpoint, onnx = model_source(a)
     s = run_track(a.visits, out=a.out, checkpoint=checkpoint, onnx=onnx, mm_per_px=a.mm_per_px,
                   min_reduction=a.min_reduction, window_days=a.window_days,
-                  tolerance_days=a.window_tolerance_days, operating_threshold=a.operating_threshold, device=a.device)
+                  tolerance_days=a.window_tolerance_days, operating_threshold=a.operating_threshold, device=a.device,
+                  card_bar_mm=a.card_bar_mm)
     f = s["flags"]
     print(f"{s['patients']} patient(s), {s['visits']} visit(s) measured, {s['problems']} row(s) not measured "
           f"(problems.csv); on_track {f['on_track']}, not_on_track {f['not_on_track']}, insufficient_data "
@@ -416,7 +418,9 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True,
                    help="folder for patients/<id>/area.csv + area.png, summary.csv, summary.md, problems.csv")
     p.add_argument("--mm-per-px", type=float, default=None,
-                   help="scale of photos without their own 'scale' (no scale: areas in pixels only)")
+                   help="scale of photos without their own 'scale' (no scale: the calibration card in the photo, "
+                        "else areas in pixels only)")
+    _add_card_bar(p)
     p.add_argument("--min-reduction", type=float, default=0.5,
                    help="R: area reduction (1 - area / first visit's area) a patient must reach by day W to be "
                         "on_track")
@@ -434,6 +438,30 @@ def _add_track(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     _add_max_pixels(p)
     p.set_defaults(func=cmd_track)
+
+
+# ----------------------------------------------------------------------------------------------- marker
+def _add_card_bar(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--card-bar-mm", type=float, metavar="MM",
+                   help="the calibration card's printed 50 mm scale bar as you measured it with a ruler: a card "
+                        "printed at the wrong size (off by over 1 mm) is refused (`dfudet marker`)")
+
+
+def cmd_marker(a: argparse.Namespace) -> int:
+    from dfudet.marker.card import CARD_MM, write_card
+
+    for out in [a.out, a.png]:
+        if out:
+            print(f"card written to {write_card(out)} ({CARD_MM[0]:g} x {CARD_MM[1]:g} mm; print at 100% / actual "
+                  "size and check that the bar measures 50 mm)")
+    return 0
+
+
+def _add_marker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("marker", help="write the printable calibration card (PDF or PNG) for wound areas in mm²")
+    p.add_argument("--out", required=True, help="file to write: .pdf (exact physical size) or .png (600 dpi)")
+    p.add_argument("--png", help="also write a 600 dpi PNG here")
+    p.set_defaults(func=cmd_marker)
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -539,6 +567,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------------- main
 _EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train, _add_evaluate, _add_tune, _add_predict, _add_track, _add_export, _add_serve, _add_models,
+    _add_marker,
 ]
 
 

@@ -30,6 +30,7 @@ from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend, load_backend
 from dfudet.inference.quality import measure_quality
 from dfudet.inference.report import write_galleries, write_plots, write_reliability, write_report_md
+from dfudet.marker.detect import find_card
 from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
 from dfudet.metrics.calibration import calibration_report, triage_table, ulcer_free_alarms
 from dfudet.metrics.coco import coco_map
@@ -118,11 +119,19 @@ def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progres
                              # outlines, as RLEs in the STORED image's pixels (None: box-only model / data)
                              "masks": list(res.masks) if res.masks is not None else None,
                              "gt_masks": ([instance_masks.encode(m) for m in gt_masks.numpy()]
-                                          if gt_masks is not None else None)})
+                                          if gt_masks is not None else None),
+                             # was a calibration card in the (stored) photo? FUSeg photos have none
+                             "card": _card(image)})
             bar.update(len(idx))
     finally:
         bar.close()
     return rows
+
+
+def _card(image: np.ndarray) -> dict[str, Any]:
+    """found / accepted / refusal code of the calibration-card search in one evaluated photo."""
+    d = find_card(image)
+    return {"found": d.found, "accepted": d.accepted, "code": d.code}
 
 
 def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold: float, n_boot: int, seed: int = 0
@@ -352,8 +361,13 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         "groups": groups,
         "gallery": gallery,
         "compare": compared,
+        "cards": {"searched": len(rows), "found": sum(r["card"]["found"] for r in rows),
+                  "accepted": sum(r["card"]["accepted"] for r in rows),
+                  "note": "calibration card (dfudet marker) searched in each evaluated (stored) photo; per photo in "
+                          "detections.json"},
     }
-    det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores")} for r in rows]
+    det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores", "card")}
+           for r in rows]
     atomic_write_bytes(out / "detections.json", json.dumps(
         {"note": "every detection >= the model's min_score, original pixel coordinates (xyxy)",
          "images": det}).encode("utf-8"))

@@ -21,8 +21,10 @@
   columns area_px and area_mm2; the annotated copies show the outlines. The scale comes from `--mm-per-px` (all
   photos) or from a photo list (`--photos LIST.csv`: a `photo` column, paths relative to the list's folder, and an
   optional `scale` or `mm_per_px` column: 0.2, '0.2 mm/px' or '5 px/mm'; column names in any case; a missing photo
-  or a bad scale stops the run naming every bad row); there is no guessed scale: without one, areas are in pixels
-  only and the JSON's `area_note` says so.
+  or a bad scale stops the run naming every bad row); there is no guessed scale. Without a given scale each photo is
+  searched for the dfudet calibration card (`dfudet marker`): when it is accepted, areas in mm² come from it
+  (`area_source` "card", the search in `card`); else areas are in pixels only and `area_note` says why (no scale,
+  or the card's refusal reason). The CSV's `area_source` column says which scale each area used.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from tqdm import tqdm
 
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import NO_SCALE_NOTE, check_mm_per_px, outline_fields, parse_scale
+from dfudet.inference.area import check_mm_per_px, outline_fields, parse_scale
 from dfudet.inference.backend import load_backend
 from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
 from dfudet.inference.photo_lists import (
@@ -96,15 +98,16 @@ def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "label", "x1", "y1", "x2", "y2", "score", "confidence",
-                *(["area_px", "area_mm2"] if outlines else [])])
+                *(["area_px", "area_mm2", "area_source", "area_note"] if outlines else [])])
     for im in images:
+        scale = [im.get("area_source") or "", im.get("area_note", "")] if outlines else []
         if not im["boxes"]:
-            w.writerow([im["file"], im["label"], "", "", "", "", "", "", *(["", ""] if outlines else [])])
+            w.writerow([im["file"], im["label"], "", "", "", "", "", "", *(["", ""] if outlines else []), *scale])
         for k, (b, s) in enumerate(zip(im["boxes"], im["scores"])):
             extra = []
             if outlines:
                 det = im["detections"][k]
-                extra = [det["area_px"], "" if det["area_mm2"] is None else det["area_mm2"]]
+                extra = [det["area_px"], "" if det["area_mm2"] is None else det["area_mm2"], *scale]
             conf = "" if im["confidence"] is None else im["confidence"][k]
             w.writerow([im["file"], im["label"], *b, s, conf, *extra])
     return buf.getvalue()
@@ -149,12 +152,14 @@ def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
 def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out: str | Path,
                 operating_threshold: float | None = None, tta: bool = False, batch_size: int = 8,
                 device: str = "cpu", progress: bool = True, onnx: str | Path | None = None,
-                mm_per_px: float | None = None, photo_list: str | Path | None = None) -> dict[str, Any]:
+                mm_per_px: float | None = None, photo_list: str | Path | None = None,
+                card_bar_mm: float | None = None) -> dict[str, Any]:
     """Predict every image found in `inputs` (and in `photo_list`) and write predictions.json/.csv and annotated
     copies to `out`.
 
     With `onnx`, inference runs through onnxruntime (no torch needed) with the same outputs as the PyTorch path.
-    `mm_per_px` (or a photo list's `scale` column, which wins for its photos) gives areas in mm² for outline models.
+    `mm_per_px` (or a photo list's `scale` column, which wins for its photos) gives areas in mm² for outline models;
+    without it, the calibration card in the photo does (`card_bar_mm`: its printed bar as measured, checked).
     """
     default_scale = check_mm_per_px(mm_per_px, "--mm-per-px")
     scales: dict[str, float] = {}
@@ -202,7 +207,7 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
                 }
                 drawn = draw_detections(image, kept.boxes, kept.scores, thr)
                 if outlines:
-                    row.update(outline_fields(kept, scales.get(str(path), default_scale)))
+                    row.update(outline_fields(kept, scales.get(str(path), default_scale), image, bar_mm=card_bar_mm))
                     drawn = draw_outlines(drawn, [d["outline"] for d in row["detections"]])
                 save_jpeg(drawn, out / "annotated" / rel)
                 results.append(row)
@@ -211,8 +216,9 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
         bar.close()
     payload: dict[str, Any] = {"checkpoint": str(checkpoint), "threshold": thr,
                                "threshold_source": predictor.threshold_source, "tta": bool(tta), "outlines": outlines}
-    if outlines and any(r.get("mm_per_px") is None for r in results):
-        payload["area_note"] = NO_SCALE_NOTE + " for the images whose mm_per_px is null"
+    if outlines and any(r.get("area_source") is None for r in results):
+        payload["area_note"] = ("areas are in pixels only for the images whose area_source is null (no scale given "
+                                "and no accepted calibration card; each image's area_note says why)")
     payload.update({"images": results, "skipped": skipped})
     atomic_write_bytes(out / "predictions.json", json.dumps(payload, indent=1).encode("utf-8"))
     atomic_write_bytes(out / "predictions.csv", _csv_text(results, outlines).encode("utf-8"))

@@ -14,7 +14,11 @@ file with no usable row.
 Measurement: every photo goes through the model (an outline model, e.g. maskrcnn_efficientnet; a box-only model is
 refused) and the detections at the operating threshold are kept. The wound area of a visit is the pixel count of
 the UNION of the kept outlines (overlapping outlines are counted once); `ulcers` is the number of kept detections.
-mm² only when the photo's scale is known (`dfudet.inference.area`), never guessed.
+mm² only when the photo's scale is known (`dfudet.inference.area`), never guessed: from the row's scale (or
+--mm-per-px), else from the dfudet calibration card in the photo (`dfudet.marker`): the union is mapped onto the
+card's plane, so photos taken from different distances and angles give the same mm². A visit whose card was refused
+(too small, too tilted, partly hidden, ...) has no mm²; area.csv says why (`area_note`) and the patient's note names
+the visit.
 
 Comparison unit per patient: mm² when every visit of the patient has a scale, else pixels (the unit all visits
 have; the outputs say so, and pixel areas are comparable only when the photos were taken from the same distance).
@@ -62,7 +66,7 @@ from tqdm import tqdm
 from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, check_mm_per_px, parse_scale
+from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, card_note, check_mm_per_px, parse_scale
 from dfudet.inference.backend import Backend, Detections, load_backend
 from dfudet.inference.draw import draw_outlines
 from dfudet.inference.photo_lists import (
@@ -75,6 +79,8 @@ from dfudet.inference.photo_lists import (
     resolve_photo,
     scale_column,
 )
+from dfudet.marker.detect import find_card
+from dfudet.marker.scale import mask_area_mm2
 from dfudet.utils import atomic_write_bytes
 
 ON_TRACK, NOT_ON_TRACK, INSUFFICIENT = "on_track", "not_on_track", "insufficient_data"
@@ -94,6 +100,17 @@ class VisitArea:
     ulcers: int = 0
     photo: str = ""
     row: int = 0  # row in VISITS.csv (header = row 1); 0 when not from a file
+    card_mm2: float | None = None  # the area measured with the calibration card (used when mm_per_px is None)
+    area_note: str = ""  # why there is no mm² (no scale, or the card's refusal reason)
+
+    @property
+    def mm2(self) -> float | None:
+        """The visit's area in mm²: from its scale, else from the card; None when neither is known."""
+        return area_mm2(self.area_px, self.mm_per_px) if self.mm_per_px is not None else self.card_mm2
+
+    @property
+    def area_source(self) -> str:
+        return "user" if self.mm_per_px is not None else ("card" if self.card_mm2 is not None else "")
 
 
 @dataclass(frozen=True)
@@ -147,13 +164,16 @@ def check_rule(min_reduction: float, window_days: int, tolerance_days: int = 7) 
 
 def _unit(visits: Sequence[VisitArea]) -> tuple[str, str]:
     """The comparison unit of a patient's visits and the note explaining a pixel comparison."""
-    known = sum(v.mm_per_px is not None for v in visits)
+    known = sum(v.mm2 is not None for v in visits)
     if known == len(visits):
         return "mm2", ""
+    refused = [f"{v.day.isoformat()}: {v.area_note}" for v in visits if v.mm2 is None and v.area_note
+               and v.area_note != NO_SCALE_NOTE]
+    why = f" (no mm² on {'; '.join(refused)})" if refused else ""
     if known == 0:
-        return "px", NO_SCALE_NOTE
+        return "px", (NO_SCALE_NOTE + why) if why else NO_SCALE_NOTE
     return "px", (f"scale known for {known} of {len(visits)} visits: areas are compared in pixels, the unit all "
-                  "visits have; valid only when the photos were taken from the same distance")
+                  f"visits have; valid only when the photos were taken from the same distance{why}")
 
 
 def window_visit(rows: Sequence[TimelineRow], window_days: int, tolerance_days: int) -> TimelineRow | None:
@@ -220,7 +240,7 @@ def healing_timeline(visits: Sequence[VisitArea], min_reduction: float = 0.5, wi
     start = ordered[0].day
     rows: list[TimelineRow] = []
     for v in ordered:
-        mm2 = area_mm2(v.area_px, v.mm_per_px)
+        mm2 = v.mm2
         value = float(mm2) if unit == "mm2" and mm2 is not None else float(v.area_px)
         rows.append(TimelineRow(
             visit=v, days_since_first=(v.day - start).days, area_mm2=mm2, area=value,
@@ -328,14 +348,17 @@ class Measured:
     thumbnail: Image.Image = field(repr=False)
 
 
+def union_mask(dets: Detections) -> np.ndarray:
+    """The pixels covered by at least one outline of `dets` (all False without detections)."""
+    union = np.zeros((dets.height, dets.width), dtype=bool)
+    for rle in dets.masks or ():
+        union |= instance_masks.decode(rle)
+    return union
+
+
 def union_area(dets: Detections) -> int:
     """Pixels covered by at least one outline of `dets` (overlaps counted once); 0 without detections."""
-    if not dets.masks:
-        return 0
-    union = np.zeros((dets.height, dets.width), dtype=bool)
-    for rle in dets.masks:
-        union |= instance_masks.decode(rle)
-    return int(union.sum())
+    return int(union_mask(dets).sum()) if dets.masks else 0
 
 
 def thumbnail(image: np.ndarray, dets: Detections, size: int = THUMB_SIZE) -> Image.Image:
@@ -346,11 +369,21 @@ def thumbnail(image: np.ndarray, dets: Detections, size: int = THUMB_SIZE) -> Im
     return draw_outlines(im, [instance_masks.polygons(r) for r in dets.masks or ()], factor=factor)
 
 
-def measure(backend: Backend, visit: Visit) -> Measured:
-    """Predict one visit's photo and measure the union of the kept outlines (DataError for an unreadable photo)."""
+def measure(backend: Backend, visit: Visit, card_bar_mm: float | None = None) -> Measured:
+    """Predict one visit's photo and measure the union of the kept outlines (DataError for an unreadable photo);
+    without a scale, in mm² with the calibration card when the photo shows an accepted one."""
     image = load_image(visit.path)
     kept = backend.keep(backend.predict_arrays([image])[0])
-    area = VisitArea(visit.day, union_area(kept), visit.mm_per_px, len(kept.scores), visit.photo, visit.row)
+    union = union_mask(kept)
+    card_mm2, note = None, ""
+    if visit.mm_per_px is None:
+        card = find_card(image, bar_mm=card_bar_mm)
+        if card.accepted and card.homography is not None:
+            card_mm2 = mask_area_mm2(union, card.homography)
+        else:
+            note = card_note(card)
+    area = VisitArea(visit.day, int(union.sum()), visit.mm_per_px, len(kept.scores), visit.photo, visit.row,
+                     card_mm2=card_mm2, area_note=note)
     return Measured(visit, area, thumbnail(image, kept))
 
 
@@ -390,7 +423,7 @@ def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 AREA_COLUMNS = ("date", "days_since_first", "photo", "row", "ulcers", "area_px", "mm_per_px", "area_mm2",
-                "change_unit", "change_vs_first_pct", "change_vs_previous_pct")
+                "change_unit", "change_vs_first_pct", "change_vs_previous_pct", "area_source", "area_note")
 
 
 def area_csv(tl: Timeline) -> bytes:
@@ -398,7 +431,8 @@ def area_csv(tl: Timeline) -> bytes:
     return _csv_bytes(AREA_COLUMNS, [
         [r.visit.day.isoformat(), r.days_since_first, r.visit.photo, r.visit.row, r.visit.ulcers, r.visit.area_px,
          "" if r.visit.mm_per_px is None else f"{r.visit.mm_per_px:g}", _num(r.area_mm2), tl.unit,
-         _num(r.change_vs_first_pct), _num(r.change_vs_previous_pct)] for r in tl.rows])
+         _num(r.change_vs_first_pct), _num(r.change_vs_previous_pct), r.visit.area_source, r.visit.area_note]
+        for r in tl.rows])
 
 
 def plot_timeline(patient: str, tl: Timeline, thumbs: Sequence[Image.Image], path: Path, min_reduction: float,
@@ -414,6 +448,10 @@ def plot_timeline(patient: str, tl: Timeline, thumbs: Sequence[Image.Image], pat
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(days, values, "o-", color="tab:red", zorder=3)
+    for r in tl.rows:  # visits without mm² (no scale, or the card refused) when the patient is compared in pixels
+        if r.area_mm2 is None and r.visit.area_note and r.visit.area_note != NO_SCALE_NOTE:
+            ax.annotate("card refused", (r.days_since_first, r.area), textcoords="offset points", xytext=(0, -14),
+                        ha="center", fontsize=7, color="tab:red")
     if tl.first.area > 0:
         ax.axhline((1 - min_reduction) * tl.first.area, ls="--", color="grey", lw=1,
                    label=f"{min_reduction:.0%} smaller than the first visit")
@@ -489,13 +527,13 @@ def _report_problems(problems: Sequence[Problem], csv_path: Path, out: Path) -> 
         print(f"skipped: {p.text(csv_path)} ({ROW_NOTE})", file=sys.stderr)
 
 
-def _measure_all(backend: Backend, visits: Sequence[Visit], problems: list[Problem], progress: bool
-                 ) -> list[Measured]:
+def _measure_all(backend: Backend, visits: Sequence[Visit], problems: list[Problem], progress: bool,
+                 card_bar_mm: float | None = None) -> list[Measured]:
     """Measure every visit; an unreadable photo is added to `problems` (kept in row order) and the rest go on."""
     out: list[Measured] = []
     for v in tqdm(visits, desc="track", unit="photo", disable=None if progress else True):
         try:
-            out.append(measure(backend, v))
+            out.append(measure(backend, v, card_bar_mm))
         except DataError as exc:
             problems.append(Problem(v.row, v.patient, v.photo, str(exc)))
     problems.sort(key=lambda p: p.row)
@@ -505,7 +543,7 @@ def _measure_all(backend: Backend, visits: Sequence[Visit], problems: list[Probl
 def run_track(visits_csv: str | Path, out: str | Path, checkpoint: str | Path | None = None,
               onnx: str | Path | None = None, mm_per_px: float | None = None, min_reduction: float = 0.5,
               window_days: int = 28, operating_threshold: float | None = None, device: str = "cpu",
-              progress: bool = True, tolerance_days: int = 7) -> dict[str, Any]:
+              progress: bool = True, tolerance_days: int = 7, card_bar_mm: float | None = None) -> dict[str, Any]:
     """Measure every visit photo of VISITS.csv and write the per-patient timelines and the summary to `out`."""
     csv_path, out = Path(visits_csv), Path(out)
     check_rule(min_reduction, window_days, tolerance_days)
@@ -513,7 +551,7 @@ def run_track(visits_csv: str | Path, out: str | Path, checkpoint: str | Path | 
     visits, problems = read_visits(csv_path, default_scale)
     backend = load_backend(checkpoint=checkpoint, onnx=onnx, device=device, operating_threshold=operating_threshold)
     require_outlines(backend)
-    measured = _measure_all(backend, visits, problems, progress) if visits else []
+    measured = _measure_all(backend, visits, problems, progress, card_bar_mm) if visits else []
     out.mkdir(parents=True, exist_ok=True)
     _report_problems(problems, csv_path, out)
     if not measured:

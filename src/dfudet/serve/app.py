@@ -15,7 +15,8 @@ Safety decisions (see docs/deploy.md):
 Concurrency: handlers only decode; one worker thread owns the model and runs queued images in micro-batches, so N
 concurrent uploads never run N copies of the model.
 Outline models (Mask R-CNN) also answer each detection's outline (COCO polygons) and area: pixels always, mm² only
-when the request gives the photo's scale (`mm_per_px`), never guessed (dfudet.inference.area).
+when the request gives the photo's scale (`mm_per_px`) or the photo shows an accepted calibration card, never guessed
+(dfudet.inference.area; `area_source` says which, `area_note` why there is none).
 """
 
 from __future__ import annotations
@@ -370,8 +371,9 @@ def create_app(predictor: Backend, token: str | None = None, max_upload_mb: floa
             result = await asyncio.wrap_future(work.submit(image))
             kept = result.above(floor)
             trust = await run_in_threadpool(predictor.photo_fields, result, kept, image)
+            # the photo is searched for the calibration card when no scale is given (outline models only)
+            outlines = await run_in_threadpool(outline_fields, kept, mm_per_px, image)
             del image
-            outlines = await run_in_threadpool(outline_fields, kept, mm_per_px)
         finally:
             await budget.release(width * height)
         return {
