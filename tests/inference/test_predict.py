@@ -190,9 +190,10 @@ def test_outline_model_reports_outlines_and_areas_with_the_given_scale(mask_ckpt
             # Mask R-CNN pastes each mask into its box (torchvision widens it by a pixel or two)
             assert not xs or (x1 - 2 <= min(xs) and max(xs) <= x2 + 2 and y1 - 2 <= min(ys) and max(ys) <= y2 + 2)
     rows = list(csv.reader((tmp_path / "predictions.csv").open()))
-    assert rows[0][6:] == ["area_px", "area_mm2", "area_source", "area_note"]
-    assert {r[7] == r[8] == "" for r in rows[1:] if Path(r[0]).name == "visit1.png"} == {True}  # no scale, no card
-    assert {r[8] for r in rows[1:] if Path(r[0]).name == "visit0.png"} == {"user"}
+    assert rows[0][8:] == ["area_px", "area_mm2", "area_source", "area_note"]
+    mm2, source = rows[0].index("area_mm2"), rows[0].index("area_source")
+    assert {r[mm2] == r[source] == "" for r in rows[1:] if Path(r[0]).name == "visit1.png"} == {True}  # no scale/card
+    assert {r[source] for r in rows[1:] if Path(r[0]).name == "visit0.png"} == {"user"}
 
 
 def test_mm_per_px_applies_to_every_photo_and_a_list_scale_wins(mask_ckpt: Path, demo_photos: Path,

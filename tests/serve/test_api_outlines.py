@@ -108,4 +108,4 @@ def test_a_box_only_model_answers_as_before(served_checkpoint: Path, demo_photos
         body = _detect(c, demo_photos[0], mm_per_px=0.2)
     assert body["outlines"] is False and not OUTLINE_FIELDS & set(body)
     assert set(body) == {"boxes", "scores", "threshold", "min_score", "model_id", "width", "height", "filename",
-                         "sha256", "outlines"}
+                         "sha256", "outlines", "confidence", "label", "label_reasons", "review_threshold", "quality"}
