@@ -1,6 +1,10 @@
 """dfudet: diabetic foot ulcer detection (train, evaluate, deploy)."""
 
 import os as _os
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+if _TYPE_CHECKING:
+    from dfudet.api import Detector
 
 # albumentations checks PyPI for updates at import time; this machine (and many clinics) are offline.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -9,7 +13,8 @@ __version__ = "0.1.0"
 CLASS_NAMES = ("background", "ulcer")
 
 
-def load(name_or_path=None, device="cpu", threshold=None):  # type: ignore[no-untyped-def]
+def load(name_or_path: str | _os.PathLike[str] | None = None, device: str = "cpu",
+         threshold: float | None = None) -> Detector:
     """Load a detector (a shipped model by name, a checkpoint or an ONNX file); see `dfudet.api.load`.
 
     Imported lazily so `import dfudet` stays light (no torch until a model is loaded).

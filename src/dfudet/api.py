@@ -142,7 +142,7 @@ class Detector:
 
 def _as_array(image: ImageInput) -> tuple[np.ndarray, str]:
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image), str(image)
+        return load_image(Path(image)), str(image)
     if isinstance(image, Image.Image):
         turned = ImageOps.exif_transpose(image) or image
         return np.asarray(_to_rgb8(turned, Path("<image>")), dtype=np.uint8).copy(), "<image>"
