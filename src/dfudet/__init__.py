@@ -1,5 +1,7 @@
 """dfudet: diabetic foot ulcer detection (train, evaluate, deploy)."""
 
+from __future__ import annotations
+
 import os as _os
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
