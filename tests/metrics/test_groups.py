@@ -53,8 +53,9 @@ def test_no_skin_is_unknown_not_a_crash() -> None:
 
 
 def test_tertiles_and_group_scores() -> None:
-    labels, cuts = tertile_bins([1, 2, 3, 4, 5, 6], "x")
-    assert cuts[0] < 3 < cuts[1] and labels[0].startswith("low x") and labels[-1].startswith("high x")
+    labels, cuts, names = tertile_bins([6, 1, 2, 3, 4, 5], "x")
+    assert cuts[0] < 3 < cuts[1] and labels[1].startswith("low x") and labels[0].startswith("high x")
+    assert [n.split()[0] for n in names] == ["low", "mid", "high"] and set(labels) == set(names)
     gt = np.array([[0, 0, 10, 10]], float)
     hit = (gt.copy(), np.array([0.9]))
     miss = (np.zeros((0, 4)), np.zeros(0))

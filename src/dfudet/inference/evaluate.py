@@ -199,17 +199,17 @@ def group_metrics(dataset: Any, preds: list[tuple[np.ndarray, np.ndarray]], gts:
         sharp.append(m.sharpness)
     bands = [ita_band(v) for v in ita]
     order = [name for _, name in ITA_BANDS] + [UNKNOWN]
-    bright, bright_cuts = tertile_bins(luma, "brightness")
-    blur, blur_cuts = tertile_bins(sharp, "sharpness")
+    bright, bright_cuts, bright_order = tertile_bins(luma, "brightness")
+    blur, blur_cuts, blur_order = tertile_bins(sharp, "sharpness")
     return {
         "skin_tone": {"measure": "ITA° (median over skin pixels around the true boxes; whole photo without boxes)",
                       "photos_ita": [None if v is None else round(v, 1) for v in ita],
                       "rows": group_scores(bands, preds, gts, threshold, iou_threshold, weights, n_boot,
                                            order=order)},
         "brightness": {"cuts": bright_cuts, "rows": group_scores(bright, preds, gts, threshold, iou_threshold,
-                                                                  weights, n_boot)},
+                                                                  weights, n_boot, order=bright_order)},
         "sharpness": {"cuts": blur_cuts, "rows": group_scores(blur, preds, gts, threshold, iou_threshold, weights,
-                                                               n_boot)},
+                                                               n_boot, order=blur_order)},
         "min_photos": MIN_PHOTOS,
     }
 

@@ -72,14 +72,15 @@ def ita_band(ita: float | None) -> str:
     return next(name for low, name in ITA_BANDS if ita > low)
 
 
-def tertile_bins(values: Sequence[float], name: str) -> tuple[list[str], list[float]]:
-    """Each value's bin among the split's tertiles ("low/mid/high <name>"), and the two cut points."""
+def tertile_bins(values: Sequence[float], name: str) -> tuple[list[str], list[float], list[str]]:
+    """Each value's bin among the split's tertiles ("low/mid/high <name>"), the two cut points, and the three bin
+    names from low to high."""
     v = np.asarray(values, np.float64)
     cuts = [float(np.quantile(v, 1 / 3)), float(np.quantile(v, 2 / 3))] if len(v) else [math.nan, math.nan]
-    labels = [f"low {name} (< {cuts[0]:.1f})" if x < cuts[0] else
-              f"mid {name} ({cuts[0]:.1f}–{cuts[1]:.1f})" if x < cuts[1] else
-              f"high {name} (>= {cuts[1]:.1f})" for x in v]
-    return labels, cuts
+    names = [f"low {name} (< {cuts[0]:.1f})", f"mid {name} ({cuts[0]:.1f}–{cuts[1]:.1f})",
+             f"high {name} (>= {cuts[1]:.1f})"]
+    labels = [names[0] if x < cuts[0] else names[1] if x < cuts[1] else names[2] for x in v]
+    return labels, cuts, names
 
 
 def group_scores(groups: Sequence[str], preds: Sequence[tuple[np.ndarray, np.ndarray]], gts: Sequence[np.ndarray],
