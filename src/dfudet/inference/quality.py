@@ -23,8 +23,8 @@ is a bar when no pixel in it is brighter than `PAD_LEVEL`; the cut is made only 
 half of the area (a photo that dark is an underexposed photo, not a letterboxed one).
 
 The thresholds are in one place, `QualityThresholds` (typed, validated; bad values are a ConfigError naming the
-field). Their defaults are provisional: bench/quality_sweep.py measures how recall falls with synthetic blur,
-darkening, brightening and downscaling on FUSeg test, and the gate is to be set from that.
+field). The defaults were set from bench/quality_sweep.py, which measures how the shipped model's recall falls with
+synthetic blur, darkening, brightening and downscaling of FUSeg test photos (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -48,18 +48,21 @@ MIN_CONTENT_SHARE = 0.5  # bars are cut only if the content keeps at least this 
 
 
 class QualityThresholds(BaseModel):
-    """Where the gate stands (provisional values until bench/quality_sweep.py has measured recall)."""
+    """Where the gate stands: set from the shipped model's recall under synthetic degradation of FUSeg test photos
+    (bench/results/quality_sweep_model.json, docs/benchmarks.md "Photo quality gate"): blur and darkness are
+    flagged about where recall has fallen by a tenth, size where it collapses (0.686 at a 93 px short side, 0.412 at
+    55 px); no clean FUSeg test photo fails."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sharpness_min: float = Field(3.0, ge=0, description="sharpness (1000 x variance of the Laplacian / variance, "
                                                          "at 512 px) below this: blurred")
-    luma_min: float = Field(40.0, ge=0, le=255, description="mean luma below this: too dark")
+    luma_min: float = Field(60.0, ge=0, le=255, description="mean luma below this: too dark")
     luma_max: float = Field(215.0, ge=0, le=255, description="mean luma above this: overexposed")
     dark_share_max: float = Field(0.6, ge=0, le=1, description="share of near-black pixels above this: too dark")
     bright_share_max: float = Field(0.25, ge=0, le=1, description="share of near-white pixels above this: "
                                                                  "overexposed")
-    min_short_side: int = Field(256, ge=1, description="short side (px) below this: too small")
+    min_short_side: int = Field(96, ge=1, description="short side (px) below this: too small")
 
     @model_validator(mode="after")
     def _luma_order(self) -> QualityThresholds:
