@@ -11,6 +11,12 @@ change), and the track summary shows how far from that it is.
 
     python scripts/fuseg_zoom_visits.py --fuseg ../shared/data/fuseg --out runs/zoom_visits --n 12
     dfudet track runs/zoom_visits/visits.csv --checkpoint MODEL.pth --out runs/zoom_visits/track
+
+`--card`: the same check with the printed calibration card (`dfudet marker`) instead of a typed scale. Each photo is
+upscaled 2x (so the card's long side stays over the 200 px the detector asks for at zoom 0.6) and the card is laid
+flat in a grey strip under it, in the photo's plane, at the nominal scale (0.3 mm per original pixel: a 154 mm field
+for FUSeg's 512 px close-ups); the whole scene is then zoomed out. visits.csv has no scale column, so track takes
+each visit's mm² from its card.
 """
 
 from __future__ import annotations
@@ -26,6 +32,22 @@ import numpy as np
 
 ZOOMS = (1.0, 0.8, 0.6)
 NOMINAL_MM_PER_PX = 0.2  # an assumed scale for the original photos: only ratios matter for the check
+CARD_MM_PER_PX = 0.3  # --card: the original photo's assumed scale (the card is drawn to it)
+CARD_UPSCALE = 2
+
+
+def with_card(image: np.ndarray) -> np.ndarray:
+    """The photo (BGR) upscaled CARD_UPSCALE x, over a grey strip holding the card at the photo's own scale."""
+    from dfudet.marker.card import CARD_MM, render_card
+
+    big = cv2.resize(image, None, fx=CARD_UPSCALE, fy=CARD_UPSCALE, interpolation=cv2.INTER_CUBIC)
+    px_per_mm = CARD_UPSCALE / CARD_MM_PER_PX
+    card = cv2.resize(render_card(), (round(CARD_MM[0] * px_per_mm), round(CARD_MM[1] * px_per_mm)),
+                      interpolation=cv2.INTER_AREA)
+    strip = np.full((card.shape[0] + 40, big.shape[1], 3), 150, np.uint8)
+    x0 = (big.shape[1] - card.shape[1]) // 2
+    strip[20:20 + card.shape[0], x0:x0 + card.shape[1]] = card[:, :, None]
+    return np.vstack([big, strip])
 
 
 def zoomed(image: np.ndarray, zoom: float) -> np.ndarray:
@@ -45,6 +67,7 @@ def main() -> None:
     ap.add_argument("--fuseg", type=Path, required=True, help="the FUSeg folder (images/, annotations/)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=12, help="photos (patients) to use: the first test photos with one ulcer")
+    ap.add_argument("--card", action="store_true", help="scale from a calibration card in each photo, not a column")
     a = ap.parse_args()
     coco = json.loads((a.fuseg / "annotations" / "test.json").read_text())
     per_image: dict[int, int] = {}
@@ -55,14 +78,19 @@ def main() -> None:
     rows = []
     for im in chosen:
         image = cv2.imread(str(a.fuseg / "images" / im["file_name"]), cv2.IMREAD_COLOR)
+        if a.card:
+            image = with_card(image)
         patient = Path(im["file_name"]).stem
         for k, zoom in enumerate(ZOOMS):
             name = f"{patient}_zoom{zoom:.1f}.png"
             cv2.imwrite(str(a.out / "photos" / name), zoomed(image, zoom))
-            rows.append({"patient": patient, "date": (date(2026, 1, 5) + timedelta(days=14 * k)).isoformat(),
-                         "photo": f"photos/{name}", "scale": f"{NOMINAL_MM_PER_PX / zoom:.6g} mm/px"})
+            row = {"patient": patient, "date": (date(2026, 1, 5) + timedelta(days=14 * k)).isoformat(),
+                   "photo": f"photos/{name}"}
+            if not a.card:
+                row["scale"] = f"{NOMINAL_MM_PER_PX / zoom:.6g} mm/px"
+            rows.append(row)
     with open(a.out / "visits.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["patient", "date", "photo", "scale"])
+        w = csv.DictWriter(fh, fieldnames=["patient", "date", "photo"] + ([] if a.card else ["scale"]))
         w.writeheader()
         w.writerows(rows)
     print(f"{len(chosen)} patients x {len(ZOOMS)} zoom levels -> {a.out / 'visits.csv'}")
