@@ -76,8 +76,11 @@ def test_tune_fits_the_calibration_and_review_threshold_of_the_kept_size() -> No
 
 def test_a_calibration_on_too_few_val_boxes_is_left_out_with_the_count() -> None:
     cal, review, info = calibrate_on_val(_trial(6, 1), load_config(None, []).train)  # 18 boxes
-    assert cal is None and 0 <= review <= 0.6
+    assert cal is None and review is not None and 0 <= review <= 0.6
     assert "on 18 val boxes (at least 30 needed)" in info["calibration_refused"]
+    empty = SizeTrial(96, _trial(1, 0).operating, _trial(1, 0).operating, 0.0, 0.0, 0.0, np.zeros((0, 4)))
+    cal, review, info = calibrate_on_val(empty, load_config(None, []).train)  # a val split without photos
+    assert cal is None and review is None and info["review_refused"] == "the val split has no ulcer photo"
 
 
 def test_predict_writes_confidence_and_the_triage_label(calibrated: Path, tmp_path: Path) -> None:

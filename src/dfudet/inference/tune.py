@@ -131,8 +131,8 @@ def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: in
                      preds=preds, gts=gts)
 
 
-def calibrate_on_val(trial: SizeTrial, train: Any) -> tuple[Calibration | None, float, dict[str, Any]]:
-    """(calibration or None, review threshold, table entry) from the kept size's val detections.
+def calibrate_on_val(trial: SizeTrial, train: Any) -> tuple[Calibration | None, float | None, dict[str, Any]]:
+    """(calibration or None, review threshold or None, table entry) from the kept size's val detections.
 
     The review threshold is the highest score at which `train.review_sensitivity` of the val ulcer photos have a
     box. The calibration maps every val box's score to the chance that it is a true ulcer (`train.calibration`); one
@@ -140,11 +140,16 @@ def calibrate_on_val(trial: SizeTrial, train: Any) -> tuple[Calibration | None, 
     outputs then carry no confidence."""
     best_scores = [float(s.max()) if len(s) else 0.0 for _, s in trial.preds]
     has_ulcer = [len(g) > 0 for g in trial.gts]
-    review = choose_review_threshold(best_scores, has_ulcer, train.review_sensitivity,
-                                     trial.operating.score_threshold)
-    info: dict[str, Any] = {"review_threshold": review, "review_sensitivity_target": train.review_sensitivity,
-                            "triage_val": triage_table(best_scores, has_ulcer, trial.operating.score_threshold,
-                                                       review)}
+    info: dict[str, Any] = {"review_sensitivity_target": train.review_sensitivity}
+    review: float | None = None
+    if any(has_ulcer):
+        review = choose_review_threshold(best_scores, has_ulcer, train.review_sensitivity,
+                                         trial.operating.score_threshold)
+        info["triage_val"] = triage_table(best_scores, has_ulcer, trial.operating.score_threshold, review)
+    else:
+        log.warning("no review threshold stored: the val split has no ulcer photo to reach a sensitivity on")
+        info["review_refused"] = "the val split has no ulcer photo"
+    info["review_threshold"] = review
     if train.calibration == "none":
         info["calibration"] = None
         return None, review, info
