@@ -40,6 +40,7 @@ from PIL import Image
 from dfudet.marker import card as card_mod
 from dfudet.marker.detect import DEFAULT_THRESHOLDS, Thresholds, find_card
 from dfudet.marker.scale import mask_area_mm2
+from dfudet.marker.view import pinhole_homography
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fuseg"
@@ -59,19 +60,7 @@ def _card_image(px_per_mm: float) -> np.ndarray:
 
 def camera(o: np.ndarray, tilt: float, azimuth: float, roll: float, dist: float) -> np.ndarray:
     """Homography plane mm (z=0) -> image px of a pinhole camera at `dist` mm from point `o`, looking at it."""
-    t, a = np.radians(tilt), np.radians(azimuth)
-    pos = np.array([o[0], o[1], 0.0]) + dist * np.array([np.sin(t) * np.cos(a), np.sin(t) * np.sin(a), -np.cos(t)])
-    z = np.array([o[0], o[1], 0.0]) - pos
-    z /= np.linalg.norm(z)
-    x = np.array([1.0, 0.0, 0.0]) - z[0] * z
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    r = np.radians(roll)
-    x, y = np.cos(r) * x + np.sin(r) * y, -np.sin(r) * x + np.cos(r) * y
-    rot = np.stack([x, y, z])
-    k = np.array([[FOCAL, 0, (W - 1) / 2], [0, FOCAL, (H - 1) / 2], [0, 0, 1.0]])
-    m = k @ np.c_[rot[:, 0], rot[:, 1], -rot @ pos]
-    return m / m[2, 2]
+    return pinhole_homography((float(o[0]), float(o[1])), tilt, azimuth, roll, dist, FOCAL, (W, H))
 
 
 def _proj(m: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from dfudet.marker import card as card_mod
+from dfudet.marker.view import pinhole_homography
 
 W, H = 1280, 960
 CW, CH = card_mod.CARD_MM
@@ -26,21 +27,7 @@ def camera(centre: tuple[float, float], tilt: float, card_px: float, azimuth: fl
            ) -> np.ndarray:
     """Homography plane mm -> image px of a pinhole camera (focal length = image width) looking at `centre` from a
     distance giving about `card_px` pixels for the card's long side, its line of sight `tilt` degrees off normal."""
-    f = float(W)
-    dist = f * CW / card_px
-    t, a = np.radians(tilt), np.radians(azimuth)
-    o = np.array([centre[0], centre[1], 0.0])
-    pos = o + dist * np.array([np.sin(t) * np.cos(a), np.sin(t) * np.sin(a), -np.cos(t)])
-    z = (o - pos) / np.linalg.norm(o - pos)
-    x = np.array([1.0, 0, 0]) - z[0] * z
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    r = np.radians(roll)
-    x, y = np.cos(r) * x + np.sin(r) * y, -np.sin(r) * x + np.cos(r) * y
-    rot = np.stack([x, y, z])
-    k = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1.0]])
-    m = k @ np.c_[rot[:, 0], rot[:, 1], -rot @ pos]
-    return m / m[2, 2]
+    return pinhole_homography(centre, tilt, azimuth, roll, W * CW / card_px, float(W), (W, H))
 
 
 def skin(seed: int = 0) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from dfudet.data.checks import _to_rgb8, load_image
+from dfudet.data.checks import load_image, to_rgb8
 from dfudet.errors import DataError
 from dfudet.inference.area import check_mm_per_px, outline_fields
 from dfudet.inference.backend import Backend, Detections, ModelInfo, load_backend
@@ -55,7 +55,7 @@ class Result:
     ulcers: tuple[Ulcer, ...]
     outlines: bool  # the model outlines wounds (areas available)
     mm_per_px: float | None = None  # the scale used for mm² (None: pixels only)
-    area_source: str | None = None  # where mm² came from: "user" (a given scale), or None
+    area_source: str | None = None  # where mm² came from: "user" (a given scale), "card" (one in the photo), or None
     area_note: str | None = None  # why areas are in pixels only, when they are
     label: str = "no ulcer"  # triage: "ulcer", "review" (a doubtful box or a poor photo) or "no ulcer"
     label_reasons: tuple[str, ...] = ()
@@ -133,7 +133,7 @@ class Detector:
             for box, score, d in zip(kept.boxes, kept.scores, per_box))
         return Result(source=source, width=kept.width, height=kept.height, threshold=float(self.threshold),
                       ulcers=ulcers, outlines=bool(fields["outlines"]), mm_per_px=fields.get("mm_per_px"),
-                      area_source=fields.get("area_source", "user" if scale is not None else None),
+                      area_source=fields.get("area_source"),
                       area_note=fields.get("area_note"), label=trust["label"],
                       label_reasons=tuple(trust["label_reasons"]),
                       confidence=None if trust["confidence"] is None else tuple(trust["confidence"]),
@@ -145,7 +145,7 @@ def _as_array(image: ImageInput) -> tuple[np.ndarray, str]:
         return load_image(Path(image)), str(image)
     if isinstance(image, Image.Image):
         turned = ImageOps.exif_transpose(image) or image
-        return np.asarray(_to_rgb8(turned, Path("<image>")), dtype=np.uint8).copy(), "<image>"
+        return np.asarray(to_rgb8(turned, Path("<image>")), dtype=np.uint8).copy(), "<image>"
     if isinstance(image, np.ndarray):
         a = image
         if a.ndim == 2:

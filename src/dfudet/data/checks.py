@@ -91,7 +91,7 @@ def open_image(source: str | Path | bytes, name: str | Path | None = None, limit
         yield im
 
 
-def _to_rgb8(img: Image.Image, path: Path) -> Image.Image:
+def to_rgb8(img: Image.Image, path: Path) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (16-bit grey is scaled, alpha is composited on black)."""
     mode = img.mode
     if mode == "RGB":
@@ -125,7 +125,7 @@ def load_pil(path: str | Path) -> Image.Image:
         with open_image(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im) or im
-            return _to_rgb8(im, path)
+            return to_rgb8(im, path)
     except DataError:
         raise
     except UnidentifiedImageError as exc:
@@ -150,7 +150,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>", exif: bool = False, l
             im.load()
             if exif:
                 im = ImageOps.exif_transpose(im) or im
-            return np.asarray(_to_rgb8(im, Path(name)), dtype=np.uint8).copy()
+            return np.asarray(to_rgb8(im, Path(name)), dtype=np.uint8).copy()
     except DataError:
         raise
     except Image.DecompressionBombError as exc:
