@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = load_sample(a.photos, a.seed)
     backend = None
     if a.checkpoint:
-        from dfudet.inference.backend import load_backend
+        from dfudet.inference.loader import load_backend
 
         backend = load_backend(checkpoint=a.checkpoint, device="cpu")
         if not backend.info.outlines:

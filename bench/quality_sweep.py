@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     items = load_fuseg(Path(a.fuseg), a.limit)
     backend = None
     if a.checkpoint or a.onnx:
-        from dfudet.inference.backend import load_backend
+        from dfudet.inference.loader import load_backend
 
         backend = load_backend(checkpoint=a.checkpoint, onnx=a.onnx, operating_threshold=a.operating_threshold)
     result = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,19 @@ def _tiny_config(cache: Path, run_dir: Path, *overrides: str) -> Config:
         "train.accelerator=cpu", "train.epochs=3", "train.limit_train_batches=2", "train.limit_val_batches=2",
         "train.threads=1", *overrides,
     ])
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-init checkpoint at img_size 96, operating threshold 0.5."""
+    from _checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_model.pth")
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory() -> Callable[..., Path]:
+    """make_checkpoint, for tests that need another img_size or threshold."""
+    from _checkpoints import make_checkpoint
+
+    return make_checkpoint

@@ -58,7 +58,7 @@ def test_predict_from_a_checkpoint_imports_no_training_code(deployed, tmp_path: 
 def test_serve_start_up_imports_no_training_code(deployed):
     ckpt, photo = deployed
     body = (f"from fastapi.testclient import TestClient\n"
-            f"from dfudet.inference.backend import load_backend\n"
+            f"from dfudet.inference.loader import load_backend\n"
             f"from dfudet.serve.app import create_app\n"
             f"with TestClient(create_app(load_backend(checkpoint={str(ckpt)!r}))) as c:\n"
             f"    assert c.get('/healthz').json()['status'] == 'ok'\n"

@@ -108,7 +108,7 @@ def test_no_written_file_or_response_carries_photo_metadata(tmp_path: Path) -> N
     assert list((out / "track").rglob("area.png"))
 
     # the service: JSON answers only, sizes of the upright photo, nothing of the metadata
-    from dfudet.inference.backend import load_backend
+    from dfudet.inference.loader import load_backend
     from dfudet.serve.app import create_app
 
     with TestClient(create_app(load_backend(checkpoint=ckpt))) as client:

@@ -11,8 +11,9 @@ if _TYPE_CHECKING:
 # albumentations checks PyPI for updates at import time; this machine (and many clinics) are offline.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-__version__ = "0.1.0"
-CLASS_NAMES = ("background", "ulcer")
+from dfudet.version import CLASS_NAMES, __version__
+
+__all__ = ["CLASS_NAMES", "__version__", "load"]
 
 
 def load(name_or_path: str | _os.PathLike[str] | None = None, device: str = "cpu",

@@ -8,7 +8,7 @@ For a notebook or a script, without the command line:
     for ulcer in result.ulcers:
         print(ulcer.box, ulcer.score, ulcer.area_px, ulcer.area_mm2)
 
-It runs the same backends as `dfudet predict` (`inference.backend.load_backend`: PyTorch for a checkpoint, ONNX
+It runs the same backends as `dfudet predict` (`inference.loader.load_backend`: PyTorch for a checkpoint, ONNX
 Runtime for an .onnx file), the same operating threshold and the same outline/area code (`inference.area`), so a
 result here equals the CLI's predictions.json for the same photo.
 """
@@ -27,7 +27,8 @@ from PIL import Image, ImageOps
 from dfudet.data.checks import load_image, to_rgb8
 from dfudet.errors import DataError
 from dfudet.inference.area import check_mm_per_px, outline_fields
-from dfudet.inference.backend import Backend, Detections, ModelInfo, load_backend
+from dfudet.inference.backend import Backend, Detections, ModelInfo
+from dfudet.inference.loader import load_backend
 from dfudet.inference.zoo import resolve
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray

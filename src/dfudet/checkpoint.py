@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from dfudet import __version__
 from dfudet.confidence import Calibration, calibration_of, review_threshold_of
 from dfudet.config import Config, config_to_dict
 from dfudet.errors import CheckpointError
@@ -39,6 +38,7 @@ from dfudet.metrics.scores import ValidationScores
 from dfudet.models.factory import backbone_label
 from dfudet.models.spec import MODELS
 from dfudet.utils import atomic_write_with, disk_free_text, is_disk_full, torch_load_reason
+from dfudet.version import __version__
 
 log = logging.getLogger("dfudet")
 BEST_FORMAT = "dfudet-best-v2"

@@ -272,7 +272,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from dfudet.inference.evaluate import run_evaluation
+    from dfudet.commands.evaluate import run_evaluation
 
     checkpoint, onnx = model_source(a)
     m = run_evaluation(
@@ -314,7 +314,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- tune
 def cmd_tune(a: argparse.Namespace) -> int:
-    from dfudet.inference.tune import run_tune
+    from dfudet.commands.tune import run_tune
 
     sizes = [int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes else None
     t = run_tune(a.checkpoint, a.data, out=a.out, sizes=sizes, split=a.split, device=a.device,
@@ -353,7 +353,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- predict
 def cmd_predict(a: argparse.Namespace) -> int:
-    from dfudet.inference.predict import run_predict
+    from dfudet.commands.predict import run_predict
 
     if not a.inputs and not a.photos:
         raise ConfigError("give image files or folders to predict, or a photo list with --photos LIST.csv")
@@ -391,7 +391,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------------------------------------- track
 def cmd_track(a: argparse.Namespace) -> int:
-    from dfudet.inference.track import run_track
+    from dfudet.commands.track import run_track
 
     checkpoint, onnx = model_source(a)
     s = run_track(a.visits, out=a.out, checkpoint=checkpoint, onnx=onnx, mm_per_px=a.mm_per_px,

@@ -19,7 +19,8 @@ from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
 from dfudet.errors import ConfigError
 from dfudet.export.onnx import export_onnx, metadata_path
-from dfudet.inference.backend import Detections, load_backend
+from dfudet.inference.backend import Detections
+from dfudet.inference.loader import load_backend
 from dfudet.inference.onnx_predictor import OnnxPredictor
 from dfudet.inference.predictor import Predictor
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dfudet.commands.evaluate import run_evaluation
 from dfudet.errors import ConfigError
-from dfudet.inference.backend import Backend, Detections, load_backend
-from dfudet.inference.evaluate import run_evaluation
+from dfudet.inference.backend import Backend, Detections
+from dfudet.inference.loader import load_backend
 from dfudet.inference.predictor import Predictor
 
 

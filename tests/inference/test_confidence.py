@@ -13,20 +13,20 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from _checkpoints import make_checkpoint
 from dfudet.checkpoint import load_for_inference
+from dfudet.commands.predict import run_predict
+from dfudet.commands.tune import SizeTrial, calibrate_on_val
 from dfudet.confidence import Calibration, triage_label
 from dfudet.config import load_config
 from dfudet.data.demo import render_sample
 from dfudet.errors import CheckpointError
 from dfudet.export.slim import export_slim
-from dfudet.inference.predict import run_predict
 from dfudet.inference.predictor import Predictor
 from dfudet.inference.quality import assess_quality
-from dfudet.inference.tune import SizeTrial, calibrate_on_val
 from dfudet.metrics.calibration import box_outcomes, choose_review_threshold, fit_calibration
 from dfudet.metrics.scores import detection_scores
 from dfudet.serve.app import create_app
-from inference.conftest import make_checkpoint
 
 PLATT = Calibration("platt", a=2.0, b=-1.0, n_boxes=100, n_true=40)
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dfudet.data.demo import render_sample
-from dfudet.inference.backend import load_backend
+from dfudet.inference.loader import load_backend
 from dfudet.inference.quality import QualityThresholds, measure_quality
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "quality_sweep.py"

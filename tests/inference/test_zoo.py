@@ -15,7 +15,7 @@ from dfudet.data.demo import render_sample
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.export.slim import export_slim
 from dfudet.inference import zoo
-from dfudet.inference.backend import load_backend
+from dfudet.inference.loader import load_backend
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ def test_oversized_stream_is_cut_off_while_reading(live):
 def test_onnx_backend_serves_the_same_boxes(served_checkpoint: Path, predictor: Predictor, demo_photos,
                                             tmp_path: Path):
     from dfudet.export.onnx import export_onnx
-    from dfudet.inference.backend import load_backend
+    from dfudet.inference.loader import load_backend
 
     export_onnx(served_checkpoint, tmp_path / "model.onnx")
     onnx_predictor = load_backend(onnx=str(tmp_path / "model.onnx"))

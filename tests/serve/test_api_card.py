@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _marker_scene import render
-from dfudet.inference.backend import load_backend
+from dfudet.inference.loader import load_backend
 from dfudet.serve.app import create_app
 
 pytestmark = pytest.mark.slow  # trains a small Mask R-CNN for a few steps (shared with test_api_outlines)

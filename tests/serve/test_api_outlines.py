@@ -13,7 +13,8 @@ from PIL import Image
 
 from dfudet.data import instance_masks
 from dfudet.inference.area import NO_SCALE_NOTE
-from dfudet.inference.backend import Backend, Detections, load_backend
+from dfudet.inference.backend import Backend, Detections
+from dfudet.inference.loader import load_backend
 from dfudet.serve.app import create_app
 
 OUTLINE_FIELDS = {"detections", "mm_per_px", "area_note"}

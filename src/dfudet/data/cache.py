@@ -29,13 +29,13 @@ import cv2
 import lmdb
 import numpy as np
 
-import dfudet
 from dfudet.data import instance_masks
 from dfudet.data.checks import decode_image_bytes, load_image, open_image
 from dfudet.data.privacy import encode_image, strip_jpeg_metadata
 from dfudet.data.records import ImageRecord, read_dataset, summarize
 from dfudet.errors import DataError
 from dfudet.utils import atomic_write_bytes, disk_free_text, is_disk_full
+from dfudet.version import __version__
 
 log = logging.getLogger("dfudet")
 
@@ -367,7 +367,7 @@ def prepare_cache(dataset_dir: Path, out: Path, img_size: int | None = 512, jpeg
             "jpeg_quality": jpeg_quality,
             "splits": splits,
             "content_hash": hasher.hexdigest(),
-            "created_with": {"dataset_dir": str(dataset_dir.resolve()), "dfudet": dfudet.__version__},
+            "created_with": {"dataset_dir": str(dataset_dir.resolve()), "dfudet": __version__},
         }
         atomic_write_bytes(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode("utf-8"))
         _swap_into_place(tmp, out)

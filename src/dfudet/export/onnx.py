@@ -27,12 +27,12 @@ from typing import Any
 
 import torch
 
-from dfudet import CLASS_NAMES, __version__
 from dfudet.errors import ConfigError
 from dfudet.inference.onnx_predictor import metadata_path
 from dfudet.inference.predictor import Predictor
 from dfudet.models.factory import get_spec
 from dfudet.utils import atomic_write_bytes, sha256_file
+from dfudet.version import CLASS_NAMES, __version__
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "labels", "scores")

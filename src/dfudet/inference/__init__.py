@@ -1,4 +1,6 @@
-"""Inference on trained checkpoints: Predictor (any image size, original coordinates), TTA, drawing, evaluate, predict.
+"""The runtime: the backend interface, the PyTorch and ONNX Runtime backends, TTA, areas, drawing, the photo quality
+check and the shipped models (what serve, the Python API and an ONNX-only install need; the batch commands that
+drive it live in dfudet.commands).
 
 Names are imported lazily: `dfudet.inference.onnx_predictor` must load on a machine without torch.
 """
@@ -10,7 +12,7 @@ from typing import Any
 
 _LAZY = {"Predictor": "dfudet.inference.predictor", "resolve_device": "dfudet.inference.predictor",
          "Backend": "dfudet.inference.backend", "Detections": "dfudet.inference.backend",
-         "load_backend": "dfudet.inference.backend", "OnnxPredictor": "dfudet.inference.onnx_predictor"}
+         "load_backend": "dfudet.inference.loader", "OnnxPredictor": "dfudet.inference.onnx_predictor"}
 
 __all__ = list(_LAZY)
 

@@ -158,24 +158,3 @@ class Backend(ABC):
     def keep(self, detections: Detections, threshold: float | None = None) -> Detections:
         """The detections at or above the threshold (default: the operating threshold)."""
         return detections.above(self.operating_threshold if threshold is None else float(threshold))
-
-
-_ONE_SOURCE = "give exactly one of --checkpoint (PyTorch) or --onnx (onnxruntime)"
-
-
-def load_backend(checkpoint: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
-                 device: str = "cpu", operating_threshold: float | None = None, tta: bool = False) -> Backend:
-    """The PyTorch backend for a checkpoint or the ONNX Runtime backend for an exported model (exactly one)."""
-    if (checkpoint is None) == (onnx is None):
-        raise ConfigError(_ONE_SOURCE)
-    if onnx is not None:
-        # lazy: onnx_predictor imports this module (cycle)
-        from dfudet.inference.onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor.from_onnx(onnx, operating_threshold=operating_threshold, tta=tta)
-    if checkpoint is None:  # cannot happen after the check above; narrows the type for mypy
-        raise ConfigError(_ONE_SOURCE)
-    # lazy: predictor imports torch, which the ONNX path must not load (and predictor imports this module)
-    from dfudet.inference.predictor import Predictor
-
-    return Predictor.from_checkpoint(checkpoint, device=device, operating_threshold=operating_threshold, tta=tta)

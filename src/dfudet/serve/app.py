@@ -47,7 +47,8 @@ from dfudet.data.checks import TooManyPixels, decode_image_bytes
 from dfudet.data.checks import max_pixels as default_max_pixels
 from dfudet.errors import ConfigError, DfudetError
 from dfudet.inference.area import check_mm_per_px, outline_fields
-from dfudet.inference.backend import Backend, Detections, load_backend
+from dfudet.inference.backend import Backend, Detections
+from dfudet.inference.loader import load_backend
 from dfudet.utils import sha256_file
 
 log = logging.getLogger("dfudet.serve")

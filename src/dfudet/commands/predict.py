@@ -39,12 +39,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
-from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import check_mm_per_px, outline_fields, parse_scale
-from dfudet.inference.backend import load_backend
-from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
-from dfudet.inference.photo_lists import (
+from dfudet.commands.photo_lists import (
     ROW_NOTE,
     cell,
     column_index,
@@ -54,6 +49,11 @@ from dfudet.inference.photo_lists import (
     resolve_photo,
     scale_column,
 )
+from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.area import check_mm_per_px, outline_fields, parse_scale
+from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
+from dfudet.inference.loader import load_backend
 from dfudet.utils import atomic_write_bytes
 
 
@@ -115,7 +115,7 @@ def _csv_text(images: list[dict[str, Any]], outlines: bool) -> str:
 
 def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
     """Photos and their mm-per-pixel scales from a CSV with a `photo` column and an optional `scale` (or
-    `mm_per_px`) column, read as track reads VISITS.csv (`dfudet.inference.photo_lists`: case-insensitive column
+    `mm_per_px`) column, read as track reads VISITS.csv (`dfudet.commands.photo_lists`: case-insensitive column
     names, paths relative to the list's folder, an empty scale means unknown).
 
     A missing column, or any bad row (an empty photo, a photo that does not exist or is not a file, a bad scale), is

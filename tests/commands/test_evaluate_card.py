@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from _marker_scene import render
-from dfudet.inference.evaluate import _card, run_evaluation
+from dfudet.commands.evaluate import _card, run_evaluation
 
 
 def test_each_evaluated_photo_says_whether_a_card_was_found(tiny_ckpt: Path, demo_data: dict[str, Path],

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dfudet.checkpoint import check_compatible
+from dfudet.commands.report import write_galleries, write_plots, write_reliability, write_report_md
 from dfudet.config import load_config
 from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
@@ -27,9 +28,9 @@ from dfudet.data.dataset import DetectionDataset
 from dfudet.data.importers import import_dataset
 from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.backend import Backend, load_backend
+from dfudet.inference.backend import Backend
+from dfudet.inference.loader import load_backend
 from dfudet.inference.quality import measure_quality
-from dfudet.inference.report import write_galleries, write_plots, write_reliability, write_report_md
 from dfudet.marker.detect import find_card
 from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
 from dfudet.metrics.calibration import calibration_report, triage_table, ulcer_free_alarms

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from dfudet.cli import main
+from dfudet.commands.evaluate import run_evaluation
 from dfudet.data.dataset import DetectionDataset
 from dfudet.errors import CheckpointError, ConfigError, DataError
-from dfudet.inference.evaluate import run_evaluation
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.scores import best_threshold, detection_scores
 from dfudet.metrics.sizes import found_by_size
@@ -152,8 +152,8 @@ def test_report_reads_without_the_code(tiny_ckpt: Path, demo_data: dict[str, Pat
 
     from PIL import Image
 
+    from dfudet.commands.report import GLOSSARY
     from dfudet.export.slim import export_slim
-    from dfudet.inference.report import GLOSSARY
 
     other = tmp_path / "other.pth"  # a second model to set beside: the same weights, slim, at threshold 0.9
     export_slim(tiny_ckpt, other)

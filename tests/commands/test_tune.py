@@ -15,15 +15,15 @@ import torch
 from _checkpoints import FCOS_OVERRIDES, train_demo_checkpoint
 from _require import import_or_skip
 from dfudet.checkpoint import load_for_inference
+from dfudet.commands import tune as tune_mod
+from dfudet.commands.evaluate import predict_split, run_evaluation
+from dfudet.commands.tune import SizeTrial, pick_size, run_tune, with_confidence
 from dfudet.config import Config
 from dfudet.data.dataset import DetectionDataset
 from dfudet.data.demo import render_sample
 from dfudet.engine.runner import run_training
 from dfudet.errors import ConfigError
-from dfudet.inference import tune as tune_mod
-from dfudet.inference.evaluate import predict_split, run_evaluation
 from dfudet.inference.predictor import Predictor
-from dfudet.inference.tune import SizeTrial, pick_size, run_tune, with_confidence
 from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
 from dfudet.metrics.scores import Scores, best_threshold
 from dfudet.models.factory import build_detector, get_spec

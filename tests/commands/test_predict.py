@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from dfudet.cli import main
+from dfudet.commands.predict import collect_images, read_photo_list, run_predict
 from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
 from dfudet.errors import ConfigError, DataError, DfudetError
-from dfudet.inference.backend import load_backend
-from dfudet.inference.predict import collect_images, read_photo_list, run_predict
+from dfudet.inference.loader import load_backend
 
 
 def _photo(path: Path, w: int, h: int, seed: int = 0, **save: object) -> Path:

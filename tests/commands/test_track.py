@@ -15,12 +15,7 @@ from pycocotools import mask as mask_utils
 
 from _checkpoints import train_demo_checkpoint
 from dfudet.cli import main
-from dfudet.data import instance_masks
-from dfudet.data.demo import render_sample
-from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import NO_SCALE_NOTE, parse_scale
-from dfudet.inference.backend import Backend, Detections, load_backend
-from dfudet.inference.track import (
+from dfudet.commands.track import (
     INSUFFICIENT,
     NOT_ON_TRACK,
     ON_TRACK,
@@ -33,6 +28,12 @@ from dfudet.inference.track import (
     safe_ids,
     union_area,
 )
+from dfudet.data import instance_masks
+from dfudet.data.demo import render_sample
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.area import NO_SCALE_NOTE, parse_scale
+from dfudet.inference.backend import Backend, Detections
+from dfudet.inference.loader import load_backend
 
 DAY0 = date(2024, 3, 1)
 SHRINK = 0.8  # the synthetic lesion's area factor per visit

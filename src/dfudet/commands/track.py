@@ -3,7 +3,7 @@
 Input: VISITS.csv with the columns `patient`, `date` (ISO YYYY-MM-DD), `photo` (a path; relative paths are resolved
 against the CSV's folder) and optionally `scale` (or `mm_per_px`, not both): millimetres per pixel of that photo,
 written "0.2", "0.2 mm/px" or "5 px/mm" (converted to 0.2 mm/px). `--mm-per-px` applies to rows without a scale of
-their own. Column names are read case-insensitively (`dfudet.inference.photo_lists`, as `predict --photos` reads).
+their own. Column names are read case-insensitively (`dfudet.commands.photo_lists`, as `predict --photos` reads).
 
 Bad rows (empty patient, a date that is not YYYY-MM-DD, a photo that does not exist, is not a file or cannot be read
 as an image, a scale that is not a positive number or has an unknown unit) are reported by their row number in
@@ -63,13 +63,7 @@ from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from PIL import Image
 from tqdm import tqdm
 
-from dfudet.data import instance_masks
-from dfudet.data.checks import load_image
-from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, card_note, check_mm_per_px, parse_scale
-from dfudet.inference.backend import Backend, Detections, load_backend
-from dfudet.inference.draw import draw_outlines
-from dfudet.inference.photo_lists import (
+from dfudet.commands.photo_lists import (
     ROW_NOTE,
     cell,
     column_index,
@@ -79,6 +73,13 @@ from dfudet.inference.photo_lists import (
     resolve_photo,
     scale_column,
 )
+from dfudet.data import instance_masks
+from dfudet.data.checks import load_image
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, card_note, check_mm_per_px, parse_scale
+from dfudet.inference.backend import Backend, Detections
+from dfudet.inference.draw import draw_outlines
+from dfudet.inference.loader import load_backend
 from dfudet.marker.detect import find_card
 from dfudet.marker.scale import mask_area_mm2
 from dfudet.utils import atomic_write_bytes

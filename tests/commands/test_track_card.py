@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import pytest
 
 from _marker_scene import render, true_wound_mm2
-from dfudet.inference.track import VisitArea, area_csv, healing_timeline, summary_row
+from dfudet.commands.track import VisitArea, area_csv, healing_timeline, summary_row
 from dfudet.marker.detect import find_card
 from dfudet.marker.scale import mask_area_mm2
 
@@ -72,8 +72,8 @@ def mask_model(tmp_path_factory):
 def test_predict_and_track_take_areas_from_the_card(card_photos, mask_model, tmp_path):
     import json
 
-    from dfudet.inference.predict import run_predict
-    from dfudet.inference.track import run_track
+    from dfudet.commands.predict import run_predict
+    from dfudet.commands.track import run_track
 
     run_predict([card_photos], mask_model, tmp_path / "pred", progress=False)
     data = json.loads((tmp_path / "pred" / "predictions.json").read_text())

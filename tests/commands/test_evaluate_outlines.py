@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dfudet.commands.evaluate import run_evaluation
+from dfudet.commands.report import OUTLINE_BENCHMARK_NOTE, OUTLINE_GLOSSARY
 from dfudet.data.dataset import DetectionDataset
-from dfudet.inference.backend import load_backend
-from dfudet.inference.evaluate import run_evaluation
-from dfudet.inference.report import OUTLINE_BENCHMARK_NOTE, OUTLINE_GLOSSARY
+from dfudet.inference.loader import load_backend
 from dfudet.metrics.outlines import OUTLINE_CI_METRICS
 
 SHARES = ("mean_dice", "mean_iou", "aggregate_dice", "healthy_false_pixel_share")

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from dfudet.checkpoint import atomic_torch_save, build_best_payload, load_for_inference
+from dfudet.commands.evaluate import predict_split
 from dfudet.data.dataset import DetectionDataset
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.evaluate import predict_split
 from dfudet.inference.predictor import Predictor
 from dfudet.metrics.bootstrap import paired_composite_gains, per_image_counts
 from dfudet.metrics.calibration import (
