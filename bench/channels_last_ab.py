@@ -29,7 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from dfudet.config import ModelConfig  # noqa: E402
+from dfudet.config import DenseHeadConfig, ModelConfig  # noqa: E402
 from dfudet.engine.host_memory import keep_freed_memory  # noqa: E402
 from dfudet.models import build_detector, get_spec  # noqa: E402
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     name, _, backbone = args.model.partition(":")
     device = torch.device("cpu")
     images, targets = _batch(args.size, args.batch_size, device)
-    one_stage = get_spec(name).family not in ("faster_rcnn", "mask_rcnn")
+    one_stage = "dense_head" in get_spec(name).sections
     models: dict[str, Any] = {}
     first_loss: dict[str, dict[str, float]] = {}
     for label, channels_last in LAYOUTS.items():
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         # pretrained=True with load_weights=False: the frozen stages (FrozenBatchNorm) of a pretrained recipe, no
         # weights needed (with pretrained=False every stage would train)
         cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_lite0", pretrained=True,
-                          fpn_channels=args.fpn_channels, head_convs=args.head_convs if one_stage else None,
+                          fpn_channels=args.fpn_channels,
+                          dense_head=DenseHeadConfig(convs=args.head_convs if one_stage else None),
                           trainable_backbone_layers=args.trainable_backbone_layers,
                           channels_last=channels_last)
         model = build_detector(cfg, args.size, load_weights=False)

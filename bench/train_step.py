@@ -34,7 +34,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
-from dfudet.config import ModelConfig  # noqa: E402
+from dfudet.config import DenseHeadConfig, ModelConfig  # noqa: E402
 from dfudet.engine.ema import ramped_ema  # noqa: E402
 from dfudet.engine.host_memory import keep_freed_memory  # noqa: E402
 from dfudet.models import available_models, build_detector  # noqa: E402
@@ -78,11 +78,11 @@ def bench_one(
     """Time training steps and per-image inference of one detector at one input size."""
     name, _, backbone = spec.partition(":")
     # --head-convs applies to one-stage heads only; Faster R-CNNs keep theirs
-    one_stage = get_spec(name).family != "faster_rcnn"
+    one_stage = "dense_head" in get_spec(name).sections
     if not get_spec(name).timm_backbone:
         fpn_channels = 256  # torchvision fixes the FPN width of its own backbones
     cfg = ModelConfig(name=name, backbone=backbone or "efficientnet_b5", pretrained=False, fpn_channels=fpn_channels,
-                      head_convs=head_convs if one_stage else None, channels_last=channels_last)
+                      dense_head=DenseHeadConfig(convs=head_convs if one_stage else None), channels_last=channels_last)
     model = build_detector(cfg, size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-4)

@@ -16,13 +16,14 @@ MODEL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 IMG_SIZE = 128
 
 
-# the Faster R-CNN sampler sizes below go back to their defaults: fcos_timm refuses non-default ones
-FCOS_OVERRIDES = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1",
-                  "model.rpn_batch_size_per_image=256", "model.box_batch_size_per_image=512")
+# model.rcnn={}: the Faster R-CNN sampler sizes set below go back to their defaults (fcos_timm does not read them, so
+# it refuses other values)
+FCOS_OVERRIDES = ("model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32",
+                  "model.dense_head.convs=1", "model.rcnn={}")
 
 # an outline model small enough for tests: Mask R-CNN on a random-init resnet10t, narrow FPN and mask head
 MASK_OVERRIDES = ("model.name=maskrcnn_efficientnet", "model.backbone=resnet10t", "model.fpn_channels=32",
-                  "model.mask_head_channels=16", "model.mask_head_convs=1")
+                  "model.mask_head.channels=16", "model.mask_head.convs=1")
 
 
 def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, threshold: float = 0.3,
@@ -32,7 +33,8 @@ def train_demo_checkpoint(path: Path, img_size: int = IMG_SIZE, steps: int = 3, 
     `overrides` (e.g. FCOS_OVERRIDES) change the model."""
     cfg = load_config(None, [f"model.name={MODEL}", "model.pretrained=false", f"data.img_size={img_size}",
                              "model.box_score_thresh=0.05", "model.detections_per_img=30",
-                             "model.rpn_batch_size_per_image=64", "model.box_batch_size_per_image=64", *overrides])
+                             "model.rcnn.rpn_batch_size_per_image=64", "model.rcnn.box_batch_size_per_image=64",
+                             *overrides])
     torch.manual_seed(0)
     model = build_detector(cfg.model, img_size)
     samples = [render_sample(0, i, img_size, healthy=False) for i in range(2)]

@@ -88,7 +88,7 @@ def _tiny_config(cache: Path, run_dir: Path, *overrides: str) -> Config:
     return load_config(None, [
         f"data.cache={cache}", f"run_dir={run_dir}", "data.img_size=96", "data.batch_size=2",
         "model.name=fasterrcnn_mobilenet_v3_large_320_fpn", "model.pretrained=false",
-        "model.rpn_batch_size_per_image=32", "model.box_batch_size_per_image=32",
+        "model.rcnn.rpn_batch_size_per_image=32", "model.rcnn.box_batch_size_per_image=32",
         "train.accelerator=cpu", "train.epochs=3", "train.limit_train_batches=2", "train.limit_val_batches=2",
         "train.threads=1", *overrides,
     ])

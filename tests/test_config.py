@@ -124,3 +124,39 @@ def test_pretrained_recipes_find_their_weights_offline():
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
         assert cfg.model.pretrained and cfg.model.weights is None
         assert package_weights_file(cfg.model.backbone) is not None, f"{name}: no installed weight package"
+
+
+# a value of each flat model key of dfudet before the sections (valid at its new place)
+OLD_FLAT = {"anchor_sizes": [[8.0], [16.0], [32.0], [64.0], [128.0]], "aspect_ratios": [1.0], "auto_anchors": True,
+            "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 128, "mask_head_channels": 64,
+            "mask_head_convs": 2, "head_convs": 2, "topk_candidates": 50, "instance_balance": 0.5}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_FLAT))
+def test_an_old_flat_model_key_is_refused_with_its_new_place(old, tmp_path):
+    from dfudet.config import MOVED_MODEL_KEYS
+
+    new = MOVED_MODEL_KEYS[old]
+    section, field = new.split(".")
+    value = OLD_FLAT[old]
+    p = tmp_path / "old.yaml"
+    p.write_text(yaml.safe_dump({"model": {"name": "fcos_timm", old: value}}))
+    for args in ((p, None), (None, [f"model.{old}={yaml.safe_dump(value, default_flow_style=True).strip()}"])):
+        with pytest.raises(ConfigError) as exc:  # refused, never read as the new key
+            load_config(*args)
+        assert f"model.{old}: unknown key; it moved to model.{new} (in YAML: model: {{{section}: {{{field}: ...}}}})" \
+            in str(exc.value)
+    # the place the hint names takes the same value
+    moved = load_config(None, [f"model.{new}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    assert getattr(getattr(moved.model, section), field) == value
+
+
+def test_every_model_section_key_is_typed_and_checked():
+    cfg = load_config(None, ["model.anchors.auto=true", "model.dense_head.convs=3", "model.mask_head.channels=32"])
+    assert cfg.model.anchors.auto and cfg.model.dense_head.convs == 3 and cfg.model.mask_head.channels == 32
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["model.dense_head.conv=3", "model.anchors.sizes=[[0]]", "model.fcos.instance_balance=2"])
+    msg = str(exc.value)
+    assert "model.dense_head.conv: unknown key; did you mean model.dense_head.convs?" in msg
+    assert "model.anchors.sizes: Value error, sizes must be a list (one per FPN level)" in msg
+    assert "model.fcos.instance_balance: Input should be less than or equal to 1" in msg

@@ -29,12 +29,12 @@ def tiny_overrides(name: str) -> list[str]:
            "model.detections_per_img=20"]
     if spec.timm_backbone:
         out += ["model.backbone=resnet10t", "model.fpn_channels=32"]
-    if spec.family in ("faster_rcnn", "mask_rcnn"):
-        out += ["model.rpn_batch_size_per_image=32", "model.box_batch_size_per_image=32"]
-    else:
-        out += ["model.head_convs=1"]
-    if spec.masks:
-        out += ["model.mask_head_channels=16", "model.mask_head_convs=1"]
+    if "rcnn" in spec.sections:
+        out += ["model.rcnn.rpn_batch_size_per_image=32", "model.rcnn.box_batch_size_per_image=32"]
+    if "dense_head" in spec.sections:
+        out += ["model.dense_head.convs=1"]
+    if "mask_head" in spec.sections:
+        out += ["model.mask_head.channels=16", "model.mask_head.convs=1"]
     return out
 
 

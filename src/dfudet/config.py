@@ -91,8 +91,65 @@ class DataConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class AnchorsConfig(_Strict):
+    """Anchor boxes of the anchor-based models (Faster/Mask R-CNN, RetinaNet): model.anchors."""
+
+    sizes: list[list[float]] | None = None  # one list per FPN level; None = defaults (or `auto`)
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    auto: bool = False  # propose sizes and aspect ratios from the training boxes (logged)
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _positive_ratios(cls, v: list[float]) -> list[float]:
+        if not v or any(r <= 0 for r in v):
+            raise ValueError("aspect_ratios must be a non-empty list of positive numbers")
+        return v
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive_sizes(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None and (not v or any(not lvl or any(s <= 0 for s in lvl) for lvl in v)):
+            raise ValueError("sizes must be a list (one per FPN level) of non-empty lists of positive sizes")
+        return v
+
+
+class RcnnConfig(_Strict):
+    """The two-stage models' samplers (Faster/Mask R-CNN): model.rcnn."""
+
+    rpn_batch_size_per_image: int = Field(256, ge=1)  # anchors sampled per image for the RPN loss
+    box_batch_size_per_image: int = Field(512, ge=1)  # RoIs sampled per image for the box head
+
+
+class MaskHeadConfig(_Strict):
+    """The outline models' mask head (maskrcnn_efficientnet): model.mask_head."""
+
+    # channels of each of the mask head's conv layers (None = the FPN's) and how many there are (torchvision: 4 of 256)
+    channels: int | None = Field(None, ge=8)
+    convs: int | None = Field(None, ge=1, le=8)
+
+
+class DenseHeadConfig(_Strict):
+    """The one-stage heads (fcos_timm, retinanet_timm): model.dense_head."""
+
+    convs: int | None = Field(None, ge=1, le=8)  # conv layers per head branch (None = 4, torchvision's)
+    topk_candidates: int | None = Field(None, ge=1)  # best locations per FPN level kept before NMS (None = 1000)
+
+
+class FcosConfig(_Strict):
+    """What only FCOS's loss reads (fcos_timm): model.fcos."""
+
+    # weight each positive location's losses by n ** -instance_balance, where n is how many positive locations its
+    # ulcer has (weights rescaled to average 1). 0: torchvision's loss, every location alike, so a 48 px ulcer
+    # (9 locations) outweighs an 8-16 px one (1-3) several times; 1: every ulcer weighs the same
+    instance_balance: float = Field(0.0, ge=0, le=1)
+
+
 class ModelConfig(_Strict):
-    """Which detector and how it is built."""
+    """Which detector and how it is built: the keys every family reads, then one section per kind of head.
+
+    A model reads only the sections its ModelSpec lists (`ModelSpec.sections`); `build_detector` refuses a section
+    key it does not read unless it is left at its default.
+    """
 
     name: str = "fasterrcnn_efficientnet"
     backbone: str = "efficientnet_b5"
@@ -104,32 +161,20 @@ class ModelConfig(_Strict):
     # Written by the run (where the backbone's pretrained weights came from, how many tensors); ignored as input.
     weights_source: str | None = None
     num_classes: int = Field(2, ge=2)
-    anchor_sizes: list[list[float]] | None = None  # one list per FPN level; None = defaults (or `auto`)
-    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
-    auto_anchors: bool = False  # propose anchor sizes from the training boxes (logged)
     fpn_channels: int = Field(256, ge=8)
     trainable_backbone_layers: int = Field(5, ge=0, le=5)
     box_score_thresh: float = Field(0.01, ge=0, le=1)
     box_nms_thresh: float = Field(0.5, ge=0, le=1)
     detections_per_img: int = Field(100, ge=1)
-    rpn_batch_size_per_image: int = Field(256, ge=1)
-    box_batch_size_per_image: int = Field(512, ge=1)
-    # one-stage heads (fcos_timm) only: conv layers per head branch (None = 4, torchvision's FCOS) and the best
-    # locations per FPN level kept before NMS (None = 1000)
-    head_convs: int | None = Field(None, ge=1, le=8)
-    topk_candidates: int | None = Field(None, ge=1)
-    # outline models (maskrcnn_efficientnet) only: channels of each of the mask head's conv layers (None = the FPN's)
-    # and how many there are (torchvision: 4 of 256)
-    mask_head_channels: int | None = Field(None, ge=8)
-    mask_head_convs: int | None = Field(None, ge=1, le=8)
     # feed the backbone channels-last (NHWC) tensors: same weights and values (up to float rounding), faster convs;
     # FCOS + Lite0 train steps 1.3x faster on this CPU (docs/benchmarks.md). false: NCHW, bit-identical to runs of
     # dfudet before the setting existed
     channels_last: bool = True
-    # fcos_timm only: weight each positive location's losses by n ** -instance_balance, where n is how many positive
-    # locations its ulcer has (weights rescaled to average 1). 0: torchvision's loss, every location alike, so a
-    # 48 px ulcer (9 locations) outweighs an 8-16 px one (1-3) several times; 1: every ulcer weighs the same
-    instance_balance: float = Field(0.0, ge=0, le=1)
+    anchors: AnchorsConfig = Field(default_factory=AnchorsConfig)
+    rcnn: RcnnConfig = Field(default_factory=RcnnConfig)
+    mask_head: MaskHeadConfig = Field(default_factory=MaskHeadConfig)
+    dense_head: DenseHeadConfig = Field(default_factory=DenseHeadConfig)
+    fcos: FcosConfig = Field(default_factory=FcosConfig)
 
     @model_validator(mode="after")
     def _weights_need_pretrained(self) -> ModelConfig:
@@ -138,19 +183,23 @@ class ModelConfig(_Strict):
                              "start from that file, or remove model.weights")
         return self
 
-    @field_validator("aspect_ratios")
-    @classmethod
-    def _positive_ratios(cls, v: list[float]) -> list[float]:
-        if not v or any(r <= 0 for r in v):
-            raise ValueError("aspect_ratios must be a non-empty list of positive numbers")
-        return v
 
-    @field_validator("anchor_sizes")
-    @classmethod
-    def _positive_sizes(cls, v: list[list[float]] | None) -> list[list[float]] | None:
-        if v is not None and (not v or any(not lvl or any(s <= 0 for s in lvl) for lvl in v)):
-            raise ValueError("anchor_sizes must be a list (one per FPN level) of non-empty lists of positive sizes")
-        return v
+def model_sections() -> tuple[str, ...]:
+    """The names of ModelConfig's sections (anchors, rcnn, ...): what a ModelSpec may declare it reads."""
+    return tuple(k for k, f in ModelConfig.model_fields.items()
+                 if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel))
+
+
+# the flat model keys of dfudet before the sections, and where each lives now (named in the "unknown key" error;
+# the old spelling is never read)
+MOVED_MODEL_KEYS = {
+    "anchor_sizes": "anchors.sizes", "aspect_ratios": "anchors.aspect_ratios", "auto_anchors": "anchors.auto",
+    "rpn_batch_size_per_image": "rcnn.rpn_batch_size_per_image",
+    "box_batch_size_per_image": "rcnn.box_batch_size_per_image",
+    "mask_head_channels": "mask_head.channels", "mask_head_convs": "mask_head.convs",
+    "head_convs": "dense_head.convs", "topk_candidates": "dense_head.topk_candidates",
+    "instance_balance": "fcos.instance_balance",
+}
 
 
 class CompositeWeights(_Strict):
@@ -303,11 +352,22 @@ def _section_fields(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _yaml_path(dotted: str) -> str:
+    """`model.anchors.auto` as it is written in a YAML file: `model: {anchors: {auto: ...}}`."""
+    parts = dotted.split(".")
+    return "".join(f"{p}: {{" for p in parts[:-1]) + f"{parts[-1]}: ...}}" + "}" * (len(parts) - 2)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
+            moved = MOVED_MODEL_KEYS.get(str(e["loc"][-1])) if tuple(e["loc"][:-1]) == ("model",) else None
+            if moved is not None:
+                lines.append(f"  - {loc}: unknown key; it moved to model.{moved} (in YAML: "
+                             f"{_yaml_path('model.' + moved)})")
+                continue
             known = _section_fields(tuple(e["loc"]))
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=3, cutoff=0.6)
             prefix = ".".join(str(p) for p in e["loc"][:-1])

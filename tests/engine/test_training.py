@@ -328,9 +328,10 @@ def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_pat
     assert last.backbone == best["backbone"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
-# tiny_config sets Faster R-CNN sampler sizes; fcos_timm refuses non-default ones, so they go back to the defaults
-FCOS_TINY = ("model.rpn_batch_size_per_image=256", "model.box_batch_size_per_image=512", "model.name=fcos_timm",
-             "model.backbone=resnet10t", "model.fpn_channels=32", "model.head_convs=1")
+# tiny_config sets Faster R-CNN sampler sizes; fcos_timm refuses non-default ones, so model.rcnn goes back to its
+# defaults
+FCOS_TINY = ("model.rcnn={}", "model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32",
+             "model.dense_head.convs=1")
 
 
 def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tmp_path: Path, tiny_config):
@@ -354,16 +355,16 @@ def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tm
     # resuming the run dir with a different head is refused with the reason (not a raw state_dict error)
     from dfudet.errors import ConfigError
 
-    other = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", *FCOS_TINY[:-1], "model.head_convs=2")
-    with pytest.raises(ConfigError, match="holds a run of another model.*model.head_convs: 1 -> 2"):
+    other = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", *FCOS_TINY[:-1], "model.dense_head.convs=2")
+    with pytest.raises(ConfigError, match="holds a run of another model.*model.dense_head.convs: 1 -> 2"):
         run_training(other)
 
 
 def test_auto_anchors_with_an_anchor_free_model_stops_with_the_reason(tiny_cache: Path, tmp_path: Path, tiny_config):
     from dfudet.errors import ConfigError
 
-    cfg = tiny_config(tiny_cache, tmp_path / "run", "model.auto_anchors=true", *FCOS_TINY)
-    with pytest.raises(ConfigError, match="fcos_timm is anchor-free.*remove model.auto_anchors"):
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "model.anchors.auto=true", *FCOS_TINY)
+    with pytest.raises(ConfigError, match=r"fcos_timm \(family fcos\) does not read model.anchors.auto=True"):
         run_training(cfg)
 
 
@@ -378,7 +379,7 @@ def test_training_refuses_a_cache_prepared_smaller_than_the_model_input(tiny_cac
 
 # an outline model small enough for a test: Mask R-CNN on resnet10t with a narrow FPN and a one-conv mask head
 MASK_TINY = ("model.name=maskrcnn_efficientnet", "model.backbone=resnet10t", "model.fpn_channels=32",
-             "model.mask_head_channels=16", "model.mask_head_convs=1")
+             "model.mask_head.channels=16", "model.mask_head.convs=1")
 
 
 def test_mask_rcnn_trains_on_the_wound_masks_and_its_checkpoint_outlines(tiny_cache: Path, tmp_path: Path,
@@ -424,5 +425,5 @@ def test_an_outline_model_on_box_only_data_is_refused_naming_the_images(demo_dat
     with pytest.raises(ConfigError, match=rf"trains on wound masks, but \d+ ulcer image\(s\) of split 'train'.*"
                                           rf"{first}.*--format masks"):
         run_training(cfg)
-    with pytest.raises(ConfigError, match="model.mask_head_convs=1 applies to outline models"):
-        build_detector(tiny_config(tmp_path, tmp_path, "model.mask_head_convs=1").model, 64)
+    with pytest.raises(ConfigError, match="does not read model.mask_head.convs=1 .*maskrcnn_efficientnet"):
+        build_detector(tiny_config(tmp_path, tmp_path, "model.mask_head.convs=1").model, 64)

@@ -16,7 +16,7 @@ import torch
 from timm.layers import FrozenBatchNormAct2d
 from torchvision.models.detection import FasterRCNN
 
-from dfudet.config import ModelConfig
+from dfudet.config import AnchorsConfig, DenseHeadConfig, ModelConfig, RcnnConfig
 from dfudet.errors import ConfigError
 from dfudet.models import available_models, build_detector, get_spec
 from dfudet.models.backbones import freeze_stages
@@ -97,8 +97,7 @@ def test_every_model_trains_and_predicts_and_honours_config(name: str) -> None:
         box_score_thresh=0.02,
         box_nms_thresh=0.4,
         detections_per_img=7,
-        rpn_batch_size_per_image=64,
-        box_batch_size_per_image=32,
+        rcnn=RcnnConfig(rpn_batch_size_per_image=64, box_batch_size_per_image=32),
     )
     model = build_detector(cfg, IMG)
     assert isinstance(model, FasterRCNN)
@@ -118,7 +117,8 @@ def test_every_model_trains_and_predicts_and_honours_config(name: str) -> None:
 
 
 def test_fcos_trains_and_predicts_ulcer_labels_in_image_bounds() -> None:
-    cfg = ModelConfig(name="fcos_timm", backbone="resnet10t", pretrained=False, fpn_channels=32, head_convs=1)
+    cfg = ModelConfig(name="fcos_timm", backbone="resnet10t", pretrained=False, fpn_channels=32,
+                      dense_head=DenseHeadConfig(convs=1))
     _train_and_predict(build_detector(cfg, IMG), {"classification", "bbox_regression", "bbox_ctrness"})
 
 
@@ -135,15 +135,16 @@ def test_efficientnet_backbone_fpn_levels_and_channels() -> None:
 
 def test_custom_anchors_change_generator_and_rpn_head() -> None:
     sizes = [[6.0, 9.0], [12.0, 18.0], [24.0, 36.0], [48.0, 72.0], [96.0, 144.0]]
-    model = build_detector(_cfg("fasterrcnn_efficientnet", anchor_sizes=sizes, aspect_ratios=[0.5, 1.0, 2.0, 3.0]), IMG)
+    model = build_detector(_cfg("fasterrcnn_efficientnet",
+                                anchors=AnchorsConfig(sizes=sizes, aspect_ratios=[0.5, 1.0, 2.0, 3.0])), IMG)
     gen = model.rpn.anchor_generator
     assert gen.sizes == tuple(tuple(s) for s in sizes)
     assert gen.num_anchors_per_location() == [8] * 5
     assert model.rpn.head.cls_logits.out_channels == 8 and model.rpn.head.bbox_pred.out_channels == 32
 
     # torchvision model: a different anchor count replaces its RPN head (keeping its conv depth) and still trains
-    mb = build_detector(_cfg("fasterrcnn_mobilenet_v3_large_320_fpn", anchor_sizes=[[16.0], [32.0], [64.0]],
-                             aspect_ratios=[1.0]), IMG)
+    mb = build_detector(_cfg("fasterrcnn_mobilenet_v3_large_320_fpn",
+                             anchors=AnchorsConfig(sizes=[[16.0], [32.0], [64.0]], aspect_ratios=[1.0])), IMG)
     assert mb.rpn.anchor_generator.num_anchors_per_location() == [1, 1, 1]
     assert mb.rpn.head.cls_logits.out_channels == 1
     _train_and_predict(mb)
@@ -159,7 +160,7 @@ def test_custom_anchors_change_generator_and_rpn_head() -> None:
 )
 def test_wrong_anchor_level_count_is_a_config_error(name: str, levels: int, expected: str) -> None:
     with pytest.raises(ConfigError) as err:
-        build_detector(_cfg(name, anchor_sizes=[[32.0]] * levels), IMG)
+        build_detector(_cfg(name, anchors=AnchorsConfig(sizes=[[32.0]] * levels)), IMG)
     assert expected in str(err.value)
 
 
@@ -173,7 +174,7 @@ def test_unknown_names_are_config_errors() -> None:
     assert "'efficientnet_b00' is not a timm model" in str(err.value) and "efficientnet_b0" in str(err.value)
     with pytest.raises(ConfigError, match=r"gives feature maps at strides \[16, 16, 16, 16\], not a pyramid"):
         build_detector(_cfg("fasterrcnn_efficientnet").model_copy(update={"backbone": "vit_tiny_patch16_224"}), IMG)
-    with pytest.raises(ConfigError, match="fpn_channels=128 is not supported by fasterrcnn_mobilenet_v3_large_fpn"):
+    with pytest.raises(ConfigError, match="fasterrcnn_mobilenet_v3_large_fpn .*does not read model.fpn_channels=128"):
         build_detector(_cfg("fasterrcnn_mobilenet_v3_large_fpn", fpn_channels=128), IMG)
 
 
@@ -205,7 +206,7 @@ def test_pretrained_without_cache_or_network_is_a_clear_config_error(tmp_path: P
     # with an empty cache; on this machine the network is closed as well.
     script = textwrap.dedent(
         """
-        from dfudet.config import ModelConfig
+        from dfudet.config import AnchorsConfig, DenseHeadConfig, ModelConfig, RcnnConfig
         from dfudet.errors import ConfigError
         from dfudet.models import build_detector
         for name in ("fasterrcnn_efficientnet", "fasterrcnn_mobilenet_v3_large_320_fpn"):

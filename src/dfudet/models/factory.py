@@ -1,5 +1,7 @@
 """build_detector(cfg) and get_spec(name): the one registry of detector names -> ModelSpec (models/spec.py).
 
+build_detector is also the one place that refuses model settings a family does not read (check_settings_read).
+
 Each family module registers its specs when imported; the list below is the registry's only line per family.
 """
 
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfudet.config import ModelConfig
+from dfudet.config import ModelConfig, model_sections
 from dfudet.errors import ConfigError
 from dfudet.models.spec import MODELS, ModelSpec
 
@@ -44,10 +46,43 @@ def build_detector(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
     `load_weights=False`: same modules (frozen stages included) but no pretrained weights are looked for; the caller
     loads a checkpoint's state dict next.
     """
-    model = get_spec(cfg.name).build(cfg, img_size, load_weights)
+    spec = get_spec(cfg.name)
+    check_settings_read(spec, cfg)
+    model = spec.build(cfg, img_size, load_weights)
     if cfg.channels_last:
         model.get_submodule("backbone").register_forward_pre_hook(_channels_last_input)
     return model
+
+
+def check_settings_read(spec: ModelSpec, cfg: ModelConfig) -> None:
+    """Refuse settings the model would ignore: a key of a section its spec does not list, or a key in its `ignores`,
+    set to anything but its default (once, here, for every family; the builders read only what applies to them)."""
+    defaults = ModelConfig()
+    given: list[tuple[str, Any]] = [(k, getattr(cfg, k)) for k in spec.ignores
+                                    if getattr(cfg, k) != getattr(defaults, k)]
+    for section in model_sections():
+        if section in spec.sections:
+            continue
+        values, default = getattr(cfg, section), getattr(defaults, section)
+        given += [(f"{section}.{k}", getattr(values, k)) for k in type(values).model_fields
+                  if getattr(values, k) != getattr(default, k)]
+    if not given:
+        return
+    places = sorted({k.split(".")[0] for k, _ in given})
+    readers = "; ".join(f"model.{p}: {', '.join(_models_reading(p))}" for p in places)
+    reads = ", ".join(f"model.{s}" for s in sorted(spec.sections)) or "none"
+    them = len(given) > 1
+    raise ConfigError(
+        f"{cfg.name} (family {spec.family}) does not read {', '.join(f'model.{k}={v!r}' for k, v in given)} (the "
+        f"sections it reads: {reads}); remove {'them' if them else 'it'}, or choose a model that reads "
+        f"{'them' if them else 'it'} ({readers})")
+
+
+def _models_reading(place: str) -> list[str]:
+    """The registered models that read a section (or a common key)."""
+    if place in model_sections():
+        return [name for name, spec in sorted(MODELS.items()) if place in spec.sections]
+    return [name for name, spec in sorted(MODELS.items()) if place not in spec.ignores]
 
 
 def _channels_last_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:

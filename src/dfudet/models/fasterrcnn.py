@@ -23,14 +23,12 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, poolers
 
 from dfudet.config import ModelConfig
-from dfudet.errors import ConfigError
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats, build_timm_fpn_backbone, weights_unavailable
-from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, refuse_instance_balance, register
+from dfudet.models.spec import ModelSpec, Targets, register
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-TORCHVISION_FPN_CHANNELS = 256  # fixed inside torchvision's mobilenet/resnet FPN extractors
 TWO_MLP_HEAD_SIZE = 1024  # representation size of torchvision's default box head (TwoMLPHead)
 
 
@@ -80,28 +78,13 @@ def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: li
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
-        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        rpn_batch_size_per_image=cfg.rcnn.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.rcnn.box_batch_size_per_image,
     )
-
-
-def _no_one_stage_settings(cfg: ModelConfig, masks: bool = False) -> None:
-    for key in ("head_convs", "topk_candidates"):
-        value = getattr(cfg, key)
-        if value is not None:
-            raise ConfigError(f"model.{key}={value} applies to one-stage heads (fcos_timm, retinanet_timm), not "
-                              f"{cfg.name}; remove the setting")
-    refuse_instance_balance(cfg)
-    for key in () if masks else MASK_HEAD_SETTINGS:
-        value = getattr(cfg, key)
-        if value is not None:
-            raise ConfigError(f"model.{key}={value} applies to outline models (maskrcnn_efficientnet), not "
-                              f"{cfg.name}; remove the setting")
 
 
 def _fasterrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """Faster R-CNN on a timm backbone (cfg.backbone, EfficientNet-B0..B7 or any features_only CNN) + FPN."""
-    _no_one_stage_settings(cfg)
     anchors = anchor_generator_for(cfg, img_size, 5)  # validate before the (possibly slow) backbone build
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        weights_file=cfg.weights, load_weights=load_weights)
@@ -117,17 +100,16 @@ def _fasterrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True)
 
 def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """Mask R-CNN on a timm backbone + FPN: the Faster R-CNN above plus torchvision's mask branch, which outlines each
-    detected box on a 28 x 28 grid (RoIAlign 14 x 14 on the four FPN levels, `mask_head_convs` convs, a 2x deconv).
+    detected box on a 28 x 28 grid (RoIAlign 14 x 14 on the four FPN levels, `mask_head.convs` convs, a 2x deconv).
 
-    The mask head is `mask_head_convs` x `mask_head_channels` (default 4 x the FPN width; torchvision: 4 x 256).
+    The mask head is `mask_head.convs` x `mask_head.channels` (default 4 x the FPN width; torchvision: 4 x 256).
     Trained jointly with the boxes: the mask loss is taken on the RoIs sampled as positives for the box head.
     """
-    _no_one_stage_settings(cfg, masks=True)
     anchors = anchor_generator_for(cfg, img_size, 5)
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        weights_file=cfg.weights, load_weights=load_weights)
     mean, std = backbone_norm_stats(backbone)
-    channels = cfg.mask_head_channels or cfg.fpn_channels
+    channels = cfg.mask_head.channels or cfg.fpn_channels
     levels = ["0", "1", "2", "3"]
     mask_predictor = MaskRCNNPredictor(channels, channels, cfg.num_classes)
     # small initial logits (detectron2's init of this layer): torchvision's kaiming init starts the mask loss near 30
@@ -140,7 +122,7 @@ def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=2),
         mask_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head_convs or 4), 1),
+        mask_head=MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head.convs or 4), 1),
         box_predictor=FastRCNNPredictor(TWO_MLP_HEAD_SIZE, cfg.num_classes),  # after torchvision's default box head
         mask_predictor=mask_predictor,
         **_detector_kwargs(cfg, img_size, mean, std),
@@ -156,16 +138,6 @@ def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: 
     """
 
     def build(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
-        _no_one_stage_settings(cfg)
-        if cfg.weights:
-            raise ConfigError(f"model.weights applies to timm backbones (fasterrcnn_efficientnet, fcos_timm, "
-                              f"retinanet_timm), not {cfg.name}, which takes torchvision's ImageNet weights; remove "
-                              "the setting")
-        if cfg.fpn_channels != TORCHVISION_FPN_CHANNELS:
-            raise ConfigError(
-                f"model.fpn_channels={cfg.fpn_channels} is not supported by {cfg.name} (torchvision fixes its FPN at "
-                f"{TORCHVISION_FPN_CHANNELS} channels); remove the setting or use fasterrcnn_efficientnet"
-            )
         anchors = anchor_generator_for(cfg, img_size, levels)
         pretrained = cfg.pretrained and load_weights
         try:
@@ -195,7 +167,9 @@ def _spec(name: str, build: Callable[[ModelConfig, int, bool], nn.Module], level
           masks: bool = False) -> ModelSpec:
     return register(ModelSpec(
         name=name, family="mask_rcnn" if masks else "faster_rcnn", build=build, heads_pass=two_stage_heads_pass,
-        masks=masks,
+        masks=masks, sections=frozenset({"anchors", "rcnn", "mask_head"} if masks else {"anchors", "rcnn"}),
+        # torchvision's own backbones take its ImageNet weights (no model.weights) and fix their FPN at 256 channels
+        ignores=() if timm else ("weights", "fpn_channels"),
         min_score=lambda m: float(cast(FasterRCNN, m).roi_heads.score_thresh),
         max_detections=lambda m: int(cast(FasterRCNN, m).roi_heads.detections_per_img),
         feature_levels=levels, timm_backbone=timm, export_context=fast_roi_merge,

@@ -22,7 +22,7 @@ from dfudet.models.backbones import (
     timm_feature_info,
 )
 from dfudet.models.passes import locations_per_level, split_levels
-from dfudet.models.spec import MASK_HEAD_SETTINGS, ModelSpec, Targets, register
+from dfudet.models.spec import ModelSpec, Targets, register
 
 FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
 
@@ -132,34 +132,11 @@ def _fcos_head(channels: int, num_foreground: int, num_convs: int, balance: floa
     return head
 
 
-def refuse_two_stage_settings(cfg: ModelConfig) -> None:
-    """One-stage models have no RPN or RoI sampler; their GroupNorm heads need an even FPN width."""
-    defaults = ModelConfig()
-    two_stage = [k for k in ("rpn_batch_size_per_image", "box_batch_size_per_image", *MASK_HEAD_SETTINGS)
-                 if getattr(cfg, k) != getattr(defaults, k)]
-    if two_stage:
-        verb, what = ("apply", "those settings") if len(two_stage) > 1 else ("applies", "the setting")
-        raise ConfigError(f"{', '.join('model.' + k for k in two_stage)} {verb} to Faster/Mask R-CNN, not "
-                          f"{cfg.name} (it has no RPN, RoI sampler or mask head); remove {what}")
+def one_stage_backbone(cfg: ModelConfig, load_weights: bool) -> Any:
+    """timm backbone at strides 8/16/32 + FPN + P6/P7 (the P3-P7 pyramid of FCOS and RetinaNet)."""
     if cfg.fpn_channels % 2:
         raise ConfigError(f"model.fpn_channels={cfg.fpn_channels} must be even for {cfg.name} (its head's GroupNorm "
                           "uses gcd(32, fpn_channels / 2) groups)")
-
-
-def _refuse_anchor_settings(cfg: ModelConfig) -> None:
-    defaults = ModelConfig()
-    given = [k for k, v in (("anchor_sizes", cfg.anchor_sizes is not None), ("auto_anchors", cfg.auto_anchors),
-                            ("aspect_ratios", cfg.aspect_ratios != defaults.aspect_ratios)) if v]
-    if given:
-        raise ConfigError(
-            f"{cfg.name} is anchor-free: model.anchor_sizes, model.aspect_ratios and model.auto_anchors do not apply "
-            f"(its level sizes are the strides {', '.join(map(str, FCOS_STRIDES))}); remove "
-            f"{', '.join('model.' + k for k in given)}"
-        )
-
-
-def one_stage_backbone(cfg: ModelConfig, load_weights: bool) -> Any:
-    """timm backbone at strides 8/16/32 + FPN + P6/P7 (the P3-P7 pyramid of FCOS and RetinaNet)."""
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        out_indices=ONE_STAGE_OUT_INDICES, p6p7=True, weights_file=cfg.weights,
                                        load_weights=load_weights)
@@ -179,8 +156,6 @@ def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn
     The CPU alternative to Faster R-CNN when training from scratch: every location of P3 (stride 8) is a
     candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
     """
-    _refuse_anchor_settings(cfg)
-    refuse_two_stage_settings(cfg)
     backbone = one_stage_backbone(cfg, load_weights)
     mean, std = backbone_norm_stats(backbone)
     anchors = AnchorGenerator(tuple((s,) for s in FCOS_STRIDES), ((1.0,),) * len(FCOS_STRIDES))
@@ -192,11 +167,12 @@ def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn
         image_mean=mean,
         image_std=std,
         anchor_generator=anchors,
-        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.head_convs or 4, cfg.instance_balance),
+        head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.dense_head.convs or 4,
+                        cfg.fcos.instance_balance),
         score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh,
         detections_per_img=cfg.detections_per_img,
-        topk_candidates=cfg.topk_candidates or 1000,
+        topk_candidates=cfg.dense_head.topk_candidates or 1000,
     )
 
 
@@ -217,5 +193,6 @@ register(ModelSpec(
     name="fcos_timm", family="fcos", build=_fcos_timm, heads_pass=fcos_heads_pass,
     min_score=lambda m: float(cast(ForegroundFCOS, m).score_thresh),
     max_detections=lambda m: int(cast(ForegroundFCOS, m).detections_per_img),
-    feature_levels=len(FCOS_STRIDES), anchor_free=True, timm_backbone=True,
+    # anchor-free (no model.anchors): its level sizes are the strides 8..128
+    feature_levels=len(FCOS_STRIDES), sections=frozenset({"dense_head", "fcos"}), timm_backbone=True,
 ))

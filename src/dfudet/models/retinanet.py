@@ -11,9 +11,9 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from dfudet.config import ModelConfig
 from dfudet.models.anchors import anchor_generator_for
 from dfudet.models.backbones import backbone_norm_stats
-from dfudet.models.fcos import group_norm, one_stage_backbone, refuse_two_stage_settings
+from dfudet.models.fcos import group_norm, one_stage_backbone
 from dfudet.models.passes import locations_per_level, split_levels
-from dfudet.models.spec import ModelSpec, Targets, refuse_instance_balance, register
+from dfudet.models.spec import ModelSpec, Targets, register
 
 LEVELS = 5  # P3..P7 at strides 8..128
 
@@ -36,15 +36,13 @@ class ForegroundRetinaNet(RetinaNet):
 
 def _retinanet_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """RetinaNet on a timm backbone: stride-8..32 maps + FPN + P6/P7, torchvision's head (GroupNorm, as in its v2
-    recipe) with model.head_convs conv layers per branch (default 4), focal loss; anchors as for Faster R-CNN
-    (model.anchor_sizes / aspect_ratios / auto_anchors over the five levels)."""
-    refuse_two_stage_settings(cfg)
-    refuse_instance_balance(cfg)
+    recipe) with model.dense_head.convs conv layers per branch (default 4), focal loss; anchors as for Faster R-CNN
+    (model.anchors over the five levels)."""
     anchors = anchor_generator_for(cfg, img_size, LEVELS)
     backbone = one_stage_backbone(cfg, load_weights)
     num_anchors = anchors.num_anchors_per_location()[0]
     head = RetinaNetHead(cfg.fpn_channels, num_anchors, cfg.num_classes - 1, norm_layer=group_norm(cfg.fpn_channels))
-    n_convs = cfg.head_convs or 4
+    n_convs = cfg.dense_head.convs or 4
     head.classification_head.conv = head.classification_head.conv[:n_convs]
     head.regression_head.conv = head.regression_head.conv[:n_convs]
     mean, std = backbone_norm_stats(backbone)
@@ -52,7 +50,7 @@ def _retinanet_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) 
         backbone, num_classes=cfg.num_classes - 1, min_size=img_size, max_size=img_size, image_mean=mean,
         image_std=std, anchor_generator=anchors, head=head, score_thresh=cfg.box_score_thresh,
         nms_thresh=cfg.box_nms_thresh, detections_per_img=cfg.detections_per_img,
-        topk_candidates=cfg.topk_candidates or 1000,
+        topk_candidates=cfg.dense_head.topk_candidates or 1000,
     )
 
 
@@ -74,5 +72,5 @@ register(ModelSpec(
     name="retinanet_timm", family="retinanet", build=_retinanet_timm, heads_pass=retinanet_heads_pass,
     min_score=lambda m: float(cast(ForegroundRetinaNet, m).score_thresh),
     max_detections=lambda m: int(cast(ForegroundRetinaNet, m).detections_per_img),
-    feature_levels=LEVELS, timm_backbone=True,
+    feature_levels=LEVELS, sections=frozenset({"anchors", "dense_head"}), timm_backbone=True,
 ))

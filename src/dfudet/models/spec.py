@@ -13,8 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dfudet.config import ModelConfig
-from dfudet.errors import ConfigError
+from dfudet.config import ModelConfig, model_sections
 
 # (model config, image size, load_weights) -> detector. load_weights=False builds the pretrained structure (frozen
 # stages) without looking for ImageNet weights, for rebuilding a trained model from its checkpoint.
@@ -22,16 +21,7 @@ Builder = Callable[[ModelConfig, int, bool], nn.Module]
 Targets = list[dict[str, Tensor]]
 # The heads of one val pass on features computed once: (model, image_list, features, targets) -> (losses,
 # detections in the transformed image's pixels). Called with BatchNorm/dropout frozen and the RNG forked.
-# model settings that only outline (mask) models take; the other builders refuse a non-default value
-MASK_HEAD_SETTINGS = ("mask_head_channels", "mask_head_convs")
 HeadsPass = Callable[[nn.Module, Any, "dict[str, Tensor]", Targets], tuple[dict[str, Tensor], Targets]]
-
-
-def refuse_instance_balance(cfg: ModelConfig) -> None:
-    """model.instance_balance weights FCOS's per-location losses; the other families refuse a non-zero value."""
-    if cfg.instance_balance:
-        raise ConfigError(f"model.instance_balance={cfg.instance_balance} applies to fcos_timm (its per-location "
-                          f"loss), not {cfg.name}; remove the setting")
 
 
 @dataclass(frozen=True)
@@ -45,11 +35,21 @@ class ModelSpec:
     min_score: Callable[[nn.Module], float]  # lowest score the model emits (start of threshold sweeps)
     max_detections: Callable[[nn.Module], int]  # detections per image cap
     feature_levels: int  # feature maps the anchors / dense head cover (FPN levels incl. extra ones)
-    anchor_free: bool = False  # no anchor_sizes / aspect_ratios / auto_anchors
+    # the sections of ModelConfig the builder reads (anchors, rcnn, mask_head, dense_head, fcos); build_detector
+    # refuses a non-default key of any other section
+    sections: frozenset[str] = frozenset()
+    # keys every other family reads that this one does not (e.g. torchvision's own FPN is fixed at 256 channels):
+    # they too must stay at their defaults
+    ignores: tuple[str, ...] = ()
     timm_backbone: bool = False  # backbone from model.backbone (a timm name); others fix their own
     masks: bool = False  # also outlines each detection (Mask R-CNN): trains on and needs the data's wound masks
     # tracing tweaks while exporting to ONNX (e.g. a faster RoI merge for two-stage models)
     export_context: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+    @property
+    def anchor_free(self) -> bool:
+        """No anchor boxes to configure (model.anchors does not apply: FCOS's level sizes are its strides)."""
+        return "anchors" not in self.sections
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -59,5 +59,10 @@ def register(spec: ModelSpec) -> ModelSpec:
     """Add a spec to the registry (names are unique)."""
     if spec.name in MODELS:
         raise ValueError(f"model {spec.name!r} is already registered")
+    unknown = sorted(spec.sections - set(model_sections())) + sorted(
+        k for k in spec.ignores if k not in ModelConfig.model_fields or k in model_sections())
+    if unknown:
+        raise ValueError(f"model {spec.name!r} names settings ModelConfig does not have (or sections as ignored "
+                         f"keys): {unknown}")
     MODELS[spec.name] = spec
     return spec
