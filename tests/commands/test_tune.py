@@ -130,7 +130,7 @@ def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
     meta = export_onnx(tuned, tmp_path / "m.onnx")
     assert meta["img_size"] == 128 and meta["train_img_size"] == TRAIN
     assert meta["input"]["shape"] == [1, 3, 128, 128]
-    onnx_pred = OnnxPredictor.from_onnx(tmp_path / "m.onnx")
+    onnx_pred = OnnxPredictor(tmp_path / "m.onnx")
     assert onnx_pred.img_size == 128 and onnx_pred.info.train_img_size == TRAIN
     images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
     compared = 0
