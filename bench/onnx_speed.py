@@ -63,7 +63,7 @@ def bench_one(spec: str, size: int, image: Any, runs: int, warmup: int, threads:
     export_onnx(ckpt, onnx_path)
     export_s = time.perf_counter() - t0
     tp = Predictor.from_checkpoint(ckpt)
-    op = OnnxPredictor.from_onnx(onnx_path, threads=threads)
+    op = OnnxPredictor(onnx_path, threads=threads)
     for _ in range(warmup):
         tp.predict_arrays([image])
         op.predict_arrays([image])

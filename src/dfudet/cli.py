@@ -478,7 +478,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         return 0
     from dfudet.export.onnx import export_onnx, metadata_path
 
-    meta = export_onnx(a.checkpoint, a.out, opset=a.opset, dynamic_batch=a.dynamic_batch)
+    meta = export_onnx(a.checkpoint, a.out, opset=a.opset)
     print(f"ONNX model written to {a.out} (opset {meta['opset']}, input {meta['input']['shape']})")
     print(f"metadata written to {metadata_path(a.out)} (operating threshold {meta['operating_threshold']:.3f})")
     return 0
@@ -494,8 +494,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true",
                    help="pth: store the weights as float16 (half the size; computed in float32 when loaded)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (11..21)")
-    p.add_argument("--dynamic-batch", action="store_true",
-                   help="not supported for torchvision detectors (explains why); images run one per call")
     p.set_defaults(func=cmd_export)
 
 

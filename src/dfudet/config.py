@@ -17,7 +17,6 @@ from dfudet.utils import atomic_write_bytes
 log = logging.getLogger("dfudet")
 
 
-RENAMED_TRAIN_KEY = "score_threshold"  # train.score_threshold is now train.selection_threshold
 # The Lightning Trainer(precision=...) values a run may ask for (CPU always runs "32").
 Precision = Literal["32", "16-mixed", "bf16-mixed"]
 
@@ -220,22 +219,6 @@ class CompositeWeights(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, selection and hardware."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, data: Any) -> Any:
-        """Configs (and checkpoints) written before the rename: score_threshold -> selection_threshold."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if RENAMED_TRAIN_KEY in data:
-            if "selection_threshold" in data:
-                raise ValueError(f"both {RENAMED_TRAIN_KEY} (the old name) and selection_threshold are set; "
-                                 "keep selection_threshold")
-            data["selection_threshold"] = data.pop(RENAMED_TRAIN_KEY)
-        if data.get("select_at") == RENAMED_TRAIN_KEY:
-            data["select_at"] = "selection_threshold"
-        return data
-
     epochs: int = Field(300, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(1e-3, gt=0)
@@ -252,8 +235,7 @@ class TrainConfig(_Strict):
     lr_drop_factor: float = Field(0.1, gt=0, lt=1)
     early_stop_patience: int = Field(23, ge=1)
     composite_weights: CompositeWeights = Field(default_factory=CompositeWeights)
-    # Fixed score threshold of the selection composite when select_at is "selection_threshold" (formerly
-    # `score_threshold`; the old name is still read).
+    # Fixed score threshold of the selection composite when select_at is "selection_threshold".
     selection_threshold: float = Field(0.5, ge=0, le=1)
     # Which composite selects the kept model and drives early stopping: at `selection_threshold` (default), or at the
     # operating threshold swept on val each epoch. Either way the operating threshold is stored in best_model.pth and
@@ -413,31 +395,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _renamed_in_yaml(raw: dict[str, Any], source: str) -> dict[str, Any]:
-    """train.score_threshold of older configs read as train.selection_threshold (before overrides, so an override
-    in either spelling wins over the file)."""
-    train = raw.get("train")
-    if isinstance(train, dict) and RENAMED_TRAIN_KEY in train:
-        log.warning("%s: train.%s is now called train.selection_threshold (read as that; please rename it)",
-                    source, RENAMED_TRAIN_KEY)
-        if "selection_threshold" in train:
-            raise ConfigError(f"invalid configuration in {source}: train sets both {RENAMED_TRAIN_KEY} (the old name) "
-                              "and selection_threshold; keep selection_threshold")
-        train = dict(train)
-        train["selection_threshold"] = train.pop(RENAMED_TRAIN_KEY)
-        raw = {**raw, "train": train}
-    return raw
-
-
-def _renamed_override(text: str) -> str:
-    old = f"train.{RENAMED_TRAIN_KEY}="
-    if text.strip().startswith(old):
-        log.warning("override %s: train.%s is now called train.selection_threshold (read as that)",
-                    text.strip(), RENAMED_TRAIN_KEY)
-        return "train.selection_threshold=" + text.strip()[len(old):]
-    return text
-
-
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or defaults), apply overrides and validate, with errors that name the key."""
     raw: dict[str, Any] = {}
@@ -457,9 +414,8 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             raise ConfigError(f"config file {p} must hold a mapping (sections data/model/train), "
                               f"got {type(loaded).__name__}")
         raw = loaded
-    raw = _renamed_in_yaml(raw, source)
     if overrides:
-        raw = apply_overrides(raw, [_renamed_override(o) for o in overrides])
+        raw = apply_overrides(raw, list(overrides))
         source += " + command-line overrides"
     try:
         return Config.model_validate(raw)

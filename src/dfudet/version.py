@@ -3,5 +3,5 @@ importing the package root (whose `dfudet.load` reaches up to the Python API).""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # CHANGELOG.md says what changed
 CLASS_NAMES = ("background", "ulcer")

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from _marker_scene import render
-from dfudet.commands.evaluate import _card, run_evaluation
+from dfudet.commands.evaluate import run_evaluation
+from dfudet.commands.split_predictions import PhotoPrediction
+from dfudet.inference.backend import Detections
+from dfudet.marker.detect import find_card
 
 
 def test_each_evaluated_photo_says_whether_a_card_was_found(tiny_ckpt: Path, demo_data: dict[str, Path],
@@ -20,4 +25,9 @@ def test_each_evaluated_photo_says_whether_a_card_was_found(tiny_ckpt: Path, dem
 
 
 def test_a_photo_with_the_card_is_reported_found():
-    assert _card(render(tilt=10, card_px=380).image) == {"found": True, "accepted": True, "code": None}
+    image = render(tilt=10, card_px=380).image
+    h, w = image.shape[:2]
+    photo = PhotoPrediction(index=0, path="card.png", width=w, height=h, healthy=True,
+                            detections=Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), w, h),
+                            gt_boxes=np.zeros((0, 4)), gt_masks=None, card=find_card(image))
+    assert photo.as_json()["card"] == {"found": True, "accepted": True, "code": None}

@@ -12,6 +12,8 @@ import pytest
 
 from dfudet.commands.evaluate import run_evaluation
 from dfudet.commands.report import OUTLINE_BENCHMARK_NOTE, OUTLINE_GLOSSARY
+from dfudet.data import instance_masks
+from dfudet.data.checks import load_image
 from dfudet.data.dataset import DetectionDataset
 from dfudet.inference.loader import load_backend
 from dfudet.metrics.outlines import OUTLINE_CI_METRICS
@@ -89,12 +91,12 @@ def test_outlines_that_are_the_truth_score_perfectly(mask_ckpt: Path, demo_data:
     # no other box at IoU > 0.5 with it), so each area error is 0, whatever else the model outlines
     raw = demo_data["raw"]
     coco = json.loads((raw / "annotations" / "test.json").read_text())
-    dets = load_backend(checkpoint=mask_ckpt).predict_paths([raw / "images" / im["file_name"]
-                                                             for im in coco["images"]])
+    dets = load_backend(checkpoint=mask_ckpt).predict_arrays([load_image(raw / "images" / im["file_name"])
+                                                              for im in coco["images"]])
     coco["annotations"] = []
     for im, d in zip(coco["images"], dets):
-        areas = d.areas_px()
-        assert d.masks is not None and areas is not None
+        assert d.masks is not None
+        areas = [instance_masks.area(r) for r in d.masks]
         k = int(np.argmax(areas))
         x1, y1, x2, y2 = (float(v) for v in d.boxes[k])
         coco["annotations"].append({"id": im["id"], "image_id": im["id"], "category_id": 1, "iscrowd": 0,

@@ -13,6 +13,7 @@ from PIL import Image
 from dfudet.cli import main
 from dfudet.commands.predict import collect_images, read_photo_list, run_predict
 from dfudet.data import instance_masks
+from dfudet.data.checks import load_image
 from dfudet.data.demo import render_sample
 from dfudet.errors import ConfigError, DataError, DfudetError
 from dfudet.inference.loader import load_backend
@@ -172,7 +173,7 @@ def test_outline_model_reports_outlines_and_areas_with_the_given_scale(mask_ckpt
     by_name = {Path(im["file"]).name: im for im in data["images"]}
     for name, scale in (("visit0.png", 0.25), ("visit1.png", None)):
         im = by_name[name]
-        kept = backend.keep(backend.predict_paths([demo_photos / name])[0])
+        kept = backend.keep(backend.predict_arrays([load_image(demo_photos / name)])[0])
         dets = im["detections"]
         assert kept.masks is not None and len(kept.masks) == len(im["boxes"]) == len(dets) > 0
         areas = [d["area_px"] for d in dets]

@@ -29,6 +29,7 @@ from dfudet.commands.track import (
     union_area,
 )
 from dfudet.data import instance_masks
+from dfudet.data.checks import load_image
 from dfudet.data.demo import render_sample
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.area import NO_SCALE_NOTE, parse_scale
@@ -273,7 +274,7 @@ def _shrinking_photos(folder: Path, visits: int, seed: int = 3, index: int = 1, 
 
 def _union_of_kept(backend: Backend, photo: Path) -> tuple[int, int]:
     """(ulcers, union area) computed independently: pycocotools' merge of the kept detections' RLEs."""
-    kept = backend.keep(backend.predict_paths([photo])[0])
+    kept = backend.keep(backend.predict_arrays([load_image(photo)])[0])
     rles = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in kept.masks or ()]
     return len(kept.scores), int(mask_utils.area(mask_utils.merge(rles, intersect=False))) if rles else 0
 

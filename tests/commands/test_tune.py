@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ from _checkpoints import FCOS_OVERRIDES, train_demo_checkpoint
 from _require import import_or_skip
 from dfudet.checkpoint import load_for_inference
 from dfudet.commands import tune as tune_mod
-from dfudet.commands.evaluate import predict_split, run_evaluation
+from dfudet.commands.evaluate import run_evaluation
+from dfudet.commands.split_predictions import predict_split, preds_and_gts
 from dfudet.commands.tune import SizeTrial, pick_size, run_tune, with_confidence
 from dfudet.config import Config
 from dfudet.data.dataset import DetectionDataset
@@ -48,9 +50,7 @@ def _native_predictor(ckpt: Path, size: int) -> Predictor:
 
 
 def _val_preds(predictor: Predictor, cache: Path) -> tuple[list, list]:
-    rows = predict_split(predictor, DetectionDataset(cache, "val"), 8, False)
-    preds = [(np.asarray(r["boxes"]).reshape(-1, 4), np.asarray(r["scores"])) for r in rows]
-    return preds, [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+    return preds_and_gts(predict_split(predictor, DetectionDataset(cache, "val"), 8, False))
 
 
 def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_alone(fcos_ckpt: Path,
@@ -130,7 +130,7 @@ def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
     meta = export_onnx(tuned, tmp_path / "m.onnx")
     assert meta["img_size"] == 128 and meta["train_img_size"] == TRAIN
     assert meta["input"]["shape"] == [1, 3, 128, 128]
-    onnx_pred = OnnxPredictor.from_onnx(tmp_path / "m.onnx")
+    onnx_pred = OnnxPredictor(tmp_path / "m.onnx")
     assert onnx_pred.img_size == 128 and onnx_pred.info.train_img_size == TRAIN
     images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
     compared = 0
@@ -224,3 +224,34 @@ def test_tune_sizes_are_validated_and_infer_img_size_is_refused_for_training(tin
     with pytest.raises(ConfigError, match="dfudet tune"):
         run_training(cfg)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_tune_scores_a_size_as_training_scores_its_val_epoch(fcos_ckpt: Path, tiny_cache: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """The same val predictions give the same ValidationScores through tune and through the LightningModule: both
+    call dfudet.metrics.validation.score_validation (a spy fails the test when tune stops calling it)."""
+    from types import SimpleNamespace
+
+    from dfudet.engine.module import DetectorModule
+    from dfudet.metrics.scores import ValidationScores
+    from dfudet.metrics.validation import score_validation
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return score_validation(*args, **kwargs)
+
+    monkeypatch.setattr(tune_mod, "score_validation", spy)
+    base = Predictor.from_checkpoint(fcos_ckpt)
+    cfg = base.info.config
+    assert cfg is not None
+    trial = tune_mod._trial(base, DetectionDataset(tiny_cache, "val"), TRAIN, 8, False)
+    assert len(calls) == 1 and len(trial.preds) == len(trial.gts) > 0
+    tuned = ValidationScores.from_scores(trial.at_selection, trial.operating, ap50=trial.ap50, ap50_95=trial.ap50_95,
+                                         train_loss=1.0, val_loss=2.0, lr=0.0)
+    # training's val epoch on the same predictions (the method reads only the config and the epoch losses)
+    stand_in = SimpleNamespace(cfg=cfg, epoch_loss={"train": 1.0, "val": 2.0}.__getitem__)
+    trained = DetectorModule.validation_metrics(stand_in, [(i, b, s, g) for i, ((b, s), g)  # type: ignore[arg-type]
+                                                           in enumerate(zip(trial.preds, trial.gts))])
+    assert replace(trained, lr=0.0) == tuned  # the module sets lr after scoring

@@ -17,7 +17,6 @@ from scipy.optimize import linear_sum_assignment
 from _checkpoints import IMG_SIZE, MASK_OVERRIDES, train_demo_checkpoint
 from dfudet.data import instance_masks
 from dfudet.data.demo import render_sample
-from dfudet.errors import ConfigError
 from dfudet.export.onnx import export_onnx, metadata_path
 from dfudet.inference.backend import Detections
 from dfudet.inference.loader import load_backend
@@ -75,7 +74,7 @@ def test_sidecar_and_graph_carry_the_outlines(exported_masks: tuple[Path, Path])
     graph = onnx.load(str(onnx_path)).graph
     assert [o.name for o in graph.output] == ["boxes", "labels", "scores", "masks"]
     assert len(graph.output[3].type.tensor_type.shape.dim) == 4
-    pred = OnnxPredictor.from_onnx(onnx_path)
+    pred = OnnxPredictor(onnx_path)
     assert pred.info.outlines and pred.info.summary()["outlines"] is True
 
 
@@ -97,7 +96,7 @@ def test_onnx_outlines_match_pytorch(exported_masks: tuple[Path, Path]):
         for r, c in zip(rows, cols):
             assert got.masks[c]["size"] == [im.shape[0], im.shape[1]]
             ious.append(_mask_iou(ref.masks[r], got.masks[c]))
-        areas += ref.areas_px() or []
+        areas += [instance_masks.area(r) for r in ref.masks or ()]
         compared += len(rows)
     assert compared >= 20 and sum(a > 0 for a in areas) >= 10, "the parity check needs many non-empty outlines"
     assert min(ious) >= 0.99, f"outline IoU {min(ious):.3f} < 0.99"
@@ -105,7 +104,7 @@ def test_onnx_outlines_match_pytorch(exported_masks: tuple[Path, Path]):
 
 def test_operating_threshold_keeps_outlines_with_their_boxes(exported_masks: tuple[Path, Path]):
     _, onnx_path = exported_masks
-    pred = OnnxPredictor.from_onnx(onnx_path)
+    pred = OnnxPredictor(onnx_path)
     det = pred.predict_arrays(_images()[:1])[0]
     assert det.masks is not None and len(det.scores) > 1
     cut = float(np.median(det.scores))
@@ -120,15 +119,9 @@ def test_a_photo_without_detections_has_an_empty_outline_list(tmp_path: Path):
     ckpt = train_demo_checkpoint(tmp_path / "best_model.pth", overrides=silent)
     export_onnx(ckpt, tmp_path / "m.onnx")
     images = _images()[:2]
-    for backend in (Predictor.from_checkpoint(ckpt), OnnxPredictor.from_onnx(tmp_path / "m.onnx")):
+    for backend in (Predictor.from_checkpoint(ckpt), OnnxPredictor(tmp_path / "m.onnx")):
         for det in backend.predict_arrays(images):
-            assert det.masks == () and det.boxes.shape == (0, 4) and det.areas_px() == []
-
-
-def test_tta_is_refused_for_an_outline_model(exported_masks: tuple[Path, Path]):
-    _, onnx_path = exported_masks
-    with pytest.raises(ConfigError, match="fuses boxes only, not outlines"):
-        OnnxPredictor.from_onnx(onnx_path, tta=True)
+            assert det.masks == () and det.boxes.shape == (0, 4) and [instance_masks.area(r) for r in det.masks] == []
 
 
 def test_outlines_without_torch(exported_masks: tuple[Path, Path]):
@@ -138,7 +131,7 @@ def test_outlines_without_torch(exported_masks: tuple[Path, Path]):
         "import sys, numpy as np\n"
         "from dfudet.data.demo import render_sample\n"
         "from dfudet.inference.onnx_predictor import OnnxPredictor\n"
-        f"p = OnnxPredictor.from_onnx({str(onnx_path)!r})\n"
+        f"p = OnnxPredictor({str(onnx_path)!r})\n"
         "r = p.predict_arrays([render_sample(11, 0, 100, healthy=False).image])[0]\n"
         "assert r.masks is not None and len(r.masks) == len(r.scores) > 0, len(r.scores)\n"
         "print('torch' in sys.modules)\n"

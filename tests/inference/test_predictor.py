@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from dfudet.checkpoint import atomic_torch_save, safe_torch_load, state_digest
+from dfudet.data.checks import load_image
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference import Predictor
@@ -94,7 +95,7 @@ def test_exif_rotated_file_is_predicted_in_display_orientation(predictor: Predic
     exif[0x0112] = 6  # "rotate 90 CW to display": displayed portrait 60x120
     path = tmp_path / "rotated.jpg"
     raw.save(path, quality=95, exif=exif)
-    res = predictor.predict_paths([path])[0]
+    res = predictor.predict_arrays([load_image(path)])[0]  # load_image applies the EXIF orientation
     assert (res.width, res.height) == (60, 120)
     with Image.open(path) as im:
         displayed = np.asarray(im.convert("RGB").transpose(Image.Transpose.ROTATE_270))

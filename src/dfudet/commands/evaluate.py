@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from dfudet.checkpoint import check_compatible
 from dfudet.commands.report import write_galleries, write_plots, write_reliability, write_report_md
+from dfudet.commands.split_predictions import PhotoPrediction, predict_split, preds_and_gts
 from dfudet.config import load_config
-from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
 from dfudet.data.dataset import DetectionDataset
 from dfudet.data.importers import import_dataset
@@ -31,7 +31,6 @@ from dfudet.errors import ConfigError, DataError
 from dfudet.inference.backend import Backend
 from dfudet.inference.loader import load_backend
 from dfudet.inference.quality import measure_quality
-from dfudet.marker.detect import find_card
 from dfudet.metrics.bootstrap import bootstrap_ci, paired_composite_gains, per_image_counts, scores_of_sums
 from dfudet.metrics.calibration import calibration_report, triage_table, ulcer_free_alarms
 from dfudet.metrics.coco import coco_map
@@ -97,54 +96,17 @@ def _gallery_image(dataset: Any, i: int) -> np.ndarray:
     return dataset[i][0].permute(1, 2, 0).numpy()
 
 
-def predict_split(predictor: Backend, dataset: Any, batch_size: int = 8, progress: bool = True
-                  ) -> list[dict[str, Any]]:
-    """Predict every image of a DetectionDataset; boxes scaled to each record's original size. Rows also carry the
-    predicted and true outlines (`masks`, `gt_masks`: RLE lists or None) in the pixels of the stored image that was
-    predicted: pixel Dice and relative area error do not depend on the scale."""
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(dataset), desc=f"evaluate {dataset.split}", unit="img", disable=None if progress else True)
-    try:
-        for start in range(0, len(dataset), batch_size):
-            idx = list(range(start, min(start + batch_size, len(dataset))))
-            items = [dataset[i] for i in idx]
-            images = [image.permute(1, 2, 0).numpy() for image, _ in items]
-            for i, (_, target), image, res in zip(idx, items, images, predictor.predict_arrays(images, batch_size)):
-                rec = dataset.record(i)
-                sx, sy = rec["width"] / image.shape[1], rec["height"] / image.shape[0]
-                boxes = res.boxes.astype(np.float64) * np.array([sx, sy, sx, sy])
-                gt_masks = target.get("masks")
-                rows.append({"index": i, "path": rec["path"], "width": rec["width"], "height": rec["height"],
-                             "healthy": rec["healthy"], "gt_boxes": rec["boxes"], "boxes": boxes.tolist(),
-                             "scores": res.scores.astype(np.float64).tolist(),
-                             # outlines, as RLEs in the STORED image's pixels (None: box-only model / data)
-                             "masks": list(res.masks) if res.masks is not None else None,
-                             "gt_masks": ([instance_masks.encode(m) for m in gt_masks.numpy()]
-                                          if gt_masks is not None else None),
-                             # was a calibration card in the (stored) photo? FUSeg photos have none
-                             "card": _card(image)})
-            bar.update(len(idx))
-    finally:
-        bar.close()
-    return rows
-
-
-def _card(image: np.ndarray) -> dict[str, Any]:
-    """found / accepted / refusal code of the calibration-card search in one evaluated photo."""
-    d = find_card(image)
-    return {"found": d.found, "accepted": d.accepted, "code": d.code}
-
-
-def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold: float, n_boot: int, seed: int = 0
+def outline_metrics(rows: Sequence[PhotoPrediction], threshold: float, iou_threshold: float, n_boot: int,
+                    seed: int = 0
                     ) -> dict[str, Any] | None:
     """The "outlines" section of metrics.json (dfudet.metrics.outlines at the operating threshold, with bootstrap
     CIs when n_boot > 0): None when neither the model nor the data has outlines (box-only: as before), and
     {"skipped": reason} when only one of them has."""
-    model_outlines = all(r["masks"] is not None for r in rows)
-    ulcer = [r for r in rows if len(r["gt_boxes"])]
-    unmasked = sum(r["gt_masks"] is None for r in ulcer)
+    model_outlines = all(r.masks is not None for r in rows)
+    ulcer = [r for r in rows if len(r.gt_boxes)]
+    unmasked = sum(r.gt_masks is None for r in ulcer)
     if not model_outlines:
-        if any(r["gt_masks"] is not None for r in rows):
+        if any(r.gt_masks is not None for r in rows):
             return {"skipped": "the model draws boxes only (no outlines), so the data's wound masks were not used"}
         return None
     if not ulcer:
@@ -152,8 +114,8 @@ def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold:
     if unmasked:
         return {"skipped": f"{unmasked} of {len(ulcer)} ulcer images have no wound mask (box-only data): import "
                            "masks (--format masks, or COCO segmentations) to score the model's outlines"}
-    images = outline_images([(r["boxes"], r["scores"], r["masks"]) for r in rows],
-                            [(r["gt_boxes"], r["gt_masks"] or []) for r in rows], threshold, iou_threshold)
+    images = outline_images([(r.boxes, r.scores, r.masks) for r in rows],
+                            [(r.gt_boxes, r.gt_masks or []) for r in rows], threshold, iou_threshold)
     ci = ({k: (list(v) if v is not None else None) for k, v in outline_bootstrap_ci(images, n_boot, seed).items()}
           if n_boot > 0 else None)
     return {**outline_scores(images, threshold, iou_threshold).as_dict(),
@@ -163,7 +125,7 @@ def outline_metrics(rows: list[dict[str, Any]], threshold: float, iou_threshold:
                           if ci is not None else None)}
 
 
-def trust_metrics(rows: list[dict[str, Any]], preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray],
+def trust_metrics(rows: Sequence[PhotoPrediction], preds: list[tuple[np.ndarray, np.ndarray]], gts: list[np.ndarray],
                   predictor: Backend, iou_threshold: float) -> dict[str, Any]:
     """The "calibration", "triage" and "ulcer_free" sections of metrics.json: ECE before and after the model's stored
     calibration, the ulcer / review / no ulcer labels at its thresholds, and false alarms on ulcer-free photos by
@@ -177,7 +139,7 @@ def trust_metrics(rows: list[dict[str, Any]], preds: list[tuple[np.ndarray, np.n
                                          "none stored: the review band is empty")
     free = [i for i, u in enumerate(has_ulcer) if not u]
     alarms = ulcer_free_alarms([best[i] for i in free], [int((preds[i][1] >= thr).sum()) for i in free],
-                               [str(Path(rows[i]["path"]).parent) for i in free]) if free else []
+                               [str(Path(rows[i].path).parent) for i in free]) if free else []
     return {"calibration": calibration_report(preds, gts, predictor.calibration, thr, iou_threshold),
             "triage": triage, "ulcer_free": alarms}
 
@@ -267,9 +229,7 @@ def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch
     threshold; with `n_boot` > 0 also the paired bootstrap of the composite difference (this model minus that one,
     both scored on the same resampled photos: `this_per_image` is this model's `per_image_counts`)."""
     other = load_backend(checkpoint=checkpoint, device=device, tta=tta)
-    rows = predict_split(other, dataset, batch_size, progress)
-    preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
-    gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+    preds, gts = preds_and_gts(predict_split(other, dataset, batch_size, progress))
     at = detection_scores(preds, gts, other.operating_threshold, iou_threshold, weights).as_dict()
     paired = None
     if n_boot > 0:
@@ -323,9 +283,7 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         dataset = DetectionDataset(source, used_split)
         rows = predict_split(predictor, dataset, batch_size, progress)
         images_for_gallery = lambda i: _gallery_image(dataset, i)  # noqa: E731
-        preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64))
-                 for r in rows]
-        gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
+        preds, gts = preds_and_gts(rows)
 
         weights = predictor.info.composite_weights  # the weights the model was selected with
         thr = predictor.operating_threshold
@@ -362,13 +320,12 @@ def run_evaluation(checkpoint: str | Path | None, data: str | Path, out: str | P
         "groups": groups,
         "gallery": gallery,
         "compare": compared,
-        "cards": {"searched": len(rows), "found": sum(r["card"]["found"] for r in rows),
-                  "accepted": sum(r["card"]["accepted"] for r in rows),
+        "cards": {"searched": len(rows), "found": sum(r.card.found for r in rows),
+                  "accepted": sum(r.card.accepted for r in rows),
                   "note": "calibration card (dfudet marker) searched in each evaluated (stored) photo; per photo in "
                           "detections.json"},
     }
-    det = [{k: r[k] for k in ("path", "width", "height", "healthy", "gt_boxes", "boxes", "scores", "card")}
-           for r in rows]
+    det = [r.as_json() for r in rows]
     atomic_write_bytes(out / "detections.json", json.dumps(
         {"note": "every detection >= the model's min_score, original pixel coordinates (xyxy)",
          "images": det}).encode("utf-8"))

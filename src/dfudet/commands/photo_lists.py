@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from dfudet.errors import DataError
+from dfudet.errors import ConfigError, DataError
+from dfudet.inference.area import parse_scale
 
 SCALE_COLUMNS = ("scale", "mm_per_px")
 ROW_NOTE = "rows counted with the header as row 1"
@@ -74,6 +76,44 @@ def resolve_photo(photo: str, list_path: Path) -> Path:
     """The path of a listed photo: absolute as written, else relative to the list's folder."""
     p = Path(photo).expanduser()
     return p if p.is_absolute() else list_path.parent / p
+
+
+@dataclass(frozen=True)
+class ListRow:
+    """One data row of a photo list, read by the rules above (predict and track read their rows through it)."""
+
+    number: int  # spreadsheet row number (the header is row 1)
+    cells: list[str]
+    cols: dict[str, int]  # column index by lower-case name
+    list_path: Path
+
+    def cell(self, name: str) -> str:
+        """The stripped cell of column `name` ("" when absent)."""
+        return cell(self.cells, self.cols, name)
+
+    def photo(self) -> tuple[str, Path, str | None]:
+        """(the photo as written, its resolved path, why it cannot be read as a file or None)."""
+        written = self.cell("photo")
+        path = resolve_photo(written, self.list_path)
+        return written, path, photo_problem(written, path)
+
+    def scale(self) -> tuple[float | None, str | None]:
+        """(mm per pixel of the row's scale column, None when empty or absent; the problem with it or None)."""
+        name = scale_column(self.cols)
+        if name is None:
+            return None, None
+        try:
+            return parse_scale(self.cell(name), name), None
+        except ConfigError as exc:
+            return None, str(exc)
+
+
+def list_rows(path: Path, required: Sequence[str], what: str) -> list[ListRow]:
+    """Every data row of the photo list `path` with a non-empty cell; DataError for an unreadable file or a missing
+    required column (`what` names the file in messages, e.g. "photo list")."""
+    rows = read_rows(path, required, what)
+    cols = column_index(rows[0], path, required)
+    return [ListRow(n, cells, cols, path) for n, cells in data_rows(rows)]
 
 
 def photo_problem(photo: str, path: Path) -> str | None:

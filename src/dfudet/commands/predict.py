@@ -39,19 +39,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dfudet.commands.photo_lists import (
-    ROW_NOTE,
-    cell,
-    column_index,
-    data_rows,
-    photo_problem,
-    read_rows,
-    resolve_photo,
-    scale_column,
-)
+from dfudet.commands.photo_lists import ROW_NOTE, list_rows
 from dfudet.data.checks import IMAGE_EXTENSIONS, load_image, unsupported_reason
-from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import check_mm_per_px, outline_fields, parse_scale
+from dfudet.errors import DataError
+from dfudet.inference.area import check_mm_per_px, outline_fields
 from dfudet.inference.draw import draw_detections, draw_outlines, save_jpeg
 from dfudet.inference.loader import load_backend
 from dfudet.utils import atomic_write_bytes
@@ -122,22 +113,13 @@ def read_photo_list(path: str | Path) -> tuple[list[Path], dict[str, float]]:
     a DataError for the whole list naming every bad row (row 1 is the header; blank lines count as rows).
     """
     path = Path(path)
-    rows = read_rows(path, ("photo",), "photo list")
-    cols = column_index(rows[0], path, ("photo",))
-    scale_col = scale_column(cols)
     photos: list[Path] = []
     scales: dict[str, float] = {}
     problems: list[str] = []
-    for n, cells in data_rows(rows):
-        photo = cell(cells, cols, "photo")
-        resolved = resolve_photo(photo, path)
-        row_problems = [p for p in [photo_problem(photo, resolved)] if p]
-        try:
-            scale = parse_scale(cell(cells, cols, scale_col), scale_col or "scale")
-        except ConfigError as exc:
-            row_problems.append(str(exc))
-            scale = None
-        problems += [f"{path} row {n}: {p}" for p in row_problems]
+    for row in list_rows(path, ("photo",), "photo list"):
+        _, resolved, bad_photo = row.photo()
+        scale, bad_scale = row.scale()
+        problems += [f"{path} row {row.number}: {p}" for p in (bad_photo, bad_scale) if p]
         photos.append(resolved)
         if scale is not None:
             scales[str(resolved)] = scale

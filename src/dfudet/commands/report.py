@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from dfudet.commands.split_predictions import PhotoPrediction
 from dfudet.inference.draw import draw_detections, save_jpeg
 from dfudet.metrics.curves import plot_froc, plot_pr, plot_reliability, plot_threshold_sweep
 from dfudet.metrics.matching import match_image
@@ -106,16 +107,14 @@ def group_lines(g: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def select_gallery(rows: Sequence[dict[str, Any]], threshold: float, iou_threshold: float, n: int = 12
+def select_gallery(rows: Sequence[PhotoPrediction], threshold: float, iou_threshold: float, n: int = 12
                    ) -> dict[str, list[dict[str, Any]]]:
     """The worst `n` images of each gallery category (row positions and why each was picked)."""
     missed: list[_Pick] = []
     alarms: list[_Pick] = []
     loose: list[_Pick] = []
     for pos, r in enumerate(rows):
-        boxes = np.asarray(r["boxes"], np.float64).reshape(-1, 4)
-        scores = np.asarray(r["scores"], np.float64).reshape(-1)
-        gt = np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4)
+        boxes, scores, gt = r.boxes, r.scores, r.gt_boxes
         kept = scores >= threshold
         if len(gt) == 0:
             if kept.any():
@@ -137,7 +136,7 @@ def select_gallery(rows: Sequence[dict[str, Any]], threshold: float, iou_thresho
             for name, items in zip(GALLERIES, (missed, alarms, loose))}
 
 
-def write_galleries(root: Path, rows: Sequence[dict[str, Any]], load: Callable[[int], np.ndarray], threshold: float,
+def write_galleries(root: Path, rows: Sequence[PhotoPrediction], load: Callable[[int], np.ndarray], threshold: float,
                     iou_threshold: float, n: int = 12) -> dict[str, list[dict[str, Any]]]:
     """Draw the selected images (GT green, predictions red, near misses orange) into root/<category>/."""
     chosen = select_gallery(rows, threshold, iou_threshold, n)
@@ -150,17 +149,16 @@ def write_galleries(root: Path, rows: Sequence[dict[str, Any]], load: Callable[[
         out[name] = []
         for rank, entry in enumerate(chosen[name], start=1):
             r = rows[entry["row"]]
-            image = load(r["index"])
-            sx, sy = image.shape[1] / r["width"], image.shape[0] / r["height"]
+            image = load(r.index)
+            sx, sy = image.shape[1] / r.width, image.shape[0] / r.height
             f = np.array([sx, sy, sx, sy])
             drawn = draw_detections(
-                image, np.asarray(r["boxes"], np.float64).reshape(-1, 4) * f, r["scores"], threshold,
-                gt_boxes=np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) * f,
+                image, r.boxes * f, r.scores, threshold, gt_boxes=r.gt_boxes * f,
                 low_threshold=threshold / 2 if name == "missed_ulcers" else None, min_size=GALLERY_MIN_SIZE,
                 legend=True)
-            fname = f"{rank:02d}_{Path(r['path']).stem}.jpg"
+            fname = f"{rank:02d}_{Path(r.path).stem}.jpg"
             save_jpeg(drawn, folder / fname)
-            out[name].append({"file": f"gallery/{name}/{fname}", "image": r["path"], "reason": entry["reason"]})
+            out[name].append({"file": f"gallery/{name}/{fname}", "image": r.path, "reason": entry["reason"]})
     return out
 
 

@@ -63,20 +63,11 @@ from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from PIL import Image
 from tqdm import tqdm
 
-from dfudet.commands.photo_lists import (
-    ROW_NOTE,
-    cell,
-    column_index,
-    data_rows,
-    photo_problem,
-    read_rows,
-    resolve_photo,
-    scale_column,
-)
+from dfudet.commands.photo_lists import ROW_NOTE, ListRow, list_rows
 from dfudet.data import instance_masks
 from dfudet.data.checks import load_image
 from dfudet.errors import ConfigError, DataError
-from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, card_note, check_mm_per_px, parse_scale
+from dfudet.inference.area import NO_SCALE_NOTE, area_mm2, card_note, check_mm_per_px
 from dfudet.inference.backend import Backend, Detections
 from dfudet.inference.draw import draw_outlines
 from dfudet.inference.loader import load_backend
@@ -299,43 +290,34 @@ def _parse_date(text: str) -> date:
         raise ValueError(f"date {text!r} is not a calendar date (YYYY-MM-DD)") from None
 
 
-def _row_visit(cells: list[str], cols: dict[str, int], row: int, csv_path: Path, default_scale: float | None
-               ) -> Visit | list[str]:
+def _row_visit(row: ListRow, default_scale: float | None) -> Visit | list[str]:
     """The visit of one data row, or every problem of the row (without its number)."""
-    patient, photo = cell(cells, cols, "patient"), cell(cells, cols, "photo")
+    patient = row.cell("patient")
     problems = [] if patient else ["empty patient"]
-    day = scale = None
+    day = None
     try:
-        day = _parse_date(cell(cells, cols, "date"))
+        day = _parse_date(row.cell("date"))
     except ValueError as exc:
         problems.append(str(exc))
-    scale_col = scale_column(cols)
-    try:
-        scale = parse_scale(cell(cells, cols, scale_col), scale_col) if scale_col else None
-    except ConfigError as exc:
-        problems.append(str(exc))
-    path = resolve_photo(photo, csv_path)
-    bad_photo = photo_problem(photo, path)
-    if bad_photo:
-        problems.append(bad_photo)
+    scale, bad_scale = row.scale()
+    photo, path, bad_photo = row.photo()
+    problems += [p for p in (bad_scale, bad_photo) if p]
     if problems or day is None:
         return problems
-    return Visit(row, patient, day, photo, path, scale if scale is not None else default_scale)
+    return Visit(row.number, patient, day, photo, path, scale if scale is not None else default_scale)
 
 
 def read_visits(csv_path: str | Path, default_mm_per_px: float | None = None) -> tuple[list[Visit], list[Problem]]:
     """The usable rows of VISITS.csv and a Problem for each bad row (row numbers count the header as row 1)."""
     csv_path = Path(csv_path)
-    rows = read_rows(csv_path, REQUIRED_COLUMNS, "visits file")
-    cols = column_index(rows[0], csv_path, REQUIRED_COLUMNS)
     visits: list[Visit] = []
     problems: list[Problem] = []
-    for n, cells in data_rows(rows):
-        visit = _row_visit(cells, cols, n, csv_path, default_mm_per_px)
+    for row in list_rows(csv_path, REQUIRED_COLUMNS, "visits file"):
+        visit = _row_visit(row, default_mm_per_px)
         if isinstance(visit, Visit):
             visits.append(visit)
         else:
-            problems.append(Problem(n, cell(cells, cols, "patient"), cell(cells, cols, "photo"), "; ".join(visit)))
+            problems.append(Problem(row.number, row.cell("patient"), row.cell("photo"), "; ".join(visit)))
     return visits, problems
 
 

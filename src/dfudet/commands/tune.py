@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from dfudet.checkpoint import atomic_torch_save, build_best_payload, load_for_inference
-from dfudet.commands.evaluate import predict_split
+from dfudet.commands.split_predictions import predict_split, preds_and_gts
 from dfudet.data.dataset import DetectionDataset
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.predictor import Predictor
@@ -43,8 +43,8 @@ from dfudet.metrics.calibration import (
     fit_calibration,
     triage_table,
 )
-from dfudet.metrics.coco import coco_map
-from dfudet.metrics.scores import Scores, ValidationScores, best_threshold, detection_scores
+from dfudet.metrics.scores import Scores, ValidationScores
+from dfudet.metrics.validation import score_validation
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
@@ -118,16 +118,10 @@ def _trial(base: Predictor, dataset: DetectionDataset, size: int, batch_size: in
     cfg = base.info.config
     assert cfg is not None  # PyTorch checkpoints always carry their config
     t = cfg.train
-    rows = predict_split(predictor, dataset, batch_size, progress)
-    preds = [(np.asarray(r["boxes"], np.float64).reshape(-1, 4), np.asarray(r["scores"], np.float64)) for r in rows]
-    gts = [np.asarray(r["gt_boxes"], np.float64).reshape(-1, 4) for r in rows]
-    _, op = best_threshold(preds, gts, iou_threshold=t.iou_threshold, weights=t.composite_weights,
-                           min_recall=t.operating_min_recall)
-    at = op if t.select_at == "operating" else detection_scores(
-        preds, gts, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
-    ap = coco_map(preds, gts)
-    per_image = per_image_counts(preds, gts, op.score_threshold, t.iou_threshold)
-    return SizeTrial(size, op, at, float(ap["AP50"]), float(ap["AP50_95"]), time.perf_counter() - start, per_image,
+    preds, gts = preds_and_gts(predict_split(predictor, dataset, batch_size, progress))
+    v = score_validation(preds, gts, t)
+    per_image = per_image_counts(preds, gts, v.operating.score_threshold, t.iou_threshold)
+    return SizeTrial(size, v.operating, v.at_selection, v.ap50, v.ap50_95, time.perf_counter() - start, per_image,
                      preds=preds, gts=gts)
 
 

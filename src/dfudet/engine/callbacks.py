@@ -109,16 +109,15 @@ class LastCheckpoint(Checkpoint):
 
 
 class EpochSummary(L.Callback):
-    """Prints one line per epoch and rewrites metrics.csv and curves.png from the (checkpointed) history.
+    """Prints one line per epoch and keeps the (checkpointed) history of metrics.csv and curves.png.
 
-    With `defer_files=True` the files are written by `write_files`, which the trainer's LastCheckpoint calls once
-    last.ckpt of the epoch is on disk (build_trainer wires it).
+    The files are written by `write_files`, which the trainer's LastCheckpoint calls once last.ckpt of the epoch is
+    on disk (build_trainer wires it): metrics.csv never lists an epoch a resumed run would not find.
     """
 
-    def __init__(self, run_dir: Path, best: CompositeCheckpoint, defer_files: bool = False) -> None:
+    def __init__(self, run_dir: Path, best: CompositeCheckpoint) -> None:
         self.run_dir = Path(run_dir)
         self.best = best
-        self.defer_files = defer_files
         self.history: list[dict[str, float]] = []
         self._t0 = time.monotonic()
 
@@ -147,8 +146,6 @@ class EpochSummary(L.Callback):
             row["mean_iou"], row["composite"], row.get("ap50", float("nan")), row["lr"],
             "  << new best" if self.best.improved else "",
         )
-        if not self.defer_files:
-            self.write_files(trainer)
 
     def write_files(self, trainer: L.Trainer) -> None:
         """metrics.csv and curves.png of the history so far (rank 0)."""

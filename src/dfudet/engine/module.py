@@ -18,8 +18,8 @@ from dfudet.checkpoint import state_digest
 from dfudet.config import Config
 from dfudet.engine import rng
 from dfudet.engine.ema import ValidatedEMA
-from dfudet.metrics.coco import coco_map
-from dfudet.metrics.scores import ValidationScores, best_threshold, detection_scores
+from dfudet.metrics.scores import ValidationScores
+from dfudet.metrics.validation import score_validation
 from dfudet.models.factory import backbone_label, build_detector, get_spec
 from dfudet.models.passes import losses_and_detections, model_targets, to_float_images
 from dfudet.utils import atomic_write_bytes
@@ -158,19 +158,9 @@ class DetectorModule(L.LightningModule):
         return preds
 
     def validation_metrics(self, preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> ValidationScores:
-        """Scores of one validation epoch (dfudet.metrics, the same module `evaluate` uses)."""
-        t = self.cfg.train
-        p = [(b, s) for _, b, s, _ in preds]
-        g = [gt for *_, gt in preds]
-        op_thr, op = best_threshold(p, g, iou_threshold=t.iou_threshold, weights=t.composite_weights,
-                                    min_recall=t.operating_min_recall)
-        # every reported score (and the selection) at the val-swept operating threshold, or at the fixed one
-        at = op if t.select_at == "operating" else detection_scores(
-            p, g, score_threshold=t.selection_threshold, iou_threshold=t.iou_threshold, weights=t.composite_weights)
-        # COCO AP50 (pycocotools, every detection): threshold-free, so time-to-quality is comparable across runs
-        ap = coco_map(p, g)
-        return ValidationScores.from_scores(at, op, ap50=ap["AP50"], ap50_95=ap["AP50_95"],
-                                            train_loss=self.epoch_loss("train"), val_loss=self.epoch_loss("val"))
+        """Scores of one validation epoch (dfudet.metrics.validation: the rule `dfudet tune` scores val with)."""
+        v = score_validation([(b, s) for _, b, s, _ in preds], [gt for *_, gt in preds], self.cfg.train)
+        return v.scores(train_loss=self.epoch_loss("train"), val_loss=self.epoch_loss("val"))
 
     def on_validation_epoch_end(self) -> None:
         preds = self._gathered_preds()

@@ -239,7 +239,7 @@ def build_trainer(cfg: Config, acc: str, devices: Any, precision: Precision) -> 
     """The Lightning Trainer of a run: composite best-model export, early stopping, last.ckpt, atomic IO."""
     run_dir = Path(cfg.run_dir)
     best_cb = CompositeCheckpoint(run_dir)
-    summary = EpochSummary(run_dir, best_cb, defer_files=True)
+    summary = EpochSummary(run_dir, best_cb)
     callbacks: list[L.Callback] = [
         best_cb,
         summary,

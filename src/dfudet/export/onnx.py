@@ -15,7 +15,7 @@ What the graph does and does not contain (the contract OnnxPredictor implements)
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)` (torchvision's own ONNX test recipe). The
 dynamo exporter needs the `onnxscript` package, which dfudet does not depend on. The traced graph unrolls
 torchvision's per-image Python loops, so it runs one image per call: a batch-2 input fails inside onnxruntime
-(Split node). `--dynamic-batch` is therefore refused with that explanation; OnnxPredictor loops over images.
+(Split node), so the input's batch axis is fixed at 1; OnnxPredictor loops over images.
 """
 
 from __future__ import annotations
@@ -94,16 +94,8 @@ def class_names(num_classes: int) -> list[str]:
     return names[:num_classes] + [f"class_{k}" for k in range(len(names), num_classes)]
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = False) -> dict[str, Any]:
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write `out` (ONNX) and its JSON sidecar from a dfudet checkpoint; returns the sidecar's content."""
-    if dynamic_batch:
-        raise ConfigError(
-            "--dynamic-batch is not supported: torchvision's detectors (Faster R-CNN, FCOS) loop over the images "
-            "of a batch in Python, and the TorchScript exporter unrolls that loop, so the graph takes exactly one "
-            "image "
-            "(a batch of 2 fails in onnxruntime). Export without it; OnnxPredictor runs images one by one."
-        )
     if not MIN_OPSET <= int(opset) <= 21:
         raise ConfigError(f"--opset {opset} is out of range: torchvision detection export needs {MIN_OPSET}..21")
     checkpoint, out = Path(checkpoint), Path(out)

@@ -11,11 +11,9 @@ training time unless overridden).
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,6 @@ import numpy as np
 from dfudet.confidence import Calibration, photo_fields
 from dfudet.config import CompositeWeights, Config
 from dfudet.data import instance_masks
-from dfudet.data.checks import load_image
 from dfudet.data.instance_masks import Rle
 from dfudet.errors import ConfigError, DataError
 from dfudet.inference.quality import assess_quality
@@ -75,10 +72,6 @@ class Detections:
         masks = None if self.masks is None else tuple(r for r, k in zip(self.masks, m) if k)
         return replace(self, boxes=self.boxes[m], scores=self.scores[m], threshold=float(threshold), masks=masks)
 
-    def areas_px(self) -> list[int] | None:
-        """Pixels of each detection's outline (None for a box-only model)."""
-        return None if self.masks is None else [instance_masks.area(r) for r in self.masks]
-
 
 def to_original(boxes: Any, scale: float, width: int, height: int) -> np.ndarray:
     """Map xyxy boxes from the resized+padded model input back to the photo (divide by scale, clip to it)."""
@@ -91,6 +84,38 @@ def to_original(boxes: Any, scale: float, width: int, height: int) -> np.ndarray
 def nonempty(boxes: np.ndarray) -> np.ndarray:
     """Mask of boxes with positive width and height (after clipping, boxes in the padding are empty)."""
     return (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+
+
+def detections_from_outputs(boxes: Any, scores: Any, mask_probs: Any, scale: float, width: int, height: int
+                            ) -> Detections:
+    """A photo's Detections from a model's outputs on its resized+padded input (both backends map them here).
+
+    Args:
+        boxes: (N, 4) xyxy in input pixels.
+        scores: (N,) scores, descending.
+        mask_probs: None for a box-only model, else (N, S, S) outline probabilities pasted into the padded input.
+        scale: the resize factor of the input (input side / photo's long side).
+        width: the photo's width in pixels.
+        height: the photo's height in pixels.
+
+    Returns:
+        The detections in the photo's pixels: boxes divided by the scale and clipped to the photo, boxes lying wholly
+        in the padding dropped, one outline RLE per kept box (instance_masks.from_probabilities).
+    """
+    b = to_original(boxes, scale, width, height)
+    keep = nonempty(b)
+    masks = None
+    if mask_probs is not None:
+        probs = np.asarray(mask_probs, dtype=np.float32)[keep]
+        masks = tuple(instance_masks.from_probabilities(probs, scale, width, height))
+    return Detections(b[keep], np.asarray(scores, dtype=np.float32).reshape(-1)[keep], width, height, masks=masks)
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A batch size of at least 1, or a ConfigError."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    return batch_size
 
 
 def check_threshold(value: float, what: str) -> float:
@@ -131,18 +156,22 @@ class Backend(ABC):
     def max_detections(self) -> int:
         """Detections per image cap of the model."""
 
-    @abstractmethod
     def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
-        """Detections for HWC uint8 RGB arrays of any size (every detection down to min_score)."""
+        """Detections for HWC uint8 RGB arrays of any size (every detection down to min_score).
 
-    def predict_paths(self, paths: Iterable[str | os.PathLike[str]], batch_size: int = 8) -> list[Detections]:
-        """Detections for image files (EXIF orientation applied, so boxes are in the displayed orientation)."""
-        files = [Path(p) for p in paths]
-        out: list[Detections] = []
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            out += self.predict_arrays([load_image(p) for p in chunk], batch_size)
-        return out
+        Args:
+            images: HxWx3 uint8 RGB photos (a DataError names the first that is not).
+            batch_size: images per forward pass (the ONNX graph takes one at a time).
+
+        Returns:
+            One Detections per image, in its own pixels.
+        """
+        check_batch_size(batch_size)
+        return self._predict([check_image(im, i) for i, im in enumerate(images)], batch_size)
+
+    @abstractmethod
+    def _predict(self, images: list[np.ndarray], batch_size: int) -> list[Detections]:
+        """The backend's forward passes on checked images (see predict_arrays)."""
 
     def photo_fields(self, detections: Detections, kept: Detections, image: np.ndarray | None = None
                      ) -> dict[str, Any]:

@@ -21,10 +21,12 @@ def load_backend(checkpoint: str | os.PathLike[str] | None = None, onnx: str | o
     if (checkpoint is None) == (onnx is None):
         raise ConfigError(_ONE_SOURCE)
     if onnx is not None:
+        if tta:
+            raise ConfigError("--tta is not available with --onnx (the flip fusion uses torch); use --checkpoint")
         # lazy: keeps torch out of the ONNX path's imports (and onnxruntime out of the PyTorch path's)
         from dfudet.inference.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor.from_onnx(onnx, operating_threshold=operating_threshold, tta=tta)
+        return OnnxPredictor(onnx, operating_threshold=operating_threshold)
     if checkpoint is None:  # cannot happen after the check above; narrows the type for mypy
         raise ConfigError(_ONE_SOURCE)
     # lazy: predictor imports torch, which the ONNX path must not load

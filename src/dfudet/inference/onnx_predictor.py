@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,13 @@ from pydantic import ValidationError
 
 from dfudet.confidence import calibration_of, review_threshold_of
 from dfudet.config import CompositeWeights
-from dfudet.data import instance_masks
-from dfudet.errors import CheckpointError, ConfigError
+from dfudet.errors import CheckpointError
 from dfudet.inference.backend import (
     Backend,
     Detections,
     ModelInfo,
-    check_image,
     check_threshold,
-    nonempty,
-    to_original,
+    detections_from_outputs,
 )
 
 
@@ -89,9 +85,11 @@ class OnnxPredictor(Backend):
     """An exported detector in an onnxruntime session plus its input size and operating threshold."""
 
     name = "onnxruntime"
+    tta = False  # the flip fusion (inference.tta) uses torch: test-time augmentation is a PyTorch-backend option
 
     def __init__(self, model_path: str | os.PathLike[str], operating_threshold: float | None = None,
-                 tta: bool = False, threads: int | None = None) -> None:
+                 threads: int | None = None) -> None:
+        """Load MODEL.onnx and its MODEL.json sidecar written by `dfudet export`."""
         import onnxruntime as ort  # lazy: optional `deploy` extra, needed only by this backend
 
         path = Path(model_path)
@@ -112,19 +110,12 @@ class OnnxPredictor(Backend):
                                   f"{path.name} and {meta_file.name} side by side)") from exc
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise CheckpointError(f"{meta_file}: not a dfudet ONNX metadata file ({str(exc)[:300]})") from exc
-        if tta and self.info.outlines:
-            raise ConfigError(f"--tta is not available with --onnx, nor for outline models: test-time augmentation "
-                              f"fuses boxes only, not outlines, and {self.info.model_name} outlines each ulcer; run "
-                              "it without --tta")
-        if tta:
-            raise ConfigError("--tta is not available with --onnx (the flip fusion uses torch); use --checkpoint")
         if operating_threshold is None:
             self.operating_threshold = check_threshold(default_threshold, f"{meta_file}: operating_threshold")
             self.threshold_source = "model metadata operating_threshold"
         else:
             self.operating_threshold = check_threshold(operating_threshold, "--operating-threshold")
             self.threshold_source = "--operating-threshold"
-        self.tta = False
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -139,12 +130,6 @@ class OnnxPredictor(Backend):
         if self.info.outlines and "masks" not in self._outputs:
             raise CheckpointError(f"{meta_file} says the model outlines each detection, but the graph's outputs "
                                   f"{self._outputs} have no 'masks'; re-run `dfudet export`")
-
-    @classmethod
-    def from_onnx(cls, path: str | os.PathLike[str], operating_threshold: float | None = None, tta: bool = False,
-                  threads: int | None = None) -> OnnxPredictor:
-        """Load MODEL.onnx and its MODEL.json sidecar written by `dfudet export`."""
-        return cls(path, operating_threshold=operating_threshold, tta=tta, threads=threads)
 
     @property
     def min_score(self) -> float:
@@ -161,21 +146,10 @@ class OnnxPredictor(Backend):
         x, scale = resize_pad(image, self.img_size)
         out = dict(zip(self._outputs, self.session.run(None, {self._input: x[None]})))
         h, w = image.shape[:2]
-        boxes = to_original(out["boxes"], scale, w, h)
-        scores = np.asarray(out["scores"], dtype=np.float32).reshape(-1)
-        keep = nonempty(boxes)
-        masks = None
-        if self.info.outlines:  # (N, 1, S, S) probabilities pasted into the padded input, as in the Predictor
-            probs = np.asarray(out["masks"], dtype=np.float32)[:, 0]
-            masks = tuple(instance_masks.from_probabilities(probs[keep], scale, w, h))
-        return Detections(boxes[keep].astype(np.float32), scores[keep], w, h, masks=masks)
+        # outline models: (N, 1, S, S) probabilities pasted into the padded input, as in the Predictor
+        probs = np.asarray(out["masks"], dtype=np.float32)[:, 0] if self.info.outlines else None
+        return detections_from_outputs(out["boxes"], out["scores"], probs, scale, w, h)
 
-    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
-        """Detections for HWC uint8 RGB arrays (same output as Predictor.predict_arrays); batch_size is accepted
-        for interface parity only: the exported graph takes one image per call."""
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-        results: list[Detections] = []
-        for index, image in enumerate(images):
-            results.append(self._forward(check_image(image, index)))
-        return results
+    def _predict(self, images: list[np.ndarray], batch_size: int) -> list[Detections]:
+        """One image per graph call (the exported graph takes one image; batch_size does not apply)."""
+        return [self._forward(image) for image in images]

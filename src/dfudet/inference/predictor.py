@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,14 @@ import torch
 from torch import nn
 
 from dfudet.checkpoint import load_for_inference
-from dfudet.data import instance_masks
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference.backend import (
     Backend,
     Detections,
     ModelInfo,
-    check_image,
     check_threshold,
-    nonempty,
-    to_original,
+    detections_from_outputs,
 )
 from dfudet.inference.tta import flip_image, fuse_views, unflip_boxes
 from dfudet.models.factory import build_detector, get_spec
@@ -148,23 +144,17 @@ class Predictor(Backend):
         results = []
         for im, (_, scale), out in zip(images, prepared, outputs):
             h, w = im.shape[:2]
-            boxes = to_original(out["boxes"].float().cpu().numpy(), scale, w, h)
-            scores = out["scores"].float().cpu().numpy().astype(np.float32)
-            keep = nonempty(boxes)
-            masks = None
-            if self.spec.masks:  # (N, 1, S, S) probabilities pasted into the padded input by torchvision
-                probs = out["masks"][:, 0].float().cpu().numpy()[keep]
-                masks = tuple(instance_masks.from_probabilities(probs, scale, w, h))
-            results.append(Detections(boxes[keep], scores[keep], w, h, masks=masks))
+            # outline models: (N, 1, S, S) probabilities pasted into the padded input by torchvision
+            probs = out["masks"][:, 0].float().cpu().numpy() if self.spec.masks else None
+            results.append(detections_from_outputs(out["boxes"].float().cpu().numpy(),
+                                                   out["scores"].float().cpu().numpy(), probs, scale, w, h))
         return results
 
-    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Detections]:
-        """Detections for HWC uint8 RGB arrays of any size (every detection down to the model's min_score)."""
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    def _predict(self, images: list[np.ndarray], batch_size: int) -> list[Detections]:
+        """Batched forward passes (with TTA: each batch and its mirror image, fused)."""
         results: list[Detections] = []
         for start in range(0, len(images), batch_size):
-            chunk = [check_image(im, start + j) for j, im in enumerate(images[start:start + batch_size])]
+            chunk = images[start:start + batch_size]
             if self.tta:
                 outs = self._forward(chunk + [flip_image(im) for im in chunk])
                 n = len(chunk)
@@ -174,9 +164,7 @@ class Predictor(Backend):
                     boxes, scores = fuse_views([(outs[j].boxes, outs[j].scores),
                                                 (unflip_boxes(flipped.boxes, w), flipped.scores)], w, h,
                                                self.min_score, max_detections=self.max_detections)
-                    boxes = to_original(boxes, 1.0, w, h)
-                    keep = nonempty(boxes)
-                    results.append(Detections(boxes[keep].astype(np.float32), scores[keep].astype(np.float32), w, h))
+                    results.append(detections_from_outputs(boxes, scores, None, 1.0, w, h))  # already photo pixels
             else:
                 results += self._forward(chunk)
         return results

@@ -88,13 +88,6 @@ def weighted_ap(img: np.ndarray, tp: np.ndarray, n_gt: np.ndarray, weights: np.n
     return out
 
 
-def coco_ap(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any]) -> dict[str, float]:
-    """AP50 and AP50:95 of the whole set (equal to pycocotools' values)."""
-    img, tp, n_gt = coco_matches(preds, gts)
-    ap = weighted_ap(img, tp, n_gt, np.ones((1, len(n_gt))))[0]
-    return {"AP50": float(np.nan_to_num(ap[0])), "AP50_95": float(np.nan_to_num(ap.mean()))}
-
-
 def coco_bootstrap_ci(preds: Sequence[tuple[Any, Any]], gts: Sequence[Any], n_boot: int = 1000, seed: int = 0,
                       alpha: float = 0.05) -> dict[str, tuple[float, float]]:
     """Percentile intervals of AP50 and AP50:95 over image resamples (seeded like ``bootstrap_ci``)."""

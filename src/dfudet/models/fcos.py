@@ -21,14 +21,15 @@ from dfudet.models.backbones import (
     build_timm_fpn_backbone,
     timm_feature_info,
 )
-from dfudet.models.passes import locations_per_level, split_levels
-from dfudet.models.spec import ModelSpec, Targets, register
+from dfudet.models.passes import dense_heads_pass
+from dfudet.models.spec import ModelSpec, register
 
 FCOS_STRIDES = (8, 16, 32, 64, 128)  # P3..P7: stride-8..32 backbone maps + P6/P7 (LastLevelP6P7)
 
 
-class ForegroundFCOS(FCOS):
-    """torchvision FCOS whose sigmoid classifier has one output per foreground class (no background logit).
+class ForegroundLabels:
+    """Mixin (first base) for torchvision's sigmoid one-stage detectors (FCOS, RetinaNet): one classifier output per
+    foreground class, no background logit.
 
     torchvision's FCOS/RetinaNet convention is a logit for every label including the unused 0; postprocessing then
     also emits "background" boxes that take detection slots. Here the head predicts labels 1..num_classes-1 only:
@@ -36,17 +37,20 @@ class ForegroundFCOS(FCOS):
     label convention (0 = background, 1 = ulcer) used by the metrics, predict and ONNX.
     """
 
-    def compute_loss(self, targets: list[dict[str, Tensor]], head_outputs: dict[str, Tensor],
-                     anchors: list[Tensor], num_anchors_per_level: list[int]) -> dict[str, Tensor]:
+    def compute_loss(self, targets: list[dict[str, Tensor]], *args: Any) -> dict[str, Tensor]:
         shifted = [{**t, "labels": t["labels"] - 1} for t in targets]
-        return super().compute_loss(shifted, head_outputs, anchors, num_anchors_per_level)
+        return cast(Any, super()).compute_loss(shifted, *args)  # the detector's own loss (FCOS or RetinaNet)
 
     def postprocess_detections(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                                image_shapes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        detections = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        detections = cast(Any, super()).postprocess_detections(head_outputs, anchors, image_shapes)
         for det in detections:
             det["labels"] = det["labels"] + 1
         return detections
+
+
+class ForegroundFCOS(ForegroundLabels, FCOS):
+    """torchvision FCOS with one classifier output per foreground class (see ForegroundLabels)."""
 
 
 def instance_weights(matched_idxs: list[Tensor], balance: float) -> Tensor:
@@ -150,6 +154,15 @@ def one_stage_backbone(cfg: ModelConfig, load_weights: bool) -> Any:
     return backbone
 
 
+def one_stage_settings(cfg: ModelConfig, img_size: int, backbone: Any) -> dict[str, Any]:
+    """The keyword arguments torchvision's FCOS and RetinaNet take alike: foreground classes, the fixed square
+    input, the backbone's normalisation, and post-processing (score floor, NMS, detections per image)."""
+    mean, std = backbone_norm_stats(backbone)
+    return {"num_classes": cfg.num_classes - 1, "min_size": img_size, "max_size": img_size, "image_mean": mean,
+            "image_std": std, "score_thresh": cfg.box_score_thresh, "nms_thresh": cfg.box_nms_thresh,
+            "detections_per_img": cfg.detections_per_img}
+
+
 def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """FCOS (anchor-free, one stage) on a timm backbone: stride-8..32 maps + FPN + P6/P7, a light head.
 
@@ -157,42 +170,28 @@ def _fcos_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn
     candidate, so 8-16 px ulcers get positives, and the head is a few shared convs instead of RPN + RoI heads.
     """
     backbone = one_stage_backbone(cfg, load_weights)
-    mean, std = backbone_norm_stats(backbone)
     anchors = AnchorGenerator(tuple((s,) for s in FCOS_STRIDES), ((1.0,),) * len(FCOS_STRIDES))
     return ForegroundFCOS(
         backbone,
-        num_classes=cfg.num_classes - 1,
-        min_size=img_size,
-        max_size=img_size,
-        image_mean=mean,
-        image_std=std,
         anchor_generator=anchors,
         head=_fcos_head(cfg.fpn_channels, cfg.num_classes - 1, cfg.dense_head.convs or 4,
                         cfg.fcos.instance_balance),
-        score_thresh=cfg.box_score_thresh,
-        nms_thresh=cfg.box_nms_thresh,
-        detections_per_img=cfg.detections_per_img,
         topk_candidates=cfg.dense_head.topk_candidates or 1000,
+        **one_stage_settings(cfg, img_size, backbone),
     )
 
 
-def fcos_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
-                    ) -> tuple[dict[str, Tensor], Targets]:
-    """FCOS.forward's loss and detection branches on one set of head outputs (the head has no train/eval switch)."""
-    fcos = cast(ForegroundFCOS, model)  # the one model this spec builds
-    feats = list(features.values())
-    head_outputs = fcos.head(feats)
-    anchors = fcos.anchor_generator(image_list, feats)
-    per_level = locations_per_level(feats)
-    losses = fcos.compute_loss(targets, head_outputs, anchors, per_level)
-    split_outputs, split_anchors = split_levels(head_outputs, anchors, per_level)
-    return losses, fcos.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
+def one_stage_spec(name: str, family: str, build: Any, levels_in_loss: bool, feature_levels: int,
+                   **extra: Any) -> ModelSpec:
+    """The ModelSpec of a torchvision one-stage detector on a timm backbone (FCOS, RetinaNet): the heads pass of
+    both (`dense_heads_pass`) and their post-processing limits (`score_thresh`, `detections_per_img`)."""
+    return ModelSpec(name=name, family=family, build=build,
+                     heads_pass=partial(dense_heads_pass, levels_in_loss=levels_in_loss),
+                     min_score=lambda m: float(cast(Any, m).score_thresh),
+                     max_detections=lambda m: int(cast(Any, m).detections_per_img),
+                     feature_levels=feature_levels, timm_backbone=True, **extra)
 
 
-register(ModelSpec(
-    name="fcos_timm", family="fcos", build=_fcos_timm, heads_pass=fcos_heads_pass,
-    min_score=lambda m: float(cast(ForegroundFCOS, m).score_thresh),
-    max_detections=lambda m: int(cast(ForegroundFCOS, m).detections_per_img),
-    # anchor-free (no model.anchors): its level sizes are the strides 8..128
-    feature_levels=len(FCOS_STRIDES), sections=frozenset({"dense_head", "fcos"}), timm_backbone=True,
-))
+# anchor-free (no model.anchors): its level sizes are the strides 8..128
+register(one_stage_spec("fcos_timm", "fcos", _fcos_timm, levels_in_loss=True, feature_levels=len(FCOS_STRIDES),
+                        sections=frozenset({"dense_head", "fcos"})))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +66,21 @@ def split_levels(head_outputs: dict[str, Tensor], anchors: list[Tensor], per_lev
     split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
     split_anchors = [list(a.split(per_level)) for a in anchors]
     return split_outputs, split_anchors
+
+
+def dense_heads_pass(model: Any, image_list: Any, features: dict[str, Tensor], targets: Any,
+                     levels_in_loss: bool) -> tuple[dict[str, Tensor], Any]:
+    """The loss and detection branches of torchvision's FCOS / RetinaNet `forward` on one set of head outputs (their
+    heads have no train/eval switch). `levels_in_loss`: FCOS's compute_loss also takes the locations per level."""
+    feats = list(features.values())
+    head_outputs = model.head(feats)
+    anchors = model.anchor_generator(image_list, feats)
+    locations = locations_per_level(feats)
+    losses = (model.compute_loss(targets, head_outputs, anchors, locations) if levels_in_loss
+              else model.compute_loss(targets, head_outputs, anchors))
+    per_location = head_outputs["cls_logits"].size(1) // sum(locations)  # anchors per location (FCOS: 1)
+    split_outputs, split_anchors = split_levels(head_outputs, anchors, [n * per_location for n in locations])
+    return losses, model.postprocess_detections(split_outputs, split_anchors, image_list.image_sizes)
 
 
 def _is_stochastic(m: nn.Module) -> bool:
