@@ -101,8 +101,6 @@ class ModelConfig(_Strict):
     # mapped by name or, in another project's naming, by order with every shape checked. Unset: timm's cache, then
     # an installed weight package (efficientnet_lite0/1/2), then timm's download (dfudet.models.weights).
     weights: str | None = None
-    # Written by the run (where the backbone's pretrained weights came from, how many tensors); ignored as input.
-    weights_source: str | None = None
     num_classes: int = Field(2, ge=2)
     anchor_sizes: list[list[float]] | None = None  # one list per FPN level; None = defaults (or `auto`)
     aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0])

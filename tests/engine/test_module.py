@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dfudet.config import config_to_dict, load_config
+from dfudet.config import load_config
 from dfudet.engine.module import DetectorModule
 from dfudet.models.passes import loss_mode, losses_and_detections, to_float_images
 
@@ -20,7 +20,7 @@ def _batch():
 
 def _module(name: str, **extra: str) -> DetectorModule:
     overrides = [f"model.name={name}", "model.pretrained=false", "data.img_size=96", "model.backbone=efficientnet_b0"]
-    return DetectorModule(config_to_dict(load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])))
+    return DetectorModule(load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()]))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
