@@ -110,7 +110,8 @@ def test_a_checkpoint_whose_top_level_identity_was_edited_is_refused(tmp_path: P
     payload["img_size"] = "512"  # a wrong type is named too
     payload["backbone"] = "efficientnet_b0"
     atomic_torch_save(payload, path)
-    with pytest.raises(CheckpointError, match="best_model.pth: the model identity field 'img_size' must be an integer, got '512'"):
+    with pytest.raises(CheckpointError,
+                       match="best_model.pth: the model identity field 'img_size' must be an integer, got '512'"):
         load_for_inference(path)
     save_model_checkpoint(tmp_path / "ext.pth", {"w": torch.ones(2)}, _config())
     ext = load_for_inference(tmp_path / "ext.pth")

@@ -355,7 +355,8 @@ def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tm
     from dfudet.errors import ConfigError
 
     other = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", *FCOS_TINY[:-1], "model.head_convs=2")
-    with pytest.raises(ConfigError, match="(?s)holds a run of another model.*model.head_convs: the run has 1, this config has 2"):
+    with pytest.raises(ConfigError,
+                       match="(?s)holds a run of another model.*model.head_convs: the run has 1, this config has 2"):
         run_training(other)
 
 
