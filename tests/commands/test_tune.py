@@ -85,7 +85,7 @@ def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_a
     assert table["chosen_img_size"] == chosen
     tuned = load_for_inference(out)
     assert tuned.config.data.infer_img_size == (None if chosen == TRAIN else chosen)
-    assert tuned.img_size == TRAIN  # the model itself is the trained one
+    assert tuned.identity.img_size == TRAIN  # the model itself is the trained one
     assert tuned.operating_threshold == pytest.approx(table["operating_threshold"])
     assert tuned.scores is not None and tuned.scores.composite_at_operating == pytest.approx(best)
     ref = load_for_inference(fcos_ckpt).model_state_dict

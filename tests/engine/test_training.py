@@ -392,7 +392,7 @@ def test_mask_rcnn_trains_on_the_wound_masks_and_its_checkpoint_outlines(tiny_ca
     rows = _history(tmp_path / "run")
     assert len(rows) == 2 and all(float(r["val_loss"]) > 0 for r in rows)
     pred = Predictor.from_checkpoint(tmp_path / "run" / "best_model.pth", operating_threshold=0.0)
-    assert pred.info.outlines and pred.info.model_name == "maskrcnn_efficientnet"
+    assert pred.info.outlines and pred.info.identity.model_name == "maskrcnn_efficientnet"
     out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
     assert out.masks is not None and len(out.masks) == len(out.boxes)
     assert all(instance_masks.decode(m).shape == (80, 120) for m in out.masks)  # the photo's pixels
