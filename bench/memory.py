@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = build_trainer(cfg, acc, devices, precision)
     probe = MemoryProbe()
     trainer.callbacks.append(probe)
-    trainer.fit(DetectorModule(cfg.model_dump(mode="json")), datamodule=DetectionDataModule(cfg))
+    trainer.fit(DetectorModule(cfg), datamodule=DetectionDataModule(cfg))
 
     rows = probe.rows
     ref = next(r for r in rows if r["epoch"] == min(3, len(rows)))

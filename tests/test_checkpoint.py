@@ -10,7 +10,6 @@ import torch
 from dfudet.checkpoint import (
     atomic_torch_save,
     build_best_payload,
-    check_compatible,
     config_digest,
     load_for_inference,
     safe_torch_load,
@@ -20,7 +19,9 @@ from dfudet.checkpoint import (
 from dfudet.config import config_to_dict, load_config
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.errors import CheckpointError
+from dfudet.identity import check_compatible
 from dfudet.metrics.scores import ValidationScores
+from dfudet.models.factory import model_identity
 
 
 class _Unpicklable:
@@ -74,37 +75,47 @@ def _scores(**over):
     return ValidationScores(**fields)
 
 
-def test_best_payload_stores_each_field_once_and_loads_typed(tmp_path: Path):
+def test_best_payload_stores_the_whole_config_once_and_its_identity_at_the_top(tmp_path: Path):
     cfg = _config()
     payload = build_best_payload(epoch=3, model_state_dict={"w": torch.ones(2)}, optimizer_state_dict={},
-                                 scores=_scores(), config=cfg)
-    assert payload["format"] == "dfudet-best-v2"
-    # identity fields at the top level only (the spec's checkpoint fields), never a second copy in the config
-    assert (payload["model_name"], payload["backbone"], payload["img_size"], payload["num_classes"]) == (
-        "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
-    assert {"name", "backbone", "num_classes"}.isdisjoint(payload["config"]["model"])
-    assert "img_size" not in payload["config"]["data"]
+                                 scores=_scores(), config=cfg, weights_source="file: w.pth (12 tensors)")
+    assert payload["format"] == "dfudet-best-v3"
+    assert payload["config"] == config_to_dict(cfg)  # the whole resolved config, nothing taken out
+    # the identity fields DEVELOPERS.md asks for, derived from that config
+    assert {k: payload[k] for k in ("model_name", "backbone", "img_size", "num_classes")} == {
+        "model_name": "fasterrcnn_efficientnet", "backbone": "efficientnet_b0", "img_size": 512, "num_classes": 2}
+    assert payload["config_sha256"] == config_digest(payload["config"])
     assert "score_threshold" not in payload and "f1_score" not in payload  # the v1 names
     path = tmp_path / "best_model.pth"
     atomic_torch_save(payload, path)
     ckpt = load_for_inference(path)
-    assert ckpt.config == cfg  # the whole typed config comes back, identity fields included
+    assert ckpt.config == cfg and ckpt.identity == model_identity(cfg)
     assert ckpt.scores == _scores() and ckpt.operating_threshold == 0.42 and ckpt.epoch == 3
-    assert (ckpt.model_name, ckpt.backbone, ckpt.img_size) == ("fasterrcnn_efficientnet", "efficientnet_b0", 512)
+    assert ckpt.weights_source == "file: w.pth (12 tensors)"  # a run output, kept beside the config
+    assert "weights_source" not in payload["config"]["model"]
 
 
-def test_the_digest_covers_the_top_level_identity_fields_and_origin_is_recorded(tmp_path: Path):
+def test_a_checkpoint_whose_top_level_identity_was_edited_is_refused(tmp_path: Path):
     path = tmp_path / "best_model.pth"
     payload = build_best_payload(epoch=3, model_state_dict={"w": torch.ones(2)}, optimizer_state_dict={},
                                  scores=_scores(), config=_config())
     assert payload["origin"] == "train"
-    payload["img_size"] = 640  # stored once, at the top level: an edit must not load silently
+    payload["img_size"], payload["backbone"] = 640, "efficientnet_b3"  # the config (and its digest) untouched
     atomic_torch_save(payload, path)
-    with pytest.raises(CheckpointError, match="best_model.pth: the checkpoint is damaged: its config .or model_name"):
+    with pytest.raises(CheckpointError, match=r"(?s)best_model.pth: the checkpoint's top-level model identity "
+                                              r"disagrees with its config.*backbone: the top level has "
+                                              r"'efficientnet_b3', the config has 'efficientnet_b0'.*img_size: the "
+                                              r"top level has 640, the config has 512"):
+        load_for_inference(path)
+    payload["img_size"] = "512"  # a wrong type is named too
+    payload["backbone"] = "efficientnet_b0"
+    atomic_torch_save(payload, path)
+    with pytest.raises(CheckpointError,
+                       match="best_model.pth: the model identity field 'img_size' must be an integer, got '512'"):
         load_for_inference(path)
     save_model_checkpoint(tmp_path / "ext.pth", {"w": torch.ones(2)}, _config())
     ext = load_for_inference(tmp_path / "ext.pth")
-    assert ext.origin == "external"
+    assert ext.origin == "external" and ext.weights_source is None
 
 
 def test_a_torchvision_model_keeps_its_config_backbone(tmp_path: Path):
@@ -117,47 +128,33 @@ def test_a_torchvision_model_keeps_its_config_backbone(tmp_path: Path):
     assert ckpt.config == cfg and math.isnan(ckpt.scores.f1) and ckpt.scores.tp == -1  # unknown, not invented
 
 
-def _v1_payload(cfg_dict, **over):
-    """A best_model.pth as dfudet wrote it before the v2 schema (names and duplicated fields of that version)."""
-    state = {"w": torch.ones(2)}
-    payload = {"format": "dfudet-best-v1", "dfudet_version": "0.9", "epoch": 4, "model_state_dict": state,
-               "optimizer_state_dict": {}, "train_loss": 1.0, "val_loss": 0.8, "f1_score": 0.61, "mean_iou": 0.5,
-               "precision": 0.7, "recall": 0.55, "composite_score": 0.59, "backbone": "efficientnet_b0",
-               "model_name": "fasterrcnn_efficientnet", "img_size": 512, "num_classes": 2, "score_threshold": 0.5,
-               "operating_threshold": 0.37, "config": cfg_dict, "weights_sha256": state_digest(state)}
-    payload.update(over)
-    payload["config_sha256"] = config_digest(payload["config"])
-    return payload
+def test_checkpoints_of_other_formats_are_refused_naming_the_file_and_format(tmp_path: Path):
+    v3 = build_best_payload(epoch=4, model_state_dict={"w": torch.ones(2)}, optimizer_state_dict={},
+                            scores=_scores(), config=_config())
+    v2 = {**v3, "format": "dfudet-best-v2"}  # the unreleased v2 (its config without the identity fields)
+    for key in ("name", "num_classes", "backbone"):
+        del v2["config"]["model"][key]
+    atomic_torch_save(v2, tmp_path / "v2.pth")
+    with pytest.raises(CheckpointError, match=r"v2.pth: not a checkpoint this dfudet reads \(format "
+                                              r"'dfudet-best-v2'\); it reads best_model.pth files of format "
+                                              r"'dfudet-best-v3' and Lightning .ckpt files"):
+        load_for_inference(tmp_path / "v2.pth")
+    atomic_torch_save({"weights": torch.ones(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth: not a checkpoint this dfudet reads \(no 'format' key"):
+        load_for_inference(tmp_path / "other.pth")
 
 
-def test_old_v1_checkpoints_still_load(tmp_path: Path):
-    cfg_dict = config_to_dict(_config())
-    atomic_torch_save(_v1_payload(cfg_dict), tmp_path / "v1.pth")
-    ckpt = load_for_inference(tmp_path / "v1.pth")
-    assert ckpt.format == "dfudet-best-v1"
-    assert ckpt.config.train.selection_threshold == 0.5 and ckpt.operating_threshold == 0.37
-    s = ckpt.scores
-    assert (s.f1, s.composite, s.selection_threshold, s.precision) == (0.61, 0.59, 0.5, 0.7)
-    assert math.isnan(s.ap50)  # not recorded by v1
-    # v1 stored the identity fields twice; two different values mean the file was edited
-    atomic_torch_save(_v1_payload(cfg_dict, img_size=640), tmp_path / "odd.pth")
-    with pytest.raises(CheckpointError, match=r"odd.pth: the checkpoint's \['img_size'\] differ from its config's"):
-        load_for_inference(tmp_path / "odd.pth")
-
-
-def test_compatibility_is_checked(tmp_path: Path):
+def test_compatibility_check_lists_every_differing_field(tmp_path: Path):
     path = tmp_path / "best_model.pth"
     save_model_checkpoint(path, {"w": torch.ones(1)}, _config())
-    ckpt = load_for_inference(path)
-    have = {"model_name": ckpt.model_name, "backbone": ckpt.backbone, "img_size": ckpt.img_size,
-            "num_classes": ckpt.num_classes}
-    check_compatible(have, path, "fasterrcnn_efficientnet", "efficientnet_b0", 512, 2)
-    with pytest.raises(CheckpointError,
-                       match="backbone: checkpoint has 'efficientnet_b0', config asks for 'efficientnet_b5'"):
-        check_compatible(have, path, "fasterrcnn_efficientnet", "efficientnet_b5", 512, 2)
-    atomic_torch_save({"weights": torch.ones(1)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="not a dfudet checkpoint"):
-        load_for_inference(tmp_path / "other.pth")
+    have = load_for_inference(path).identity
+    check_compatible(have, model_identity(_config()), path)
+    with pytest.raises(CheckpointError) as exc:
+        check_compatible(have, model_identity(_config("model.backbone=efficientnet_b5", "model.num_classes=3",
+                                                      "data.img_size=640")), path, only=("backbone", "num_classes"))
+    assert str(exc.value) == (f"{path}: the model was trained for another model than the config asks for:\n"
+                              "  backbone: the model has 'efficientnet_b0', the config has 'efficientnet_b5'\n"
+                              "  num_classes: the model has 2, the config has 3")  # img_size was not asked for
 
 
 def test_load_errors_keep_the_reason_and_never_advise_an_unsafe_load(tmp_path: Path):

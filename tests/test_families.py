@@ -223,13 +223,12 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 def test_training_and_inference_build_with_the_configured_layout(tmp_path: Path):
     """The Lightning module and a Predictor from its checkpoint both feed the backbone in the configured layout."""
-    from dfudet.config import config_to_dict
     from dfudet.engine.module import DetectorModule
 
     batch = torch.stack(_batch()[0])
     for channels_last in (True, False):
         cfg = _cfg("fcos_timm", f"model.channels_last={str(channels_last).lower()}")
-        module = DetectorModule(config_to_dict(cfg)).eval()
+        module = DetectorModule(cfg).eval()
         ckpt = tmp_path / f"{channels_last}.pth"
         save_model_checkpoint(ckpt, module.model.state_dict(), cfg, epoch=0)
         predictor = Predictor.from_checkpoint(ckpt)

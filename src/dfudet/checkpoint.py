@@ -2,21 +2,21 @@
 weights_only=True). No Lightning here: training, inference, export and serve all read checkpoints through this
 module, and deployment must not import the training stack.
 
-`best_model.pth` is a plain dict (documented in docs/checkpoints.md), format "dfudet-best-v2", each field once:
+`best_model.pth` is a plain dict (documented in docs/checkpoints.md), format "dfudet-best-v3":
     epoch, model_state_dict, optimizer_state_dict, the ValidationScores fields (train_loss, val_loss, precision,
     recall, f1, mean_iou, composite, tp, fp, fn, selection_threshold, operating_threshold, composite_at_operating,
-    ap50, ap50_95, lr), model_name, backbone, img_size, num_classes, config (the resolved run config WITHOUT the
-    four fields just named, which live only at the top level), dfudet_version, format, weights_sha256,
+    ap50, ap50_95, lr), config (the whole resolved run config), model_name, backbone, img_size, num_classes (the
+    ModelIdentity derived from that config, kept at the top level so a reader sees whose model it is without
+    dfudet; checked against the config at load), weights_source, dfudet_version, format, origin, weights_sha256,
     config_sha256.
-`load_for_inference` returns a typed `LoadedCheckpoint` (the Config rebuilt and validated once) for v2, for v1 files
-of earlier versions (f1_score / composite_score / score_threshold and a full config) and for Lightning's last.ckpt.
+`load_for_inference` returns a typed `LoadedCheckpoint` (the Config validated once, its identity made once) for v3
+files and for Lightning's last.ckpt; any other format is refused with one error naming the file and the format.
 Lightning's own `last.ckpt` (exact resume) is written through `engine.checkpoint_io.AtomicCheckpointIO`, which
 uses this module, and loaded with weights_only too.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -33,21 +33,15 @@ from pydantic import ValidationError
 
 from dfudet.confidence import Calibration, calibration_of, review_threshold_of
 from dfudet.config import Config, config_to_dict
-from dfudet.errors import CheckpointError
+from dfudet.errors import CheckpointError, ConfigError
+from dfudet.identity import ModelIdentity, describe
 from dfudet.metrics.scores import ValidationScores
-from dfudet.models.factory import backbone_label
-from dfudet.models.spec import MODELS
+from dfudet.models.factory import model_identity
 from dfudet.utils import atomic_write_with, disk_free_text, is_disk_full, torch_load_reason
 from dfudet.version import __version__
 
 log = logging.getLogger("dfudet")
-BEST_FORMAT = "dfudet-best-v2"
-OLD_BEST_FORMATS = ("dfudet-best-v1",)
-# fields stored at the top level of best_model.pth and therefore left out of its stored config (stored once)
-_TOP_LEVEL = {"model_name": ("model", "name"), "img_size": ("data", "img_size"),
-              "num_classes": ("model", "num_classes")}
-# v1 names of score fields (read only)
-_V1_NAMES = {"f1": "f1_score", "composite": "composite_score", "selection_threshold": "score_threshold"}
+BEST_FORMAT = "dfudet-best-v3"
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -135,51 +129,26 @@ def verify_weights(state: Mapping[str, Any], path: Path, expected: str | None, w
         log.info("%s: written before checkpoints carried a digest; loaded without an integrity check", path)
 
 
-def _timm_backbone(model_name: str) -> bool:
-    spec = MODELS.get(model_name)
-    return spec is not None and spec.timm_backbone
-
-
-def _split_config(cfg: Config) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(top-level identity fields, the config dict without them)."""
-    stored = config_to_dict(cfg)
-    top: dict[str, Any] = {}
-    for key, (section, name) in _TOP_LEVEL.items():
-        top[key] = stored[section].pop(name)
-    top["backbone"] = backbone_label(cfg.model.name, cfg.model.backbone)
-    if _timm_backbone(cfg.model.name):
-        del stored["model"]["backbone"]  # the top-level backbone is this very field
-    return top, stored
-
-
-def _join_config(top: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The full config dict of a v2 checkpoint: its stored config plus the identity fields kept at the top."""
-    full = copy.deepcopy(dict(stored))
-    for key, (section, name) in _TOP_LEVEL.items():
-        full.setdefault(section, {})[name] = top[key]
-    if _timm_backbone(str(top["model_name"])):
-        full["model"]["backbone"] = top["backbone"]
-    return full
-
-
 ORIGINS = ("train", "untrained", "external")
 
 
 def build_best_payload(*, epoch: int, model_state_dict: Mapping[str, Any], optimizer_state_dict: Mapping[str, Any],
                        scores: ValidationScores, config: Config, origin: str = "train",
-                       calibration: Calibration | None = None, review_threshold: float | None = None
-                       ) -> dict[str, Any]:
-    """A best_model.pth dict (format v2) with the digests of its weights and of its whole config (the stored part
-    and the four identity fields at the top level). `origin`: "train" (kept by `dfudet train`), "untrained" (the
-    `--baseline` model) or "external" (weights saved with `save_model_checkpoint`). `calibration` and
-    `review_threshold` (chosen on val by `dfudet tune`) are stored when given."""
+                       calibration: Calibration | None = None, review_threshold: float | None = None,
+                       weights_source: str | None = None) -> dict[str, Any]:
+    """A best_model.pth dict (format v3): the whole config once, its identity at the top level, and the digests of
+    the weights and of the config. `origin`: "train" (kept by `dfudet train`), "untrained" (the `--baseline` model)
+    or "external" (weights saved with `save_model_checkpoint`). `weights_source` says where the pretrained backbone
+    came from (a run output). `calibration` and `review_threshold` (chosen on val by `dfudet tune`) are stored when
+    given."""
     if origin not in ORIGINS:
         raise ValueError(f"origin must be one of {ORIGINS}, got {origin!r}")
-    top, stored = _split_config(config)
+    stored = config_to_dict(config)
     payload = {"format": BEST_FORMAT, "dfudet_version": __version__, "origin": origin, "epoch": int(epoch),
                "model_state_dict": dict(model_state_dict), "optimizer_state_dict": dict(optimizer_state_dict),
-               **scores.as_dict(), **top, "config": stored,
-               "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(config_to_dict(config))}
+               **scores.as_dict(), **model_identity(config).as_dict(), "config": stored,
+               "weights_source": weights_source,
+               "weights_sha256": state_digest(model_state_dict), "config_sha256": config_digest(stored)}
     if calibration is not None:
         payload["calibration"] = calibration.as_dict()
     if review_threshold is not None:
@@ -201,11 +170,13 @@ def save_model_checkpoint(path: str | os.PathLike[str], model_state_dict: Mappin
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A checkpoint read for inference: typed config, weights, thresholds and (if recorded) the val scores."""
+    """A checkpoint read for inference: typed config, its identity, weights, thresholds and (if recorded) the val
+    scores."""
 
     path: Path
-    format: str  # "dfudet-best-v2", "dfudet-best-v1" or "lightning"
+    format: str  # "dfudet-best-v3" or "lightning"
     config: Config
+    identity: ModelIdentity  # made once from `config` (and checked against the file's top-level fields)
     model_state_dict: dict[str, torch.Tensor]
     epoch: int | None
     operating_threshold: float  # chosen on val; predict/evaluate/serve use it unless told otherwise
@@ -215,107 +186,89 @@ class LoadedCheckpoint:
     origin: str = "train"  # "train", "untrained" (--baseline), "external" (save_model_checkpoint), "lightning"
     calibration: Calibration | None = None  # score -> probability, fitted on val by `dfudet tune`
     review_threshold: float | None = None  # the triage band's lower edge, chosen on val by `dfudet tune`
-
-    @property
-    def model_name(self) -> str:
-        return self.config.model.name
-
-    @property
-    def backbone(self) -> str:
-        return backbone_label(self.config.model.name, self.config.model.backbone)
-
-    @property
-    def img_size(self) -> int:
-        return self.config.data.img_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.model.num_classes
+    weights_source: str | None = None  # where the pretrained backbone came from (None: not recorded / random init)
 
 
-def _validated(path: Path, raw: Any) -> Config:
+def _validated(path: Path, raw: Any) -> tuple[Config, ModelIdentity]:
+    """The checkpoint's config, validated, and its identity (made here once)."""
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except (ValidationError, TypeError) as exc:
         raise CheckpointError(f"{path}: the config stored in the checkpoint is invalid ({str(exc)[:300]})") from None
+    try:
+        return cfg, model_identity(cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: the checkpoint's model is unknown to this dfudet: {exc}") from None
 
 
-def _scores_of(ckpt: Mapping[str, Any], old: bool) -> ValidationScores:
+def _scores_of(ckpt: Mapping[str, Any]) -> ValidationScores:
     values: dict[str, Any] = {}
     for name in ValidationScores.field_names():
-        key = _V1_NAMES.get(name, name) if old else name
-        v = ckpt.get(key)
-        values[name] = float(v) if isinstance(v, (int, float)) else math.nan  # not recorded by v1: unknown
+        v = ckpt.get(name)
+        values[name] = float(v) if isinstance(v, (int, float)) else math.nan  # not recorded: unknown
     for name in ("tp", "fp", "fn"):
         values[name] = int(values[name]) if math.isfinite(values[name]) else -1
     return ValidationScores(**values)
 
 
-def _check_config_digest(ckpt: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> None:
-    if ckpt.get("config_sha256") is not None and config_digest(config) != ckpt["config_sha256"]:
-        raise CheckpointError(f"{path}: the checkpoint is damaged: its config (or model_name / backbone / img_size / "
-                              "num_classes) does not match the digest written with it")
+def _load_best(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
+    """A v3 best_model.pth: digests, then the config, then its identity against the top-level fields."""
+    needed = ["epoch", "model_state_dict", "config", "operating_threshold", "origin", *ModelIdentity.field_names()]
+    missing = [k for k in needed if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: best-model checkpoint misses keys {missing}")
+    verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path}: the checkpoint's config is a {type(ckpt['config']).__name__}, not a dict")
+    if ckpt.get("config_sha256") is not None and config_digest(ckpt["config"]) != ckpt["config_sha256"]:
+        raise CheckpointError(f"{path}: the checkpoint is damaged: its config does not match the digest written "
+                              "with it")
+    cfg, identity = _validated(path, ckpt["config"])
+    differences = ModelIdentity.from_dict(ckpt, path).diff(identity)
+    if differences:  # derived from the config when written: a difference means the file was edited or damaged
+        raise CheckpointError(f"{path}: the checkpoint's top-level model identity disagrees with its config (the file "
+                              "was edited or damaged; use an intact copy):\n  "
+                              + describe(differences, "the top level", "the config"))
+    source = ckpt.get("weights_source")
+    return LoadedCheckpoint(
+        path=path, format=BEST_FORMAT, config=cfg, identity=identity, model_state_dict=ckpt["model_state_dict"],
+        epoch=int(ckpt["epoch"]), operating_threshold=float(ckpt["operating_threshold"]), scores=_scores_of(ckpt),
+        dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")), origin=str(ckpt.get("origin")),
+        calibration=calibration_of(ckpt, path), review_threshold=review_threshold_of(ckpt, path),
+        weights_source=str(source) if source is not None else None)
+
+
+def _load_lightning(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
+    """A Lightning last.ckpt written by dfudet: the config in its hyper_parameters, dfudet's extras beside it."""
+    hp = ckpt["hyper_parameters"]
+    config = hp.get("config") if isinstance(hp, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: Lightning checkpoint without a dfudet config (not trained by dfudet?)")
+    extra = ckpt.get("dfudet", {}) if isinstance(ckpt.get("dfudet"), dict) else {}
+    verify_weights(ckpt["state_dict"], path, extra.get("weights_sha256"))
+    cfg, identity = _validated(path, config)
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    source = extra.get("weights_source")
+    return LoadedCheckpoint(
+        path=path, format="lightning", config=cfg, identity=identity, model_state_dict=state,
+        epoch=ckpt.get("epoch"), scores=None, origin="lightning",
+        operating_threshold=float(extra.get("operating_threshold", cfg.train.selection_threshold)),
+        weights_source=str(source) if source is not None else None)
 
 
 def load_for_inference(path: str | os.PathLike[str]) -> LoadedCheckpoint:
-    """Load best_model.pth (v2 or v1) or a Lightning .ckpt into one typed LoadedCheckpoint."""
+    """Load a best_model.pth (format v3) or a Lightning .ckpt of dfudet into one typed LoadedCheckpoint.
+
+    Any other file is refused with one error naming it and the format it holds (formats before v3 were never
+    released: such a file is written again with this version, e.g. by `save_model_checkpoint`)."""
     path = Path(path)
     ckpt = safe_torch_load(path)
     fmt = ckpt.get("format")
-    if fmt == BEST_FORMAT or fmt in OLD_BEST_FORMATS:
-        old = fmt != BEST_FORMAT
-        needed = ["epoch", "model_state_dict", "config", "operating_threshold", "model_name", "img_size",
-                  "num_classes", "backbone"]
-        missing = [k for k in needed if k not in ckpt]
-        if missing:
-            raise CheckpointError(f"{path}: best-model checkpoint misses keys {missing}")
-        verify_weights(ckpt["model_state_dict"], path, ckpt.get("weights_sha256"))
-        if not isinstance(ckpt["config"], dict):
-            raise CheckpointError(f"{path}: the checkpoint's config is a {type(ckpt['config']).__name__}, not a dict")
-        if old:
-            _check_config_digest(ckpt, path, ckpt["config"])
-            cfg = _validated(path, ckpt["config"])
-            top, _ = _split_config(cfg)
-            differ = [k for k in top if top[k] != ckpt[k]]
-            if differ:  # v1 stored these twice; two different values mean the file was edited or damaged
-                raise CheckpointError(f"{path}: the checkpoint's {differ} differ from its config's")
-        else:
-            full = _join_config(ckpt, ckpt["config"])
-            _check_config_digest(ckpt, path, full)  # the identity fields are covered too
-            cfg = _validated(path, full)
-        epoch = int(ckpt["epoch"])
-        origin = ckpt.get("origin") or ("untrained" if epoch == -1 else "train")  # v1: epoch -1 = --baseline
-        return LoadedCheckpoint(
-            path=path, format=str(fmt), config=cfg, model_state_dict=ckpt["model_state_dict"],
-            epoch=epoch, operating_threshold=float(ckpt["operating_threshold"]),
-            scores=_scores_of(ckpt, old), dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")),
-            origin=str(origin), calibration=calibration_of(ckpt, path),
-            review_threshold=review_threshold_of(ckpt, path))
-    if "state_dict" in ckpt and "hyper_parameters" in ckpt:
-        hp = ckpt["hyper_parameters"]
-        config = hp.get("config") if isinstance(hp, dict) else None
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path}: Lightning checkpoint without a dfudet config (not trained by dfudet?)")
-        extra = ckpt.get("dfudet", {}) if isinstance(ckpt.get("dfudet"), dict) else {}
-        verify_weights(ckpt["state_dict"], path, extra.get("weights_sha256"))
-        cfg = _validated(path, config)
-        prefix = "model."
-        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        return LoadedCheckpoint(
-            path=path, format="lightning", config=cfg, model_state_dict=state, epoch=ckpt.get("epoch"),
-            operating_threshold=float(extra.get("operating_threshold", cfg.train.selection_threshold)), scores=None,
-            origin="lightning")
-    raise CheckpointError(
-        f"{path}: not a dfudet checkpoint (expected best_model.pth with format {BEST_FORMAT!r} or a Lightning .ckpt)"
-    )
-
-
-def check_compatible(have: Mapping[str, Any], path: Path, model_name: str | None, backbone: str | None,
-                     img_size: int | None, num_classes: int | None) -> None:
-    """Raise a clear error when a model (a backend's `info.summary()`: checkpoint or ONNX metadata) was trained for
-    another model than the one asked for."""
-    wanted = {"model_name": model_name, "backbone": backbone, "img_size": img_size, "num_classes": num_classes}
-    diffs = [f"{k}: checkpoint has {have.get(k)!r}, config asks for {v!r}" for k, v in wanted.items()
-             if v is not None and have.get(k) != v]
-    if diffs:
-        raise CheckpointError(f"{path}: checkpoint is from another model:\n  " + "\n  ".join(diffs))
+    if fmt == BEST_FORMAT:
+        return _load_best(path, ckpt)
+    if fmt is None and "state_dict" in ckpt and "hyper_parameters" in ckpt:
+        return _load_lightning(path, ckpt)
+    found = f"format {fmt!r}" if fmt is not None else "no 'format' key and no Lightning state"
+    raise CheckpointError(f"{path}: not a checkpoint this dfudet reads ({found}); it reads best_model.pth files of "
+                          f"format {BEST_FORMAT!r} and Lightning .ckpt files written by `dfudet train`")

@@ -157,8 +157,6 @@ class ModelConfig(_Strict):
     # mapped by name or, in another project's naming, by order with every shape checked. Unset: timm's cache, then
     # an installed weight package (efficientnet_lite0/1/2), then timm's download (dfudet.models.weights).
     weights: str | None = None
-    # Written by the run (where the backbone's pretrained weights came from, how many tensors); ignored as input.
-    weights_source: str | None = None
     num_classes: int = Field(2, ge=2)
     fpn_channels: int = Field(256, ge=8)
     trainable_backbone_layers: int = Field(5, ge=0, le=5)

@@ -46,7 +46,7 @@ def _native_predictor(ckpt: Path, size: int) -> Predictor:
     model = build_detector(loaded.config.model, size)
     model.load_state_dict(loaded.model_state_dict)
     info = Predictor.from_checkpoint(ckpt).info
-    return Predictor(model, get_spec(loaded.model_name), size, loaded.operating_threshold, info)
+    return Predictor(model, get_spec(loaded.identity.model_name), size, loaded.operating_threshold, info)
 
 
 def _val_preds(predictor: Predictor, cache: Path) -> tuple[list, list]:
@@ -85,7 +85,7 @@ def test_tune_scores_each_size_on_val_keeps_the_best_and_leaves_the_kept_model_a
     assert table["chosen_img_size"] == chosen
     tuned = load_for_inference(out)
     assert tuned.config.data.infer_img_size == (None if chosen == TRAIN else chosen)
-    assert tuned.img_size == TRAIN  # the model itself is the trained one
+    assert tuned.identity.img_size == TRAIN  # the model itself is the trained one
     assert tuned.operating_threshold == pytest.approx(table["operating_threshold"])
     assert tuned.scores is not None and tuned.scores.composite_at_operating == pytest.approx(best)
     ref = load_for_inference(fcos_ckpt).model_state_dict
@@ -98,7 +98,7 @@ def test_a_tuned_checkpoint_feeds_its_size_and_threshold_to_predict_and_evaluate
     tuned = train_demo_checkpoint(tmp_path / "tuned.pth", img_size=TRAIN, steps=6,
                                   overrides=(*FCOS_OVERRIDES, "data.infer_img_size=160"))
     pred = Predictor.from_checkpoint(tuned)
-    assert pred.img_size == 160 and pred.info.train_img_size == TRAIN
+    assert pred.img_size == 160 and pred.info.identity.img_size == TRAIN
     assert pred.model.transform.min_size == (160,) and pred.model.transform.max_size == 160
     assert "chosen on val at input size 160" in pred.threshold_source
     images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
@@ -128,10 +128,10 @@ def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
     tuned = train_demo_checkpoint(tmp_path / "tuned.pth", img_size=TRAIN, steps=6,
                                   overrides=(*FCOS_OVERRIDES, "data.infer_img_size=128"))
     meta = export_onnx(tuned, tmp_path / "m.onnx")
-    assert meta["img_size"] == 128 and meta["train_img_size"] == TRAIN
+    assert meta["img_size"] == 128 and meta["identity"]["img_size"] == TRAIN
     assert meta["input"]["shape"] == [1, 3, 128, 128]
     onnx_pred = OnnxPredictor(tmp_path / "m.onnx")
-    assert onnx_pred.img_size == 128 and onnx_pred.info.train_img_size == TRAIN
+    assert onnx_pred.img_size == 128 and onnx_pred.info.identity.img_size == TRAIN
     images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
     compared = 0
     for ref, got in zip(Predictor.from_checkpoint(tuned).predict_arrays(images), onnx_pred.predict_arrays(images)):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dfudet.checkpoint import load_for_inference, safe_torch_load
-from dfudet.config import config_to_dict, load_config
+from dfudet.config import load_config
 from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.ema import ValidatedEMA, ramped_decay, ramped_ema
@@ -66,7 +66,7 @@ def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache
     decay = 0.3  # the ramp (1+n)/(10+n) passes it at n = 3: both branches run
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", "train.limit_train_batches=3",
                       "train.optimizer=sgd", "train.lr=0.02", f"train.ema_decay={decay}")
-    module = RisingModule(config_to_dict(cfg))
+    module = RisingModule(cfg)
     state = module.state_dict()
     trained = [n for n, p in module.named_parameters() if p.requires_grad]
     names = [trained[0], trained[len(trained) // 2], trained[-1],
@@ -94,7 +94,7 @@ def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache
         assert not torch.allclose(last["state_dict"][n], last["current_model_state"][n]), n
 
     # the scores stored with the kept model are those of its weights: validate a fresh module holding them
-    fresh = DetectorModule(config_to_dict(cfg))
+    fresh = DetectorModule(cfg)
     fresh.model.load_state_dict(best.model_state_dict)
     again = validation_scores(fresh, DetectionDataModule(cfg), "cpu")
     assert best.scores is not None
@@ -126,7 +126,7 @@ def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(ti
     trainer.callbacks.insert(0, probe)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(DetectorModule(config_to_dict(cfg)), datamodule=DetectionDataModule(cfg),
+        trainer.fit(DetectorModule(cfg), datamodule=DetectionDataModule(cfg),
                     ckpt_path=run / "last.ckpt")
     # no contradicting Lightning warning about the EMA callback's saved state
     assert not [w for w in caught if "ValidatedEMA" in str(w.message)]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dfudet.config import config_to_dict, load_config
+from dfudet.config import load_config
 from dfudet.engine.module import DetectorModule
 from dfudet.models.passes import loss_mode, losses_and_detections, to_float_images
 
@@ -20,7 +20,7 @@ def _batch():
 
 def _module(name: str, **extra: str) -> DetectorModule:
     overrides = [f"model.name={name}", "model.pretrained=false", "data.img_size=96", "model.backbone=efficientnet_b0"]
-    return DetectorModule(config_to_dict(load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])))
+    return DetectorModule(load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()]))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -115,3 +115,29 @@ def test_validation_metrics_report_coco_ap50_and_apply_the_recall_floor():
     assert v.ap50_95 == pytest.approx(ref["AP50_95"])
     assert v.recall >= 0.5 and v.operating_threshold <= 0.3
     assert v.selection_threshold == v.operating_threshold and v.composite == v.composite_at_operating
+
+
+def test_the_pretrained_weights_source_is_a_run_output_in_every_checkpoint(tmp_path):
+    """Not a config key: the module records it, best_model.pth and last.ckpt carry it, a resume keeps the first."""
+    import timm
+
+    from dfudet.checkpoint import atomic_torch_save, load_for_inference
+    from dfudet.engine.callbacks import best_payload
+    from dfudet.metrics.scores import ValidationScores
+
+    torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), tmp_path / "w.pth")
+    cfg = load_config(None, ["model.name=fcos_timm", "model.backbone=resnet10t", "model.fpn_channels=32",
+                             "model.dense_head.convs=1", "data.img_size=96", f"model.weights={tmp_path / 'w.pth'}"])
+    module = DetectorModule(cfg)
+    assert module.weights_source.startswith(f"file: {tmp_path / 'w.pth'} (")
+    assert module.hparams["config"] == cfg.model_dump(mode="json") and module.cfg is cfg  # typed in, plain dict out
+    atomic_torch_save(best_payload(module, ValidationScores.unknown(0.5, 0.5), 0, {}), tmp_path / "best.pth")
+    assert load_for_inference(tmp_path / "best.pth").weights_source == module.weights_source
+    last = {"state_dict": {f"model.{k}": v for k, v in module.model.state_dict().items()}}
+    module.on_save_checkpoint(last)
+    assert last["dfudet"]["weights_source"] == module.weights_source
+    resumed = DetectorModule(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False,
+                                                                                           "weights": None})}))
+    assert resumed.weights_source is None
+    resumed.on_load_checkpoint(last)
+    assert resumed.weights_source == module.weights_source

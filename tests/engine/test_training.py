@@ -45,7 +45,7 @@ class ScriptedModule(DetectorModule):
 def _fit_scripted(cfg, script):
     ScriptedModule.script = script
     dm = DetectionDataModule(cfg)
-    module = ScriptedModule(config_to_dict(cfg))
+    module = ScriptedModule(cfg)
     trainer = build_trainer(cfg, "cpu", 1, "32")
     trainer.fit(module, datamodule=dm)
     return trainer
@@ -322,10 +322,10 @@ def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_pat
                if t.is_floating_point() and not torch.equal(t, untrained["model_state_dict"][k])]
     assert changed  # the kept model was trained, the untrained one was not
     info = load_for_inference(tmp_path / "run" / "untrained_model.pth")  # what `dfudet evaluate` reads
-    assert info.img_size == best["img_size"] and info.config.train == cfg.train
+    assert info.identity.img_size == best["img_size"] and info.config.train == cfg.train
     # a Lightning last.ckpt names its backbone as best_model.pth does (torchvision model: the model name)
     last = load_for_inference(tmp_path / "run" / "last.ckpt")
-    assert last.backbone == best["backbone"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
+    assert last.identity.backbone == best["backbone"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
 # tiny_config sets Faster R-CNN sampler sizes; fcos_timm refuses non-default ones, so model.rcnn goes back to its
@@ -351,12 +351,13 @@ def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tm
     out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
     assert (out.width, out.height) == (120, 80)
     assert (out.boxes[:, [0, 2]] <= 120).all() and (out.boxes[:, [1, 3]] <= 80).all()
-    assert load_for_inference(tmp_path / "run" / "last.ckpt").backbone == "resnet10t"
+    assert load_for_inference(tmp_path / "run" / "last.ckpt").identity.backbone == "resnet10t"
     # resuming the run dir with a different head is refused with the reason (not a raw state_dict error)
     from dfudet.errors import ConfigError
 
     other = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", *FCOS_TINY[:-1], "model.dense_head.convs=2")
-    with pytest.raises(ConfigError, match="holds a run of another model.*model.dense_head.convs: 1 -> 2"):
+    with pytest.raises(ConfigError, match="(?s)holds a run of another model.*"
+                                          "model.dense_head.convs: the run has 1, this config has 2"):
         run_training(other)
 
 
@@ -392,12 +393,12 @@ def test_mask_rcnn_trains_on_the_wound_masks_and_its_checkpoint_outlines(tiny_ca
     rows = _history(tmp_path / "run")
     assert len(rows) == 2 and all(float(r["val_loss"]) > 0 for r in rows)
     pred = Predictor.from_checkpoint(tmp_path / "run" / "best_model.pth", operating_threshold=0.0)
-    assert pred.info.outlines and pred.info.model_name == "maskrcnn_efficientnet"
+    assert pred.info.outlines and pred.info.identity.model_name == "maskrcnn_efficientnet"
     out = pred.predict_arrays([torch.randint(0, 255, (80, 120, 3), dtype=torch.uint8).numpy()])[0]
     assert out.masks is not None and len(out.masks) == len(out.boxes)
     assert all(instance_masks.decode(m).shape == (80, 120) for m in out.masks)  # the photo's pixels
     # the mask loss is part of training: the model's own loss dict has it, on a batch with an ulcer-free image
-    module = DetectorModule(config_to_dict(cfg))
+    module = DetectorModule(cfg)
     ds = DetectionDataModule(cfg)
     ds.setup("fit")
     assert ds.train_ds is not None

@@ -48,29 +48,30 @@ def test_sidecar_metadata_describes_model_and_source(exported: tuple[Path, Path]
     assert meta["class_names"] == ["background", "ulcer"]
     assert meta["source_checkpoint_sha256"] == sha256_file(ckpt)
     assert meta["onnx_sha256"] == sha256_file(onnx_path)
-    assert meta["model_name"] == MODEL and meta["input"]["shape"] == [1, 3, IMG_SIZE, IMG_SIZE]
+    assert meta["identity"] == {"model_name": MODEL, "backbone": MODEL, "img_size": IMG_SIZE, "num_classes": 2}
+    assert meta["input"]["shape"] == [1, 3, IMG_SIZE, IMG_SIZE]
     assert meta["outlines"] is False and "masks" not in meta["outputs"]
 
 
-def test_a_v1_sidecar_with_the_old_names_still_loads(exported: tuple[Path, Path], tmp_path: Path):
+def test_a_sidecar_of_another_format_or_identity_is_refused(exported: tuple[Path, Path], tmp_path: Path):
     _, onnx_path = exported
     meta = json.loads(metadata_path(onnx_path).read_text())
-    assert meta["format"] == "dfudet-onnx-v2" and "score_threshold" not in meta and "score_floor" not in meta
-    meta["format"] = "dfudet-onnx-v1"
-    meta["score_threshold"], meta["score_floor"] = meta.pop("operating_threshold"), meta.pop("min_score")
-    meta["score_threshold"] = 0.61
-    del meta["outlines"]  # older sidecars have no such key: a box model
+    assert meta["format"] == "dfudet-onnx-v3" and "score_threshold" not in meta and "model_name" not in meta
     old = tmp_path / "old.onnx"
     old.write_bytes(onnx_path.read_bytes())
-    metadata_path(old).write_text(json.dumps(meta))
-    pred = OnnxPredictor(old)
-    assert pred.operating_threshold == 0.61 and pred.min_score == pytest.approx(meta["score_floor"])
-    assert pred.threshold_source == "model metadata operating_threshold"
-    assert not pred.info.outlines and pred.predict_arrays([_images()[0]])[0].masks is None
-    del meta["score_threshold"]
-    metadata_path(old).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="old.json: not a dfudet ONNX metadata file"):
+    v2 = {k: v for k, v in meta.items() if k != "identity"}  # the unreleased v2: identity fields at the top level
+    metadata_path(old).write_text(json.dumps({**v2, **meta["identity"], "img_size": IMG_SIZE,
+                                              "format": "dfudet-onnx-v2"}))
+    with pytest.raises(CheckpointError, match=r"old.json: sidecar format 'dfudet-onnx-v2'; this dfudet reads "
+                                              r"'dfudet-onnx-v3' only; export the model again"):
         OnnxPredictor(old)
+    metadata_path(old).write_text(json.dumps({**meta, "identity": {**meta["identity"], "num_classes": "2"}}))
+    with pytest.raises(CheckpointError, match="old.json: the model identity field 'num_classes' must be an integer"):
+        OnnxPredictor(old)
+    metadata_path(old).write_text(json.dumps({**meta, "operating_threshold": 0.61}))
+    pred = OnnxPredictor(old)
+    assert pred.operating_threshold == 0.61 and pred.threshold_source == "model metadata operating_threshold"
+    assert pred.info.identity == Predictor.from_checkpoint(exported[0]).info.identity  # the checkpoint's own
 
 
 def test_a_sidecar_claiming_outlines_for_a_box_graph_is_refused(exported: tuple[Path, Path], tmp_path: Path):
@@ -106,7 +107,7 @@ def test_onnx_matches_pytorch_within_1px_and_1e3(exported: tuple[Path, Path]):
 def test_fcos_onnx_matches_pytorch_within_1px_and_1e3(tmp_path: Path):
     ckpt = train_demo_checkpoint(tmp_path / "best_model.pth", overrides=FCOS_OVERRIDES)
     meta = export_onnx(ckpt, tmp_path / "fcos.onnx")
-    assert meta["model_name"] == "fcos_timm" and meta["backbone"] == "resnet10t"
+    assert meta["identity"]["model_name"] == "fcos_timm" and meta["identity"]["backbone"] == "resnet10t"
     assert meta["min_score"] == pytest.approx(0.05) and meta["max_detections"] == 30
     _assert_parity(ckpt, tmp_path / "fcos.onnx")
 

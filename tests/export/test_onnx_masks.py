@@ -69,8 +69,8 @@ def _matched(ref: Detections, got: Detections) -> tuple[np.ndarray, np.ndarray]:
 def test_sidecar_and_graph_carry_the_outlines(exported_masks: tuple[Path, Path]):
     _, onnx_path = exported_masks
     meta = json.loads(metadata_path(onnx_path).read_text())
-    assert meta["format"] == "dfudet-onnx-v2" and meta["outlines"] is True
-    assert meta["model_name"] == "maskrcnn_efficientnet" and "masks" in meta["outputs"]
+    assert meta["format"] == "dfudet-onnx-v3" and meta["outlines"] is True
+    assert meta["identity"]["model_name"] == "maskrcnn_efficientnet" and "masks" in meta["outputs"]
     graph = onnx.load(str(onnx_path)).graph
     assert [o.name for o in graph.output] == ["boxes", "labels", "scores", "masks"]
     assert len(graph.output[3].type.tensor_type.shape.dim) == 4

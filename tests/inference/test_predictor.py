@@ -143,13 +143,13 @@ def test_checkpoint_errors(tiny_ckpt: Path, tmp_path: Path) -> None:
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match=r"broken\.pth: weights do not fit"):
         Predictor.from_checkpoint(broken)
-    ckpt["model_name"] = "no_such_model"  # an edit the config digest catches ...
+    ckpt["config"]["model"]["name"] = "no_such_model"  # an edit the config digest catches ...
     atomic_torch_save(ckpt, broken)
     with pytest.raises(CheckpointError, match=r"broken\.pth: the checkpoint is damaged: its config"):
         Predictor.from_checkpoint(broken)
-    del ckpt["config_sha256"]  # ... and without a digest (files of early versions), the unknown model is named
+    del ckpt["config_sha256"]  # ... and without a digest, the unknown model is named
     atomic_torch_save(ckpt, broken)
-    with pytest.raises(CheckpointError, match="no_such_model"):
+    with pytest.raises(CheckpointError, match="broken.pth: the checkpoint's model is unknown.*no_such_model"):
         Predictor.from_checkpoint(broken)
 
 

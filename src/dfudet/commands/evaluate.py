@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from dfudet.checkpoint import check_compatible
 from dfudet.commands.report import write_galleries, write_plots, write_reliability, write_report_md
 from dfudet.commands.split_predictions import PhotoPrediction, predict_split, preds_and_gts
 from dfudet.config import load_config
@@ -28,6 +27,7 @@ from dfudet.data.dataset import DetectionDataset
 from dfudet.data.importers import import_dataset
 from dfudet.data.records import read_dataset, write_dataset
 from dfudet.errors import ConfigError, DataError
+from dfudet.identity import check_compatible
 from dfudet.inference.backend import Backend
 from dfudet.inference.loader import load_backend
 from dfudet.inference.quality import measure_quality
@@ -40,7 +40,7 @@ from dfudet.metrics.groups import ITA_BANDS, MIN_PHOTOS, UNKNOWN, group_scores, 
 from dfudet.metrics.outlines import outline_bootstrap_ci, outline_images, outline_scores
 from dfudet.metrics.scores import Scores, detection_scores, pick_best, sweep_thresholds
 from dfudet.metrics.sizes import found_by_size
-from dfudet.models.factory import backbone_label
+from dfudet.models.factory import model_identity
 from dfudet.utils import atomic_write_bytes
 
 COCO_SPLIT = "all"  # a COCO json given directly is evaluated whole, under this split name
@@ -78,9 +78,8 @@ def _import_coco(json_path: Path, images: str | Path | None, tmp: Path) -> Path:
 
 def _check_config(config: str | Path, predictor: Backend) -> None:
     """A --config naming another model than the checkpoint's is an error (img_size may differ: inputs are resized)."""
-    cfg = load_config(config)
-    check_compatible(predictor.info.summary(), Path(predictor.info.path), cfg.model.name,
-                     backbone_label(cfg.model.name, cfg.model.backbone), None, cfg.model.num_classes)
+    check_compatible(predictor.info.identity, model_identity(load_config(config)), predictor.info.path,
+                     only=("model_name", "backbone", "num_classes"))
 
 
 def _gallery_image(dataset: Any, i: int) -> np.ndarray:
@@ -243,7 +242,8 @@ def _compare(checkpoint: str | Path, dataset: Any, device: str, tta: bool, batch
                   "share_this_lower": float(np.mean(gains < 0)),
                   "weights": "this model's composite weights, for both"}
     return {"checkpoint": {"path": str(checkpoint), "epoch": other.info.epoch, "origin": other.info.origin,
-                           "model_name": other.info.model_name, "backbone": other.info.backbone},
+                           "model_name": other.info.identity.model_name,
+                           "backbone": other.info.identity.backbone},
             "operating_threshold": other.operating_threshold, "threshold_source": other.threshold_source,
             "at_threshold": at, "coco": coco_map(preds, gts),
             "froc": {"froc_score": froc(preds, gts, iou_threshold)["froc_score"]},

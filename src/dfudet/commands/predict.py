@@ -162,8 +162,8 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
     thr = predictor.operating_threshold
     outlines = predictor.info.outlines
     if (default_scale is not None or scales) and not outlines:
-        print(f"note: a scale was given but {predictor.info.model_name} does not outline ulcers, so no areas are "
-              "reported", file=sys.stderr)
+        print(f"note: a scale was given but {predictor.info.identity.model_name} does not outline ulcers, so no areas "
+              "are reported", file=sys.stderr)
     results: list[dict[str, Any]] = []
     used: set[str] = set()
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)

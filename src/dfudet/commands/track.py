@@ -374,7 +374,7 @@ def require_outlines(backend: Backend) -> None:
     """ConfigError unless the backend's model outlines each detection (track measures areas)."""
     if not backend.info.outlines:
         raise ConfigError(f"track needs an outline model (e.g. maskrcnn_efficientnet) to measure wound areas; "
-                          f"{backend.info.path} is {backend.info.model_name}, which gives boxes only")
+                          f"{backend.info.path} is {backend.info.identity.model_name}, which gives boxes only")
 
 
 # ----------------------------------------------------------------------------------------------- outputs

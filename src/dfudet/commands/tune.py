@@ -189,8 +189,8 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
     dataset = DetectionDataset(data, split)
     if len(dataset) == 0:
         raise DataError(f"{data}: split {split!r} has no images to tune on")
-    tried = candidate_sizes(ckpt.img_size, sizes, cfg.train.tune_img_sizes)
-    base = Predictor.from_checkpoint(checkpoint, device=device)
+    tried = candidate_sizes(ckpt.identity.img_size, sizes, cfg.train.tune_img_sizes)
+    base = Predictor.from_loaded(ckpt, device=device)  # the checkpoint is read once
     trials = []
     for size in tried:
         trial = _trial(base, dataset, size, batch_size, progress)
@@ -198,29 +198,30 @@ def run_tune(checkpoint: str | Path, data: str | Path, out: str | Path | None = 
         log.info("tune %s px: threshold %.2f composite %.4f (P %.3f R %.3f IoU %.3f) AP50 %.4f, %.0f s", size,
                  o.score_threshold, o.composite, o.precision, o.recall, o.mean_iou, trial.ap50, trial.seconds)
         trials.append(trial)
-    trials = with_confidence(trials, ckpt.img_size, cfg.train.composite_weights)
+    trials = with_confidence(trials, ckpt.identity.img_size, cfg.train.composite_weights)
     conf = cfg.train.tune_confidence if confidence is None else float(confidence)
     for trial in trials:
         if trial.p_better is not None:
             log.info("tune %s px beats %s px in %.1f%% of paired val resamples (needed: %.1f%%)", trial.img_size,
-                     ckpt.img_size, 100 * trial.p_better, 100 * conf)
-    best = pick_size(trials, ckpt.img_size, conf)
+                     ckpt.identity.img_size, 100 * trial.p_better, 100 * conf)
+    best = pick_size(trials, ckpt.identity.img_size, conf)
     old = ckpt.scores
     nan = math.nan
     scores = ValidationScores.from_scores(
         best.at_selection, best.operating, ap50=best.ap50, ap50_95=best.ap50_95,
         train_loss=old.train_loss if old else nan, val_loss=old.val_loss if old else nan, lr=old.lr if old else nan)
-    infer = None if best.img_size == ckpt.img_size else best.img_size
+    infer = None if best.img_size == ckpt.identity.img_size else best.img_size
     tuned_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"infer_img_size": infer})})
     calibration, review, triage = calibrate_on_val(best, cfg.train)
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
                                  model_state_dict=ckpt.model_state_dict, optimizer_state_dict={}, scores=scores,
                                  config=tuned_cfg, origin=ckpt.origin if ckpt.origin != "lightning" else "train",
-                                 calibration=calibration, review_threshold=review)
+                                 calibration=calibration, review_threshold=review,
+                                 weights_source=ckpt.weights_source)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, out)
     table = {"checkpoint": str(checkpoint), "tuned_checkpoint": str(out), "data": str(data), "split": split,
-             "train_img_size": ckpt.img_size, "chosen_img_size": best.img_size,
+             "train_img_size": ckpt.identity.img_size, "chosen_img_size": best.img_size,
              "operating_threshold": best.operating.score_threshold,
              **triage,
              "confidence": conf,

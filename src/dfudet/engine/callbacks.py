@@ -48,6 +48,7 @@ def best_payload(pl_module: Any, v: ValidationScores, epoch: int, optimizer_stat
         scores=v,
         config=pl_module.cfg,
         origin=origin,
+        weights_source=pl_module.weights_source,
     )
 
 

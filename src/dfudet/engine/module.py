@@ -15,22 +15,18 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerConfig
 
 from dfudet.checkpoint import state_digest
-from dfudet.config import Config
+from dfudet.config import Config, config_to_dict
 from dfudet.engine import rng
 from dfudet.engine.ema import ValidatedEMA
 from dfudet.metrics.scores import ValidationScores
 from dfudet.metrics.validation import score_validation
-from dfudet.models.factory import backbone_label, build_detector, get_spec
+from dfudet.models.factory import build_detector, get_spec, weights_source
 from dfudet.models.passes import losses_and_detections, model_targets, to_float_images
 from dfudet.utils import atomic_write_bytes
 
 log = logging.getLogger("dfudet")
 
 Batch = tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]
-
-def backbone_name(cfg: Config) -> str:
-    """The backbone a run uses (the timm name for timm-backbone detectors, else the torchvision model name)."""
-    return backbone_label(cfg.model.name, cfg.model.backbone)
 
 
 def dropped_lr(lr: float, drops: int, factor: float, min_lr: float) -> float:
@@ -43,12 +39,16 @@ def dropped_lr(lr: float, drops: int, factor: float, min_lr: float) -> float:
 class DetectorModule(L.LightningModule):
     """Wraps a torchvision detector: SGD/AdamW + ReduceLROnPlateau(val loss), composite metrics after validation."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, cfg: Config) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config})
-        self.cfg = Config.model_validate(config)
-        self.spec = get_spec(self.cfg.model.name)
-        self.model = build_detector(self.cfg.model, self.cfg.data.img_size)
+        # a plain dict in Lightning's hyper_parameters, so last.ckpt loads with weights_only=True
+        self.save_hyperparameters({"config": config_to_dict(cfg)})
+        self.cfg = cfg
+        self.spec = get_spec(cfg.model.name)
+        self.model = build_detector(cfg.model, cfg.data.img_size)
+        # where the pretrained backbone came from: a run output, written to every checkpoint (not to the config);
+        # a resumed run keeps the one its last.ckpt recorded (on_load_checkpoint)
+        self.weights_source: str | None = weights_source(self.model)
         self._val_preds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._loss_sums = {"train": [0.0, 0], "val": [0.0, 0]}
         self._nonfinite = {"train": 0, "val": 0}
@@ -208,6 +208,7 @@ class DetectorModule(L.LightningModule):
             "operating_threshold": (self.last_val.operating_threshold if self.last_val is not None
                                     else self.cfg.train.selection_threshold),
             "rng": rng.capture(),  # exact resume: the generators' state at the end of this epoch
+            "weights_source": self.weights_source,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -221,6 +222,8 @@ class DetectorModule(L.LightningModule):
         extra = checkpoint.get("dfudet") or {}
         self._pending_plateau_state = extra.get("plateau")
         self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before
+        if "weights_source" in extra:  # what the run started from, not what this process's build found
+            self.weights_source = extra["weights_source"]
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau and train.lr_drop_epochs change the

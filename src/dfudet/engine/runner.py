@@ -16,9 +16,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from pydantic import ValidationError
 
 from dfudet.checkpoint import atomic_torch_save, load_for_inference
-from dfudet.config import Config, Precision, config_to_dict, save_config
+from dfudet.config import Config, Precision, save_config
 from dfudet.engine.callbacks import (
     BEST_NAME,
     CompositeCheckpoint,
@@ -32,11 +33,12 @@ from dfudet.engine.checkpoint_io import AtomicCheckpointIO
 from dfudet.engine.datamodule import DetectionDataModule
 from dfudet.engine.ema import ValidatedEMA
 from dfudet.engine.host_memory import keep_freed_memory
-from dfudet.engine.module import DetectorModule, backbone_name
+from dfudet.engine.module import DetectorModule
 from dfudet.errors import ConfigError
+from dfudet.identity import describe
 from dfudet.metrics.scores import ValidationScores
 from dfudet.models.anchors import propose_anchor_sizes, propose_aspect_ratios
-from dfudet.models.factory import get_spec, weights_source
+from dfudet.models.factory import get_spec, model_identity
 
 log = logging.getLogger("dfudet")
 LAST_NAME = "last.ckpt"
@@ -102,31 +104,38 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-def _check_resume_config(run_dir: Path, cfg: Config) -> None:
-    """Refuse to resume a run dir whose model/data differ from the new config (it would load the wrong weights)."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-    new = config_to_dict(cfg)
-    diffs = []
-    for key in ("model.name", "model.backbone", "model.num_classes", "model.fpn_channels", "model.dense_head.convs",
-                "data.img_size"):
-        before, after = _at(old, key), _at(new, key)
-        if before != after:
-            diffs.append(f"{key}: {before!r} -> {after!r}")
-    if diffs:
-        raise ConfigError(
-            f"{run_dir} holds a run of another model ({'; '.join(diffs)}); use --fresh to start over there "
-            "or choose another --run-dir"
-        )
+# model settings outside the identity that change the weights' shapes: a resume with another value cannot load them
+_SHAPE_KEYS = ("fpn_channels", "dense_head.convs")
 
 
-def _at(raw: Any, dotted: str) -> Any:
-    """The value at `a.b.c` of a nested dict (None where a level is missing)."""
+def saved_run_config(run_dir: Path, cfg: Config) -> tuple[Config, dict[str, Any]]:
+    """The config a run dir was started with (its config.yaml, read once: typed and raw), refused when it is of
+    another model than `cfg` (resuming would load weights that do not fit)."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"{run_dir} holds {LAST_NAME} but no config.yaml to resume it with; use --fresh to start "
+                          "over there or choose another --run-dir")
+    try:
+        raw = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        saved = Config.model_validate(raw)
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ConfigError(f"{saved_path}: the run's saved config cannot be read ({str(exc)[:300]}); use --fresh to "
+                          "start over there or choose another --run-dir") from None
+    differences = model_identity(saved).diff(model_identity(cfg))
+    differences.update({f"model.{k}": (_setting(saved, k), _setting(cfg, k)) for k in _SHAPE_KEYS
+                        if _setting(saved, k) != _setting(cfg, k)})
+    if differences:
+        raise ConfigError(f"{run_dir} holds a run of another model; use --fresh to start over there or choose another "
+                          "--run-dir:\n  " + describe(differences, "the run", "this config"))
+    return saved, raw
+
+
+def _setting(cfg: Config, dotted: str) -> Any:
+    """The model setting at `a.b` (e.g. `dense_head.convs`) of a config."""
+    value: Any = cfg.model
     for part in dotted.split("."):
-        raw = raw.get(part) if isinstance(raw, dict) else None
-    return raw
+        value = getattr(value, part)
+    return value
 
 
 def with_model(cfg: Config, **changes: Any) -> Config:
@@ -197,7 +206,7 @@ def header(cfg: Config, dm: DetectionDataModule, acc: str, devices: Any, precisi
         "=" * 78,
         "dfudet train",
         "  classes            : 2 (background, ulcer)",
-        f"  model / backbone   : {m.name} / {backbone_name(cfg)}  (pretrained={m.pretrained}"
+        f"  model / backbone   : {m.name} / {model_identity(cfg).backbone}  (pretrained={m.pretrained}"
         + (f", trainable stages={m.trainable_backbone_layers}/5)" if m.pretrained else ")"),
         f"  img_size           : {d.img_size}  (backbone input {'channels-last' if m.channels_last else 'NCHW'})",
         ("  anchors            : none (anchor-free; level sizes = strides)" if get_spec(m.name).anchor_free else
@@ -300,9 +309,7 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
     last = run_dir / LAST_NAME
     resume = last if last.is_file() and not fresh else None
     if resume:
-        _check_resume_config(run_dir, cfg)
-        saved_raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-        saved = Config.model_validate(saved_raw)
+        saved, saved_raw = saved_run_config(run_dir, cfg)
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
         cfg = with_anchors(cfg, saved.model.anchors.sizes, saved.model.anchors.aspect_ratios)
         if saved.train.lr_drop_epochs != cfg.train.lr_drop_epochs:
@@ -343,14 +350,10 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
     log.info(header(cfg, dm, acc, devices, precision, resume))
     log.info("log file: %s", log_path)
 
-    module = DetectorModule(config_to_dict(cfg))
-    # where the pretrained backbone came from goes into config.yaml and every checkpoint's config
-    cfg = with_model(cfg, weights_source=weights_source(module.model))
-    module.cfg = cfg
-    module.hparams["config"] = config_to_dict(cfg)
-    if cfg.model.pretrained:
+    module = DetectorModule(cfg)
+    if cfg.model.pretrained:  # the run log, beside every checkpoint's weights_source (a resume keeps the first)
         log.info("pretrained weights: %s",
-                 cfg.model.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
+                 module.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
     if _rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
     base: ValidationScores | None = None

@@ -9,8 +9,8 @@ What the graph does and does not contain (the contract OnnxPredictor implements)
   sorted by score. Dividing boxes by the resize factor and clipping to the photo gives original coordinates.
   Outline models (`get_spec(name).masks`, e.g. maskrcnn_efficientnet) add `masks` (N, 1, img_size, img_size)
   float32: each detection's outline probability pasted into the padded square (torchvision's ONNX
-  `paste_masks_in_image`), the same tensor the PyTorch model returns; the sidecar then says `"outlines": true`.
-  Sidecars without the key (older exports, box models) read as false.
+  `paste_masks_in_image`), the same tensor the PyTorch model returns; the sidecar then says `"outlines": true`
+  (box models: false).
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)` (torchvision's own ONNX test recipe). The
 dynamo exporter needs the `onnxscript` package, which dfudet does not depend on. The traced graph unrolls
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from dfudet.errors import ConfigError
-from dfudet.inference.onnx_predictor import metadata_path
+from dfudet.inference.onnx_predictor import ONNX_META_FORMAT, metadata_path
 from dfudet.inference.predictor import Predictor
 from dfudet.models.factory import get_spec
 from dfudet.utils import atomic_write_bytes, sha256_file
@@ -38,8 +38,6 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("boxes", "labels", "scores")
 MASK_OUTPUT = "masks"  # outline models only: (N, 1, img_size, img_size) probabilities
 DEFAULT_OPSET = 17
-ONNX_META_FORMAT = "dfudet-onnx-v2"  # v2: operating_threshold and min_score (v1: score_threshold, score_floor)
-# (the `outlines` key came later within v2: a reader that ignores it still gets the right boxes)
 MIN_OPSET = 11
 
 
@@ -104,7 +102,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     model, size, info = predictor.model.eval(), predictor.img_size, predictor.info
-    spec = get_spec(info.model_name)
+    spec = get_spec(info.identity.model_name)
     example = torch.zeros(1, 3, size, size)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -124,22 +122,18 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
     finally:
         tmp.unlink(missing_ok=True)
 
-    num_classes = info.num_classes
     meta = {
         "format": ONNX_META_FORMAT,
         "onnx_file": out.name,
         "onnx_sha256": sha256_file(out),
-        "img_size": size,
-        "train_img_size": info.train_img_size,
+        "img_size": size,  # the input side of the graph (the training side is identity.img_size)
+        "identity": info.identity.as_dict(),
         "operating_threshold": float(predictor.operating_threshold),
         "review_threshold": predictor.review_threshold,
         "calibration": None if predictor.calibration is None else predictor.calibration.as_dict(),
         "min_score": predictor.min_score,
         "max_detections": predictor.max_detections,
-        "class_names": class_names(num_classes),
-        "num_classes": num_classes,
-        "model_name": info.model_name,
-        "backbone": info.backbone,
+        "class_names": class_names(info.identity.num_classes),
         "composite_weights": info.composite_weights.model_dump(),
         "source_checkpoint": checkpoint.name,
         "source_checkpoint_sha256": sha256_file(checkpoint),

@@ -51,7 +51,7 @@ def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
                                  model_state_dict=state, optimizer_state_dict={}, scores=scores,
                                  config=ckpt.config, calibration=ckpt.calibration,
-                                 review_threshold=ckpt.review_threshold)
+                                 review_threshold=ckpt.review_threshold, weights_source=ckpt.weights_source)
     payload["slim"] = True
     payload["source_checkpoint"] = src.name
     payload["storage_dtype"] = "float16" if half else "float32"

@@ -23,6 +23,7 @@ from dfudet.config import CompositeWeights, Config
 from dfudet.data import instance_masks
 from dfudet.data.instance_masks import Rle
 from dfudet.errors import ConfigError, DataError
+from dfudet.identity import ModelIdentity
 from dfudet.inference.quality import assess_quality
 
 
@@ -31,10 +32,8 @@ class ModelInfo:
     """What a backend knows about its model: from the checkpoint (PyTorch) or the export's metadata (ONNX)."""
 
     path: str
-    model_name: str
-    backbone: str
+    identity: ModelIdentity  # whose model: name, backbone, training img_size, classes
     img_size: int  # the input side the backend feeds the model (`dfudet tune` may have chosen one above training's)
-    num_classes: int
     epoch: int | None
     format: str  # checkpoint format, or the ONNX metadata format
     dfudet_version: str | None
@@ -43,15 +42,14 @@ class ModelInfo:
     config: Config | None = None  # the full typed run config (PyTorch checkpoints only)
     origin: str = "train"  # "train", "untrained" (--baseline), "external" (saved outside training), "lightning"
     outlines: bool = False  # the model outlines each detection (Detections.masks is set)
-    train_img_size: int | None = None  # the side it was trained at (None: not recorded, e.g. older ONNX exports)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready description for reports."""
-        return {"path": self.path, "epoch": self.epoch, "origin": self.origin, "model_name": self.model_name,
-                "backbone": self.backbone,
-                "img_size": self.img_size, "train_img_size": self.train_img_size, "num_classes": self.num_classes,
-                "format": self.format,
-                "dfudet_version": self.dfudet_version, "outlines": self.outlines}
+        """JSON-ready description for reports (`img_size`: the input side; `train_img_size`: the identity's)."""
+        ident = self.identity
+        return {"path": self.path, "epoch": self.epoch, "origin": self.origin, "model_name": ident.model_name,
+                "backbone": ident.backbone, "img_size": self.img_size, "train_img_size": ident.img_size,
+                "num_classes": ident.num_classes, "format": self.format, "dfudet_version": self.dfudet_version,
+                "outlines": self.outlines}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from dfudet.confidence import calibration_of, review_threshold_of
 from dfudet.config import CompositeWeights
 from dfudet.errors import CheckpointError
+from dfudet.identity import ModelIdentity
 from dfudet.inference.backend import (
     Backend,
     Detections,
@@ -37,34 +38,28 @@ def metadata_path(onnx_path: str | os.PathLike[str]) -> Path:
     return Path(onnx_path).with_suffix(".json")
 
 
-# ONNX metadata names of dfudet-onnx-v1 exports (read only): the operating threshold and the model's minimum score
-_V1_META_NAMES = {"operating_threshold": "score_threshold", "min_score": "score_floor"}
+# v3: the model's identity as one `identity` object (dfudet.identity), `img_size` the graph's input side
+ONNX_META_FORMAT = "dfudet-onnx-v3"
 
 
-def _renamed(meta: dict[str, Any], key: str, default: Any = None) -> Any:
-    """meta[key], or its v1 name; KeyError when neither is there and no default is given."""
-    if key in meta:
-        return meta[key]
-    old = _V1_META_NAMES[key]
-    if old in meta or default is None:
-        return meta[old]
-    return default
-
-
-def read_metadata(meta: dict[str, Any], onnx_path: Path) -> ModelInfo:
-    """The typed model description of an export's JSON sidecar."""
+def read_metadata(meta: dict[str, Any], onnx_path: Path, meta_file: Path) -> ModelInfo:
+    """The typed model description of an export's JSON sidecar (format ONNX_META_FORMAT only)."""
+    if meta.get("format") != ONNX_META_FORMAT:
+        raise CheckpointError(f"{meta_file}: sidecar format {meta.get('format')!r}; this dfudet reads "
+                              f"{ONNX_META_FORMAT!r} only; export the model again with `dfudet export`")
+    if not isinstance(meta.get("identity"), dict):
+        raise CheckpointError(f"{meta_file}: the sidecar has no model identity; export the model again")
     return ModelInfo(
-        path=str(onnx_path), model_name=str(meta["model_name"]), backbone=str(meta.get("backbone") or ""),
-        img_size=int(meta["img_size"]), num_classes=int(meta.get("num_classes") or 2), epoch=meta.get("epoch"),
-        format=str(meta.get("format", "")), dfudet_version=meta.get("dfudet_version"),
+        path=str(onnx_path), identity=ModelIdentity.from_dict(meta["identity"], meta_file),
+        img_size=int(meta["img_size"]), epoch=meta.get("epoch"), format=str(meta["format"]),
+        dfudet_version=meta.get("dfudet_version"),
         composite_weights=CompositeWeights.model_validate(meta.get("composite_weights") or {}),
         digest=meta.get("onnx_sha256"), origin=str(meta.get("origin", "train")),
-        outlines=_flag(meta.get("outlines", False), "outlines"),
-        train_img_size=int(meta["train_img_size"]) if meta.get("train_img_size") is not None else None)
+        outlines=_flag(meta["outlines"], "outlines"))
 
 
 def _flag(value: Any, key: str) -> bool:
-    """A JSON true/false (a missing key reads as false), or a TypeError naming the key."""
+    """A JSON true/false, or a TypeError naming the key."""
     if not isinstance(value, bool):
         raise TypeError(f"{key} must be true or false, got {value!r}")
     return value
@@ -98,10 +93,10 @@ class OnnxPredictor(Backend):
         meta_file = metadata_path(path)
         try:
             meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
-            self.info = read_metadata(meta, path)
+            self.info = read_metadata(meta, path, meta_file)
             self.img_size = self.info.img_size
-            default_threshold = float(_renamed(meta, "operating_threshold"))
-            self._min_score = float(_renamed(meta, "min_score", 0.0))
+            default_threshold = float(meta["operating_threshold"])
+            self._min_score = float(meta["min_score"])
             self._max_detections = int(meta.get("max_detections", 100))
             self.calibration = calibration_of(meta, str(meta_file))
             self.review_threshold = review_threshold_of(meta, str(meta_file))

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from dfudet.checkpoint import load_for_inference
+from dfudet.checkpoint import LoadedCheckpoint, load_for_inference
 from dfudet.data.transforms import build_eval_transform
 from dfudet.errors import CheckpointError, ConfigError
 from dfudet.inference.backend import (
@@ -73,24 +72,39 @@ class Predictor(Backend):
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu",
                         operating_threshold: float | None = None, tta: bool = False,
                         img_size: int | None = None) -> Predictor:
-        """Load a checkpoint safely, rebuild its model (no pretrained download) and load the weights strictly.
+        """Load a checkpoint safely and build its predictor (see `from_loaded`)."""
+        return cls.from_loaded(load_for_inference(path), device=device, operating_threshold=operating_threshold,
+                               tta=tta, img_size=img_size)
 
-        The input side is `img_size` if given, else the checkpoint's tuned `data.infer_img_size` (`dfudet tune`),
-        else its training img_size."""
-        path = Path(path)
-        ckpt = load_for_inference(path)
-        cfg = ckpt.config
+    @classmethod
+    def from_loaded(cls, ckpt: LoadedCheckpoint, device: str = "cpu", operating_threshold: float | None = None,
+                    tta: bool = False, img_size: int | None = None) -> Predictor:
+        """Rebuild a loaded checkpoint's model (no pretrained download) and load its weights strictly, so a caller
+        that already holds the LoadedCheckpoint (e.g. `dfudet tune`) does not read the file again.
+
+        Args:
+            ckpt: what `load_for_inference` returned.
+            device: cpu, cuda, cuda:N or auto.
+            operating_threshold: overrides the checkpoint's (chosen on val).
+            tta: horizontal-flip test-time augmentation (box models only).
+            img_size: the input side; default the checkpoint's tuned `data.infer_img_size` (`dfudet tune`), else its
+                training img_size.
+
+        Returns:
+            A ready Predictor whose `info` describes the checkpoint.
+        """
+        path, cfg, identity = ckpt.path, ckpt.config, ckpt.identity
         try:
             spec = get_spec(cfg.model.name)
-            model = build_detector(cfg.model, ckpt.img_size, load_weights=False)
+            model = build_detector(cfg.model, identity.img_size, load_weights=False)
         except ConfigError as exc:
             raise CheckpointError(f"{path}: cannot rebuild the checkpoint's model: {exc}") from exc
         try:
             model.load_state_dict(ckpt.model_state_dict, strict=True)
         except (RuntimeError, KeyError, TypeError) as exc:
             raise CheckpointError(
-                f"{path}: weights do not fit model {cfg.model.name} (backbone {cfg.model.backbone}): {str(exc)[:400]}"
-            ) from exc
+                f"{path}: weights do not fit model {identity.model_name} (backbone {identity.backbone}): "
+                f"{str(exc)[:400]}") from exc
         if operating_threshold is None:
             threshold = ckpt.operating_threshold
             if ckpt.origin == "lightning":
@@ -106,17 +120,16 @@ class Predictor(Backend):
             threshold = check_threshold(operating_threshold, "--operating-threshold")
             source = "--operating-threshold"
         tuned = cfg.data.infer_img_size
-        size = int(img_size or tuned or ckpt.img_size)
+        size = int(img_size or tuned or identity.img_size)
         if operating_threshold is None:
-            chosen_at = tuned or ckpt.img_size
+            chosen_at = tuned or identity.img_size
             if tuned is not None:
                 source = f"checkpoint operating_threshold (chosen on val at input size {tuned} by `dfudet tune`)"
             if size != chosen_at:
                 source += f"; it was chosen at input size {chosen_at}, this run uses {size}"
-        info = ModelInfo(path=str(path), model_name=ckpt.model_name, backbone=ckpt.backbone, img_size=size,
-                         num_classes=ckpt.num_classes, epoch=ckpt.epoch, format=ckpt.format,
+        info = ModelInfo(path=str(path), identity=identity, img_size=size, epoch=ckpt.epoch, format=ckpt.format,
                          dfudet_version=ckpt.dfudet_version, composite_weights=cfg.train.composite_weights,
-                         config=cfg, origin=ckpt.origin, outlines=spec.masks, train_img_size=ckpt.img_size)
+                         config=cfg, origin=ckpt.origin, outlines=spec.masks)
         predictor = cls(model, spec, size, threshold, info, device=device, tta=tta, threshold_source=source)
         predictor.calibration, predictor.review_threshold = ckpt.calibration, ckpt.review_threshold
         return predictor

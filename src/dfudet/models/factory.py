@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfudet.config import ModelConfig, model_sections
+from dfudet.config import Config, ModelConfig, model_sections
 from dfudet.errors import ConfigError
+from dfudet.identity import ModelIdentity
 from dfudet.models.spec import MODELS, ModelSpec
 
 FAMILIES = ("dfudet.models.fasterrcnn", "dfudet.models.fcos", "dfudet.models.retinanet")
@@ -34,10 +35,9 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def backbone_label(name: str, backbone: str) -> str:
-    """The backbone a checkpoint records: the timm name for timm-backbone models, else the model's own name."""
-    spec = MODELS.get(name)
-    return backbone if spec is not None and spec.timm_backbone else name
+def model_identity(cfg: Config) -> ModelIdentity:
+    """The identity of the model a config builds (its family says whether `model.backbone` names the backbone)."""
+    return ModelIdentity.of(cfg, get_spec(cfg.model.name).timm_backbone)
 
 
 def build_detector(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:

@@ -290,8 +290,8 @@ def model_id(predictor: Backend) -> str:
     """A short, stable name of the loaded model: name/backbone@first 12 hex of its file's sha256."""
     info = predictor.info
     digest = info.digest or sha256_file(Path(info.path))
-    name = info.model_name or "model"
-    backbone = info.backbone
+    name = info.identity.model_name or "model"
+    backbone = info.identity.backbone
     return f"{name}{'/' + backbone if backbone and backbone != name else ''}@{(digest or 'unknown')[:12]}"
 
 
