@@ -15,6 +15,7 @@ docs/model_card.md.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,16 @@ from dfudet.metrics.scores import ValidationScores
 def half_state(state: dict[str, Any]) -> dict[str, Any]:
     """The state dict with every floating-point tensor stored as float16 (integer buffers unchanged)."""
     return {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in state.items()}
+
+
+# a directory part of an absolute path (POSIX or Windows) inside a description such as weights_source
+_DIRECTORIES = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s()]*[/\\]")
+
+
+def without_directories(text: str | None) -> str | None:
+    """A description with every absolute path cut to its file name: a slim copy goes to other machines and must not
+    carry the training machine's directories (user names, mount points)."""
+    return None if text is None else _DIRECTORIES.sub("", text)
 
 
 def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], half: bool = False) -> dict[str, Any]:
@@ -51,7 +62,8 @@ def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     payload = build_best_payload(epoch=ckpt.epoch if ckpt.epoch is not None else -1,
                                  model_state_dict=state, optimizer_state_dict={}, scores=scores,
                                  config=ckpt.config, calibration=ckpt.calibration,
-                                 review_threshold=ckpt.review_threshold, weights_source=ckpt.weights_source)
+                                 review_threshold=ckpt.review_threshold,
+                                 weights_source=without_directories(ckpt.weights_source))
     payload["slim"] = True
     payload["source_checkpoint"] = src.name
     payload["storage_dtype"] = "float16" if half else "float32"
