@@ -94,6 +94,25 @@ def _tiny_config(cache: Path, run_dir: Path, *overrides: str) -> Config:
     ])
 
 
+# the run of `cli_run`: a real `dfudet train` with proposed anchors, every box emitted (for comparisons of detections)
+CLI_RUN_OVERRIDES = ("train.epochs=1", "model.auto_anchors=true", "model.box_score_thresh=0.0",
+                     "model.detections_per_img=20")
+
+
+@pytest.fixture(scope="session")
+def cli_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of one `dfudet train --baseline` (1 epoch on tiny_cache, model.auto_anchors=true): config.yaml,
+    best_model.pth (with its optimizer state), last.ckpt, untrained_model.pth, the log. Trained once per test
+    process; tests read it, and copy it before running anything in it."""
+    from _runs import write_config
+    from dfudet.cli import main
+
+    root = tmp_path_factory.mktemp("cli-run")
+    config = write_config(root / "tiny.yaml", _tiny_config(tiny_cache, root / "run", *CLI_RUN_OVERRIDES))
+    assert main(["train", "--config", str(config), "--baseline"]) == 0
+    return root / "run"
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-init checkpoint at img_size 96, operating threshold 0.5."""
