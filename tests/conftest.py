@@ -40,6 +40,16 @@ def mask_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_demo_checkpoint(tmp_path_factory.mktemp("mask-model") / "best_model.pth", overrides=MASK_OVERRIDES)
 
 
+@pytest.fixture(scope="session")
+def mask_onnx(mask_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mask_checkpoint exported to ONNX (MODEL.onnx + its MODEL.json), once per test process."""
+    from dfudet.export.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("mask-onnx") / "maskrcnn.onnx"
+    export_onnx(mask_checkpoint, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _restore_pixel_limit():
     """`dfudet ... --max-pixels N` sets the process-wide limit; each test starts from the same one."""
