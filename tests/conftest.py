@@ -40,6 +40,16 @@ def mask_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_demo_checkpoint(tmp_path_factory.mktemp("mask-model") / "best_model.pth", overrides=MASK_OVERRIDES)
 
 
+@pytest.fixture(scope="session")
+def mask_onnx(mask_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mask_checkpoint exported to ONNX (MODEL.onnx + its MODEL.json), once per test process."""
+    from dfudet.export.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("mask-onnx") / "maskrcnn.onnx"
+    export_onnx(mask_checkpoint, path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _restore_pixel_limit():
     """`dfudet ... --max-pixels N` sets the process-wide limit; each test starts from the same one."""
@@ -92,6 +102,25 @@ def _tiny_config(cache: Path, run_dir: Path, *overrides: str) -> Config:
         "train.accelerator=cpu", "train.epochs=3", "train.limit_train_batches=2", "train.limit_val_batches=2",
         "train.threads=1", *overrides,
     ])
+
+
+# the run of `cli_run`: a real `dfudet train` with proposed anchors, every box emitted (for comparisons of detections)
+CLI_RUN_OVERRIDES = ("train.epochs=1", "model.anchors.auto=true", "model.box_score_thresh=0.0",
+                     "model.detections_per_img=20")
+
+
+@pytest.fixture(scope="session")
+def cli_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of one `dfudet train --baseline` (1 epoch on tiny_cache, model.anchors.auto=true): config.yaml,
+    best_model.pth (with its optimizer state), last.ckpt, untrained_model.pth, the log. Trained once per test
+    process; tests read it, and copy it before running anything in it."""
+    from _runs import write_config
+    from dfudet.cli import main
+
+    root = tmp_path_factory.mktemp("cli-run")
+    config = write_config(root / "tiny.yaml", _tiny_config(tiny_cache, root / "run", *CLI_RUN_OVERRIDES))
+    assert main(["train", "--config", str(config), "--baseline"]) == 0
+    return root / "run"
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
 from _images import LEAKS, leaks_in, phone_jpeg
 from dfudet.cli import main
 from dfudet.data.cache import read_entry, read_manifest, read_split_meta
@@ -45,7 +44,7 @@ def _scan(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_no_written_file_or_response_carries_photo_metadata(tmp_path: Path) -> None:
+def test_no_written_file_or_response_carries_photo_metadata(tmp_path: Path, mask_checkpoint: Path) -> None:
     rng = np.random.default_rng(0)
     raw = tmp_path / "raw"
     (raw / "images" / "test").mkdir(parents=True)
@@ -65,7 +64,7 @@ def test_no_written_file_or_response_carries_photo_metadata(tmp_path: Path) -> N
     assert set(leaks_in(photos["upright"].read_bytes())) == {w for w in LEAKS if not w.startswith("PNG")}
 
     out = tmp_path / "out"
-    ckpt = train_demo_checkpoint(tmp_path / "model" / "best_model.pth", overrides=MASK_OVERRIDES)
+    ckpt = mask_checkpoint  # the session's small Mask R-CNN (tests/conftest.py)
     run = [
         ["data", "import", "--format", "masks", "--images", str(raw / "images"), "--annotations", str(raw / "masks"),
          "--negative-crops", "1", "--crop-size", "32", "--crop-margin", "4", "--out", str(out / "dataset")],

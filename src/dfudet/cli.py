@@ -237,6 +237,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     from dfudet.config import load_config
 
+    if a.require_improvement and not a.baseline:
+        # without the untrained model's score there is nothing to beat: the gate would pass every run unseen
+        raise ConfigError("--require-improvement needs --baseline (the untrained model's val score is what the kept "
+                          "model must beat); add --baseline")
     overrides = list(a.overrides)
     if a.run_dir:
         overrides.append(f"run_dir={a.run_dir}")

@@ -392,3 +392,35 @@ def test_a_flag_resting_on_a_photo_without_any_ulcer_says_to_check_it() -> None:
     tl = healing_timeline(visits)
     assert tl.flag == ON_TRACK and "CHECK the day-28 photo: the model found no ulcer in it" in tl.reason
     assert "CHECK" not in healing_timeline(_series([500, 300, 100], [0, 14, 28])).reason
+
+
+@pytest.mark.slow  # two runs of track on the small Mask R-CNN, one of them with onnxruntime
+def test_track_with_onnx_measures_the_areas_of_the_checkpoint(mask_ckpt: Path, mask_onnx: Path,
+                                                              tmp_path: Path) -> None:
+    """`dfudet track --onnx` (the deployed model) gives each visit the ulcers and area the PyTorch checkpoint gives,
+    within the outline parity of the export (tests/export/test_onnx_masks.py), and the same flags."""
+    _shrinking_photos(tmp_path / "photos", 3)
+    visits = tmp_path / "visits.csv"
+    visits.write_text("patient,date,photo,scale\n"
+                      "P,2024-03-01,photos/visit0.png,0.2\n"
+                      "P,2024-03-15,photos/visit1.png,0.2\n"
+                      "P,2024-03-29,photos/visit2.png,0.2\n")
+    assert main(["track", str(visits), "--checkpoint", str(mask_ckpt), "--out", str(tmp_path / "pt")]) == 0
+    assert main(["track", str(visits), "--onnx", str(mask_onnx), "--out", str(tmp_path / "ox")]) == 0
+
+    def rows(out: str) -> list[dict[str, str]]:
+        return list(csv.DictReader((tmp_path / out / "patients" / "P" / "area.csv").read_text().splitlines()))
+
+    torch_rows, onnx_rows = rows("pt"), rows("ox")
+    assert len(torch_rows) == len(onnx_rows) == 3
+    onnx_backend = load_backend(onnx=str(mask_onnx))
+    assert onnx_backend.name == "onnxruntime"
+    for t, o in zip(torch_rows, onnx_rows):
+        # what the ONNX run wrote is what the ONNX backend measures (merged outlines, computed here independently)
+        assert (int(o["ulcers"]), int(o["area_px"])) == _union_of_kept(onnx_backend, tmp_path / o["photo"])
+        assert o["ulcers"] == t["ulcers"] and int(t["area_px"]) > 0
+        assert int(o["area_px"]) == pytest.approx(int(t["area_px"]), rel=0.02)
+        assert float(o["area_mm2"]) == pytest.approx(float(t["area_mm2"]), rel=0.02)
+    summary = {out: list(csv.DictReader((tmp_path / out / "summary.csv").read_text().splitlines()))[0]
+               for out in ("pt", "ox")}
+    assert summary["ox"]["flag"] == summary["pt"]["flag"] and summary["ox"]["unit"] == "mm2"

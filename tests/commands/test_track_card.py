@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -62,10 +63,9 @@ def card_photos(tmp_path_factory) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def mask_model(tmp_path_factory):
-    from _checkpoints import MASK_OVERRIDES, train_demo_checkpoint
-
-    return train_demo_checkpoint(tmp_path_factory.mktemp("mask") / "best_model.pth", overrides=MASK_OVERRIDES)
+def mask_model(mask_checkpoint: Path) -> Path:
+    """The session's small Mask R-CNN (tests/conftest.py): an outline model, so areas come with each detection."""
+    return mask_checkpoint
 
 
 @pytest.mark.slow

@@ -119,26 +119,52 @@ def test_a_tuned_checkpoint_feeds_its_size_and_threshold_to_predict_and_evaluate
     assert overridden.img_size == 128 and "this run uses 128" in overridden.threshold_source
 
 
+SCORE_TOL = 1e-3  # ONNX Runtime vs PyTorch score difference accepted (float rounding of two engines)
+
+
 @pytest.mark.slow
 def test_onnx_export_of_a_tuned_checkpoint_takes_the_tuned_size(tmp_path: Path):
+    """The ONNX model of a tuned checkpoint runs at the tuned size and finds the boxes PyTorch finds there."""
     import_or_skip("onnxruntime")
-    from dfudet.export.onnx import export_onnx
-    from dfudet.inference.onnx_predictor import OnnxPredictor
+    from scipy.optimize import linear_sum_assignment
 
+    from dfudet.export.onnx import export_onnx
+    from dfudet.inference.loader import load_backend
+
+    # a score floor of 0.02 (not the helper's 0.05): ~30 detections to compare instead of 3
     tuned = train_demo_checkpoint(tmp_path / "tuned.pth", img_size=TRAIN, steps=6,
-                                  overrides=(*FCOS_OVERRIDES, "data.infer_img_size=128"))
+                                  overrides=(*FCOS_OVERRIDES, "data.infer_img_size=128", "model.box_score_thresh=0.02"))
     meta = export_onnx(tuned, tmp_path / "m.onnx")
     assert meta["img_size"] == 128 and meta["identity"]["img_size"] == TRAIN
     assert meta["input"]["shape"] == [1, 3, 128, 128]
-    onnx_pred = OnnxPredictor(tmp_path / "m.onnx")
+    onnx_pred = load_backend(onnx=str(tmp_path / "m.onnx"))
     assert onnx_pred.img_size == 128 and onnx_pred.info.identity.img_size == TRAIN
+    torch_pred = Predictor.from_checkpoint(tuned)
+    assert torch_pred.img_size == 128  # the reference runs at the tuned size too
     images = [render_sample(7, i, 112, healthy=False).image for i in range(3)]
-    compared = 0
-    for ref, got in zip(Predictor.from_checkpoint(tuned).predict_arrays(images), onnx_pred.predict_arrays(images)):
+    at_train_size = Predictor.from_checkpoint(tuned, img_size=TRAIN).predict_arrays(images)
+    compared, moved = 0, 0
+    for ref, got, small in zip(torch_pred.predict_arrays(images), onnx_pred.predict_arrays(images), at_train_size):
         assert len(got.scores) == len(ref.scores)
-        np.testing.assert_allclose(np.sort(got.scores), np.sort(ref.scores), atol=1e-3)
-        compared += len(ref.scores)
+        np.testing.assert_allclose(np.sort(got.scores), np.sort(ref.scores), atol=SCORE_TOL)
+        if not len(ref.scores):
+            continue
+        # boxes paired by their largest coordinate difference. When the list is full (detections_per_img), those
+        # scored within SCORE_TOL of the lowest kept score are left out: at that cut-off two near-tied candidates
+        # can swap between engines (tests/export/test_onnx_masks.py); below it both lists hold every candidate
+        full = len(ref.scores) == torch_pred.info.config.model.detections_per_img
+        cut = min(float(ref.scores.min()), float(got.scores.min())) + SCORE_TOL if full else -1.0
+        above = np.flatnonzero(ref.scores > cut)
+        cost = np.abs(ref.boxes[above][:, None] - got.boxes[None]).max(-1)
+        rows, cols = linear_sum_assignment(cost)
+        assert len(rows) == len(above)
+        assert cost[rows, cols].max() <= 1.0, f"ONNX boxes differ from PyTorch's by {cost[rows, cols].max():.2f} px"
+        assert np.abs(ref.scores[above][rows] - got.scores[cols]).max() <= SCORE_TOL
+        compared += len(rows)
+        # the comparison is at the tuned size: the same weights at the training size find other boxes
+        moved += int(len(small.boxes) != len(ref.boxes) or not np.allclose(small.boxes, ref.boxes, atol=1.0))
     assert compared > 0, "the check needs detections"
+    assert moved > 0, "the tuned size changed no detection: the check would not see a size mix-up"
 
 
 def _trial(size: int, composite: float, p_better: float | None = None, per_image: np.ndarray | None = None

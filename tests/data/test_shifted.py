@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _require import skip_or_fail
 from dfudet.cli import main
 from dfudet.data import instance_masks
 from dfudet.data.importers import import_dataset
@@ -187,7 +188,7 @@ def test_real_val_set(fuseg_dir: Path, tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     healthy = fuseg_dir.parent / "healthy_feet" / "images"
     if not healthy.is_dir():
-        pytest.skip(f"healthy-feet photos not found at {healthy}")
+        skip_or_fail(f"healthy-feet photos not found at {healthy}")
     s = build_shifted(fuseg_dir, healthy, "val", tmp_path, seed=0,
                       healthy_split=repo / "configs" / "splits" / "healthy_feet.csv")
     assert s["subsets"]["pasted"]["images"] == 15 * len(PASTE_SCALES)

@@ -62,6 +62,7 @@ class WeightLog(L.Callback):
         self.steps.append({n: state[n].detach().clone() for n in self.names})
 
 
+@pytest.mark.slow  # several training epochs
 def test_validation_and_best_model_use_the_ema_of_the_trained_weights(tiny_cache: Path, tmp_path: Path, tiny_config):
     decay = 0.3  # the ramp (1+n)/(10+n) passes it at n = 3: both branches run
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=3", "train.limit_train_batches=3",
@@ -113,6 +114,7 @@ class StartWeights(L.Callback):
         self.states.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
 
 
+@pytest.mark.slow  # several training epochs
 def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(tiny_cache: Path, tmp_path: Path,
                                                                              tiny_config):
     run = tmp_path / "run"
@@ -139,6 +141,7 @@ def test_a_run_resumed_without_ema_trains_on_from_the_raw_weights_and_says_so(ti
     assert "train.ema_decay changed on resume (0.6 -> None): training continues from the raw weights" in logs
 
 
+@pytest.mark.slow  # several training epochs
 def test_ema_resumes_exactly_and_a_damaged_raw_state_is_refused(tiny_cache: Path, tmp_path: Path, tiny_config):
     """Stopped after epoch 0 and resumed: the average, its count and the raw weights equal an uninterrupted run's."""
     ref, run = tmp_path / "ref", tmp_path / "run"

@@ -56,6 +56,7 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow  # several training epochs
 def test_best_model_is_chosen_on_composite_not_val_loss(tiny_cache: Path, tmp_path: Path, tiny_config):
     script = [
         {"composite": 0.30, "val_loss": 1.00},
@@ -86,6 +87,7 @@ def test_best_model_is_chosen_on_composite_not_val_loss(tiny_cache: Path, tmp_pa
     assert (tmp_path / "run" / "last.ckpt").is_file() and (tmp_path / "run" / "curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # several training epochs
 def test_early_stopping_follows_composite_with_patience(tiny_cache: Path, tmp_path: Path, tiny_config):
     composite = [0.1, 0.5, 0.4, 0.45, 0.3, 0.9, 0.9]
     script = [{"composite": c, "val_loss": 1.0 - 0.1 * i} for i, c in enumerate(composite)]  # val loss keeps improving
@@ -95,6 +97,7 @@ def test_early_stopping_follows_composite_with_patience(tiny_cache: Path, tmp_pa
     assert trainer.early_stopping_callback.stopped_epoch == 4
 
 
+@pytest.mark.slow  # several training epochs
 def test_plateau_scheduler_steps_on_val_loss_only(tiny_cache: Path, tmp_path: Path, tiny_config):
     losses = [1.0, 0.9, 0.95, 0.97, 0.5]
     script = [{"composite": 0.1 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]  # composite always improves
@@ -105,6 +108,7 @@ def test_plateau_scheduler_steps_on_val_loss_only(tiny_cache: Path, tmp_path: Pa
     assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005])
 
 
+@pytest.mark.slow  # several training epochs
 def test_lr_drops_at_the_listed_epochs_and_compose_with_the_plateau(tiny_cache: Path, tmp_path: Path, tiny_config):
     losses = [1.0, 0.9, 0.95, 0.97, 0.5]  # the plateau (patience 1) cuts after epoch 3, as in the test above
     script = [{"composite": 0.1 * (i + 1), "val_loss": v} for i, v in enumerate(losses)]
@@ -124,6 +128,7 @@ def test_lr_drops_at_the_listed_epochs_and_compose_with_the_plateau(tiny_cache: 
         header(cfg, DetectionDataModule(cfg), "cpu", 1, "32", None)
 
 
+@pytest.mark.slow  # several training epochs
 def test_an_lr_drop_inside_the_warm_up_scales_the_ramp_and_keeps_the_floor(tiny_cache: Path, tmp_path: Path,
                                                                           tiny_config):
     # 2 steps per epoch, warm-up over steps 0-5: epoch 1 (steps 2-3) is dropped while still ramping up
@@ -143,6 +148,7 @@ def test_an_lr_drop_inside_the_warm_up_scales_the_ramp_and_keeps_the_floor(tiny_
     assert dropped_lr(0.00001, 1, 0.1, 0.0001) == 0.00001  # an lr already under the floor is never raised
 
 
+@pytest.mark.slow  # several training epochs
 def test_resumed_run_applies_new_lr_drops_from_its_next_epoch_and_says_so(tiny_cache: Path, tmp_path: Path,
                                                                           tiny_config):
     run = tmp_path / "run"
@@ -154,6 +160,7 @@ def test_resumed_run_applies_new_lr_drops_from_its_next_epoch_and_says_so(tiny_c
     assert [float(r["lr"]) for r in _history(run)] == pytest.approx([1e-3, 1e-4, 1e-5])
 
 
+@pytest.mark.slow  # several training epochs
 def test_a_layout_change_on_resume_is_logged_and_old_runs_count_as_nchw(tiny_cache: Path, tmp_path: Path,
                                                                         tiny_config):
     run = tmp_path / "run"
@@ -298,6 +305,7 @@ def test_selection_at_the_operating_threshold_is_recorded_in_the_checkpoint(tiny
     assert best["composite"] >= 0.0
 
 
+@pytest.mark.slow  # a training epoch and the untrained model's val pass: ~5 s of CPU
 def test_baseline_scores_and_keeps_the_untrained_model(tiny_cache: Path, tmp_path: Path, tiny_config, capsys):
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.epochs=1", "train.optimizer=adamw")
     result = run_training(cfg, baseline=True)
@@ -334,6 +342,7 @@ FCOS_TINY = ("model.rcnn={}", "model.name=fcos_timm", "model.backbone=resnet10t"
              "model.dense_head.convs=1")
 
 
+@pytest.mark.slow  # several training epochs
 def test_fcos_trains_end_to_end_and_its_checkpoint_predicts(tiny_cache: Path, tmp_path: Path, tiny_config):
     from dfudet.inference.predictor import Predictor
 
@@ -383,6 +392,7 @@ MASK_TINY = ("model.name=maskrcnn_efficientnet", "model.backbone=resnet10t", "mo
              "model.mask_head.channels=16", "model.mask_head.convs=1")
 
 
+@pytest.mark.slow  # several training epochs
 def test_mask_rcnn_trains_on_the_wound_masks_and_its_checkpoint_outlines(tiny_cache: Path, tmp_path: Path,
                                                                         tiny_config):
     from dfudet.data import instance_masks

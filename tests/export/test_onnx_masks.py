@@ -25,13 +25,9 @@ from dfudet.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def exported_masks(tmp_path_factory: pytest.TempPathFactory, mask_checkpoint: Path) -> tuple[Path, Path]:
-    """A small Mask R-CNN checkpoint (3 SGD steps: many distinct low scores) and its ONNX export."""
-    root = tmp_path_factory.mktemp("onnx_masks")
-    ckpt = mask_checkpoint
-    onnx_path = root / "maskrcnn.onnx"
-    export_onnx(ckpt, onnx_path)
-    return ckpt, onnx_path
+def exported_masks(mask_checkpoint: Path, mask_onnx: Path) -> tuple[Path, Path]:
+    """A small Mask R-CNN checkpoint (3 SGD steps: many distinct low scores) and its ONNX export (the session's)."""
+    return mask_checkpoint, mask_onnx
 
 
 def _images() -> list[np.ndarray]:

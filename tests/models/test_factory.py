@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -201,9 +202,11 @@ def test_freeze_stages_freezes_early_stages_and_their_batchnorm() -> None:
     assert not any(p.requires_grad for p in body.parameters())
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch and builds two detectors: ~5 s of CPU
 def test_pretrained_without_cache_or_network_is_a_clear_config_error(tmp_path: Path) -> None:
+    """Offline by construction, so a machine with internet gives the same result: empty caches, timm's download
+    switched off (HF_HUB_OFFLINE) and torchvision's sent through a proxy on a closed loopback port."""
     # huggingface_hub reads HF_HUB_OFFLINE/HF_HOME at import, so the real build runs in a fresh interpreter
-    # with an empty cache; on this machine the network is closed as well.
     script = textwrap.dedent(
         """
         from dfudet.config import AnchorsConfig, DenseHeadConfig, ModelConfig, RcnnConfig
@@ -218,14 +221,26 @@ def test_pretrained_without_cache_or_network_is_a_clear_config_error(tmp_path: P
                 print("BUILT", name)
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    with socket.socket() as s:  # a loopback port nobody listens on: a connection to it is refused at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items()
+           if k.lower() not in ("no_proxy", "hf_hub_cache", "huggingface_hub_cache", "hf_hub_offline")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), TORCH_HOME=str(tmp_path / "torch"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"), https_proxy=closed, HTTPS_PROXY=closed, http_proxy=closed,
+               HTTP_PROXY=closed)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "BUILT" not in out
     assert "no ImageNet weights for model.backbone 'efficientnet_b0' could be found. Tried, in order:" in out
+    # every source was asked, and the download was refused by the configuration, not by the network of the day
+    assert "timm's cache (no file for its default tag)" in out
+    assert "weight packages (none registered for efficientnet_b0" in out
+    assert "timm's download (skipped: HF_HUB_OFFLINE is set)" in out
     assert (
         "the ImageNet weights for fasterrcnn_mobilenet_v3_large_320_fpn (torchvision MobileNet_V3_Large_Weights"
         ".IMAGENET1K_V1) could not be loaded (not in the local cache and no network)" in out
     )
+    assert "Connection refused" in out  # the closed proxy answered, not a DNS failure or a missing route
     assert out.count("`model.pretrained=false`") == 2

@@ -184,3 +184,29 @@ def test_onnx_backend_serves_the_same_boxes(served_checkpoint: Path, predictor: 
     assert len(body["boxes"]) == len(direct.boxes)
     np.testing.assert_allclose(body["boxes"], direct.boxes, atol=1.0)
     np.testing.assert_allclose(body["scores"], direct.scores, atol=1e-3)
+
+
+def test_a_model_failure_is_a_500_json_answer_logged_on_the_server_and_the_worker_goes_on(
+        served_checkpoint: Path, demo_photos, caplog: pytest.LogCaptureFixture):
+    """A real failure inside the model (a weight of the wrong shape: torch raises in the box head) reaches the client
+    as 500 with a JSON error and no details; the exception is in the server log; the inference thread survives."""
+    import torch
+
+    broken = Predictor.from_checkpoint(served_checkpoint)  # its own copy: the module's predictor stays intact
+    head = broken.model.roi_heads.box_predictor.cls_score
+    good = head.weight.data
+    head.weight.data = torch.zeros(good.shape[0], good.shape[1] + 1)
+    png = encode(demo_photos[0])
+    app = create_app(broken)
+    with uvicorn_in_thread(app) as port, caplog.at_level("ERROR", logger="dfudet.serve"):
+        url = f"http://127.0.0.1:{port}/v1/detect"
+        r = httpx.post(url, files={"file": ("foot.png", png, "image/png")}, timeout=60)
+        _assert_error(r, 500, "internal error while running the model (see the server log)")
+        assert "mat1 and mat2" not in r.text and "cls_score" not in r.text  # no detail of the failure leaks
+        logged = [rec for rec in caplog.records if rec.name == "dfudet.serve" and rec.exc_info]
+        assert logged and "internal error while serving /v1/detect" in logged[0].getMessage()
+        assert isinstance(logged[0].exc_info[1], RuntimeError)
+        head.weight.data = good  # the model is mended: the same worker thread answers the next upload
+        r = httpx.post(url, files={"file": ("foot.png", png, "image/png")}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert app.state.queue.stats["images"] == 1 and len(app.state.queue.worker_threads) == 1

@@ -121,3 +121,41 @@ def test_twenty_parallel_near_limit_uploads_stay_under_the_memory_ceiling(served
         growth_mb = (peak - base) / 1024
         print(f"server RSS before {base / 1024:.0f} MB, peak {peak / 1024:.0f} MB (+{growth_mb:.0f} MB)")
         assert growth_mb < 400, f"peak RSS grew by {growth_mb:.0f} MB under 20 parallel 8 MP uploads"
+
+
+def _hold_upload(port: int) -> socket.socket:
+    """A connection whose upload has begun and never ends (the server waits for the rest of its body)."""
+    boundary = "xyzBOUNDARY"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall((f"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                  f"boundary={boundary}\r\nContent-Length: 100000\r\n\r\n--{boundary}\r\n").encode())
+    return sock
+
+
+def _healthz_status(url: str, wait_for: int | None = None, timeout: float = 20.0) -> int:
+    """GET /healthz's status (polled until it is `wait_for`, when given: a closed socket is seen a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = httpx.get(f"{url}/healthz", timeout=10).status_code
+        if wait_for is None or status == wait_for or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+@pytest.mark.slow  # a real `dfudet serve` process
+def test_max_connections_serves_that_many_at_once_and_answers_503_above(served_checkpoint: Path) -> None:
+    with dfudet_serve(served_checkpoint, "--max-connections", "2", "--body-timeout", "60") as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        first = _hold_upload(port)
+        try:
+            assert _healthz_status(server.url) == 200  # one open upload + this request: 2 connections, allowed
+            second = _hold_upload(port)
+            try:
+                # a third connection while two are open: refused by uvicorn before any body is read
+                r = httpx.get(f"{server.url}/healthz", timeout=10)
+                assert r.status_code == 503, r.text
+            finally:
+                second.close()
+            assert _healthz_status(server.url, wait_for=200) == 200  # room again once one closes
+        finally:
+            first.close()

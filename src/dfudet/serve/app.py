@@ -420,5 +420,7 @@ def serve(checkpoint: str | None = None, onnx: str | None = None, host: str = "1
     print(f"dfudet serving {model_id(predictor)} on http://{host}:{port}/ (Ctrl+C to stop); limits: "
           f"{budget.capacity / 1e6:g} MP decoded in flight, {max_connections} connections, body within "
           f"{body_timeout:g} s")
-    # limit_concurrency: connections over it get 503 from uvicorn before any body is read
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, limit_concurrency=max_connections)
+    # limit_concurrency: connections over it get 503 from uvicorn before any body is read. uvicorn refuses a request
+    # when its open connections, the requesting one included, reach the limit, so N would serve only N - 1 at once
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
+                limit_concurrency=max_connections + 1)

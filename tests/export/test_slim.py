@@ -1,0 +1,44 @@
+"""`dfudet export --format pth`: the deployable copy of a trained run's kept model has no optimizer state, is smaller,
+loads everywhere a best_model.pth does and finds exactly the same detections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dfudet.checkpoint import load_for_inference, safe_torch_load
+from dfudet.cli import main
+from dfudet.data.demo import render_sample
+
+
+@pytest.mark.slow  # uses the session's 1-epoch `dfudet train` (cli_run)
+def test_export_pth_drops_the_optimizer_state_and_keeps_the_detections(cli_run: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from dfudet.inference.predictor import Predictor
+
+    source, slim = cli_run / "best_model.pth", tmp_path / "deploy.pth"
+    assert safe_torch_load(source)["optimizer_state_dict"]["state"]  # a real run's kept model: SGD momentum inside
+    assert main(["export", "--checkpoint", str(source), "--format", "pth", "--out", str(slim)]) == 0
+    assert "no optimizer state" in capsys.readouterr().out
+    raw = safe_torch_load(slim)
+    assert raw["optimizer_state_dict"] == {} and raw["slim"] is True and raw["storage_dtype"] == "float32"
+    assert slim.stat().st_size < 0.75 * source.stat().st_size  # the momentum buffer is one more copy of the weights
+    # every field a command reads is the same: config (proposed anchors included), thresholds, scores, epoch
+    a, b = load_for_inference(source), load_for_inference(slim)
+    assert b.config == a.config and b.epoch == a.epoch and b.scores == a.scores
+    assert b.operating_threshold == a.operating_threshold
+    photos = [render_sample(7, i, 96 + 24 * i, healthy=i == 2).image for i in range(3)]
+    ref = Predictor.from_checkpoint(source, operating_threshold=0.0).predict_arrays(photos)
+    got = Predictor.from_checkpoint(slim, operating_threshold=0.0).predict_arrays(photos)
+    assert sum(len(d.boxes) for d in ref) > 0
+    for r, g in zip(ref, got):  # the same float32 weights: bit-identical detections
+        np.testing.assert_array_equal(g.boxes, r.boxes)
+        np.testing.assert_array_equal(g.scores, r.scores)
+
+
+def test_export_pth_refuses_to_overwrite_its_source(tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "pth", "--out", str(tiny_ckpt)]) == 2
+    assert "--out must differ from --checkpoint" in capsys.readouterr().err
+    assert load_for_inference(tiny_ckpt).epoch == 3  # the original is untouched
