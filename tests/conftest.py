@@ -50,6 +50,14 @@ def mask_onnx(mask_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """dfudet's cache (the ONNX copies of shipped models that `predict` makes) goes to a temp folder, never to the
+    user's ~/.cache: one per test process, so the shipped model is exported at most once per worker."""
+    os.environ["DFUDET_CACHE_DIR"] = str(tmp_path_factory.mktemp("dfudet-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _restore_pixel_limit():
     """`dfudet ... --max-pixels N` sets the process-wide limit; each test starts from the same one."""

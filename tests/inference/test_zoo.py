@@ -92,11 +92,11 @@ def test_predict_without_checkpoint_uses_the_default_shipped_model(
     from PIL import Image
 
     Image.fromarray(render_sample(3, 0, 128, healthy=False).image).save(photo)
-    assert main(["predict", str(photo), "--out", str(tmp_path / "out")]) == 0
+    assert main(["predict", str(photo), "--runtime", "torch", "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     assert "using the shipped model tiny-outlines" in err
     pred = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    assert pred["checkpoint"].endswith("tiny-outlines.pth")
+    assert pred["checkpoint"].endswith("tiny-outlines.pth") and pred["onnx"] is None
     image = pred["images"][0]
     assert image["outlines"] is True and len(image["detections"]) == len(image["boxes"]) > 0
     assert all(d["area_px"] > 0 and d["outline"] for d in image["detections"])

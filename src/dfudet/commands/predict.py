@@ -8,9 +8,9 @@
   orientation the photo is displayed in (width/height in the outputs are the displayed ones).
 - An unreadable or missing file is reported on stderr and in the json's "skipped" list, and the run goes on; the
   run succeeds (exit 0) when at least one image was predicted, and fails (DataError, exit 2) when none was.
-- predictions.json: {"checkpoint", "threshold", "threshold_source", "tta", "outlines", "images": [{file, width,
-  height, boxes [[x1,y1,x2,y2]], scores, confidence, label, review_threshold, threshold, annotated}], "skipped":
-  [{file, error}]}; only boxes with score >= threshold are listed. `confidence` is each box's calibrated
+- predictions.json: {"checkpoint", "onnx" (the model file; the other is null), "threshold", "threshold_source",
+  "tta", "outlines", "images": [{file, width, height, boxes [[x1,y1,x2,y2]], scores, confidence, label,
+  review_threshold, threshold, annotated}], "skipped": [{file, error}]}; only boxes with score >= threshold are listed. `confidence` is each box's calibrated
   probability of being a true ulcer (null when the model carries no calibration: `dfudet tune` fits one on val);
   `label` is the photo's triage label (ulcer / review / no ulcer, dfudet.confidence). predictions.csv: one row per
   box (file,label,x1,y1,x2,y2,score,confidence); an image without boxes gets one row with its label and the box
@@ -196,7 +196,8 @@ def run_predict(inputs: Sequence[str | Path], checkpoint: str | Path | None, out
             bar.update(len(files[start:start + batch_size]))
     finally:
         bar.close()
-    payload: dict[str, Any] = {"checkpoint": str(checkpoint), "threshold": thr,
+    payload: dict[str, Any] = {"checkpoint": str(checkpoint) if checkpoint else None,
+                               "onnx": str(onnx) if onnx else None, "threshold": thr,
                                "threshold_source": predictor.threshold_source, "tta": bool(tta), "outlines": outlines}
     if outlines and any(r.get("area_source") is None for r in results):
         payload["area_note"] = ("areas are in pixels only for the images whose area_source is null (no scale given "

@@ -21,6 +21,9 @@ torchvision's per-image Python loops, so it runs one image per call: a batch-2 i
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -158,3 +161,29 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = DEFAULT_OP
     }
     atomic_write_bytes(metadata_path(out), (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     return meta
+
+
+def export_into_cache(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export `checkpoint` to `out` (and its sidecar) for reuse by later runs, e.g. a shipped model's ONNX copy that
+    `dfudet predict` runs through ONNX Runtime.
+
+    The export is written in a private temp folder beside `out` and moved into place model first, sidecar last, so a
+    reader that finds the sidecar finds a whole model, and two processes exporting at once do not mix their files.
+
+    Args:
+        checkpoint: the checkpoint to export.
+        out: the .onnx path to write (its folder is created).
+
+    Returns:
+        `out`.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        export_onnx(checkpoint, work / out.name)
+        os.replace(work / out.name, out)
+        os.replace(metadata_path(work / out.name), metadata_path(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -22,6 +22,7 @@ ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 INDEX = ZOO_DIR / "index.json"
 MODEL_CARD = "docs/model_card.md"
 INDEX_ENV = "DFUDET_MODEL_INDEX"  # another index.json (a lab's own set of models), its files beside it
+CACHE_ENV = "DFUDET_CACHE_DIR"  # where `dfudet predict` keeps the ONNX exports of shipped models
 
 
 def index_path() -> Path:
@@ -105,6 +106,21 @@ def resolve(name: str | None = None, index: Path | None = None) -> tuple[Shipped
         raise CheckpointError(f"{path}: the shipped model {model.name!r} is damaged: SHA-256 {digest[:16]}... "
                               f"instead of {model.sha256[:16]}...; reinstall dfudet or give --checkpoint")
     return model, path
+
+
+def cache_dir() -> Path:
+    """dfudet's own cache: $DFUDET_CACHE_DIR, else $XDG_CACHE_HOME/dfudet, else ~/.cache/dfudet."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "dfudet"
+
+
+def onnx_cache_path(model: ShippedModel) -> Path:
+    """Where the ONNX export of a shipped model is kept: named by the model and its file's digest, so a new or
+    replaced model file never reuses another's export."""
+    return cache_dir() / "onnx" / f"{model.name}-{model.sha256[:16]}.onnx"
 
 
 def describe(model: ShippedModel) -> str:
