@@ -10,7 +10,8 @@
   run succeeds (exit 0) when at least one image was predicted, and fails (DataError, exit 2) when none was.
 - predictions.json: {"checkpoint", "onnx" (the model file; the other is null), "threshold", "threshold_source",
   "tta", "outlines", "images": [{file, width, height, boxes [[x1,y1,x2,y2]], scores, confidence, label,
-  review_threshold, threshold, annotated}], "skipped": [{file, error}]}; only boxes with score >= threshold are listed. `confidence` is each box's calibrated
+  review_threshold, threshold, annotated}], "skipped": [{file, error}]};
+  only boxes with score >= threshold are listed. `confidence` is each box's calibrated
   probability of being a true ulcer (null when the model carries no calibration: `dfudet tune` fits one on val);
   `label` is the photo's triage label (ulcer / review / no ulcer, dfudet.confidence). predictions.csv: one row per
   box (file,label,x1,y1,x2,y2,score,confidence); an image without boxes gets one row with its label and the box
