@@ -70,7 +70,7 @@ def model_source(a: argparse.Namespace, runtime: str = "torch") -> tuple[str | N
     detections, docs/model_card.md), exporting it once into dfudet's cache; "onnx" insists; "torch" never does.
     """
     if a.checkpoint or a.onnx:
-        if runtime == "onnx":
+        if runtime == "onnx" and a.checkpoint:
             raise ConfigError("--runtime onnx applies to the shipped models; for your own checkpoint run "
                               "`dfudet export --format onnx` and give --onnx MODEL.onnx")
         return a.checkpoint, a.onnx
@@ -97,6 +97,9 @@ def _shipped_onnx(model: Any, path: Path, runtime: str, a: argparse.Namespace) -
                                                           if missing else "no --tta (the flip fusion uses torch)"))
         return None
     device = str(getattr(a, "device", "cpu") or "cpu").lower()
+    if runtime == "onnx" and device not in ("cpu", "auto"):
+        raise ConfigError(f"--runtime onnx runs on the CPU (ONNX Runtime's CPU provider); --device {device} asks for "
+                          "another device: use --runtime torch there")
     if runtime == "auto" and device != "cpu":
         import torch  # only to ask for CUDA: a GPU runs the PyTorch model faster than ONNX Runtime on the CPU
 
@@ -105,17 +108,17 @@ def _shipped_onnx(model: Any, path: Path, runtime: str, a: argparse.Namespace) -
     out = onnx_cache_path(model)
     if out.is_file() and out.with_suffix(".json").is_file():
         return str(out)
-    from dfudet.export.onnx import export_into_cache
-
     print(f"exporting the shipped model {model.name} to ONNX once, into {out}", file=sys.stderr)
     try:
+        from dfudet.export.onnx import export_into_cache
+
         return str(export_into_cache(path, out))
-    except OSError as exc:
+    except Exception as exc:  # any export failure: auto falls back to PyTorch, which needs none of it
         if runtime == "onnx":
-            raise ConfigError(f"{out}: cannot write the ONNX copy ({exc}); set DFUDET_CACHE_DIR to a writable "
-                              "folder") from None
-        print(f"could not write {out} ({exc}); running the model in PyTorch (set DFUDET_CACHE_DIR to a writable "
-              "folder for the faster ONNX Runtime path)", file=sys.stderr)
+            raise ConfigError(f"{out}: cannot export the shipped model to ONNX ({type(exc).__name__}: {exc}); set "
+                              "DFUDET_CACHE_DIR to a writable folder, or use --runtime torch") from None
+        print(f"could not export the model to {out} ({type(exc).__name__}: {exc}); running it in PyTorch (set "
+              "DFUDET_CACHE_DIR to a writable folder for the faster ONNX Runtime path)", file=sys.stderr)
         return None
 
 

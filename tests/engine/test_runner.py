@@ -45,3 +45,18 @@ def test_resume_reads_the_saved_config_typed_and_refuses_a_missing_or_invalid_on
     (run / "config.yaml").unlink()
     with pytest.raises(ConfigError, match=r"holds last.ckpt but no config.yaml to resume it with; use --fresh"):
         saved_run_config(run, same)
+
+
+@pytest.mark.parametrize(("key", "value"), [("model.mask_head.convs", "2"), ("model.mask_head.channels", "64"),
+                                            ("model.fpn_channels", "64")])
+def test_resume_refuses_a_mask_head_or_fpn_of_another_shape(tmp_path: Path, key: str, value: str) -> None:
+    """Settings outside the identity that change weight shapes are refused before Lightning's raw state_dict error."""
+    run = tmp_path / "run"
+    run.mkdir()
+    mask = ("model.name=maskrcnn_efficientnet", "model.backbone=efficientnet_b0", "model.pretrained=false",
+            "data.img_size=96", f"run_dir={run}")
+    save_config(load_config(None, list(mask)), run / "config.yaml")
+    (run / LAST_NAME).write_bytes(b"")
+    saved_run_config(run, load_config(None, list(mask)))  # the same model resumes
+    with pytest.raises(ConfigError, match=rf"(?s)holds a run of another model.*{key}: the run has"):
+        saved_run_config(run, load_config(None, [*mask, f"{key}={value}"]))

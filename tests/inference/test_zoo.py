@@ -128,3 +128,25 @@ def test_export_half_is_refused_for_onnx(outline_ckpt: Path, tmp_path: Path,
                  "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--half applies to --format pth" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_unwritable_cache_falls_back_to_pytorch_with_the_reason(
+        outline_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "zoo").mkdir()
+    monkeypatch.setenv(zoo.INDEX_ENV, str(_index(tmp_path / "zoo", outline_ckpt)))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv(zoo.CACHE_ENV, str(blocker))
+    photo = tmp_path / "foot.png"
+    from PIL import Image
+
+    Image.fromarray(render_sample(3, 0, 128, healthy=False).image).save(photo)
+    assert main(["predict", str(photo), "--device", "cpu", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "could not export the model to" in err and "running it in PyTorch" in err
+    pred = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert pred["checkpoint"].endswith("tiny-outlines.pth") and pred["onnx"] is None
+    # --runtime onnx insists: the same failure is an error naming the file (exit 2), not a silent switch
+    assert main(["predict", str(photo), "--runtime", "onnx", "--out", str(tmp_path / "o2")]) == 2
+    assert "cannot export the shipped model to ONNX" in capsys.readouterr().err

@@ -182,8 +182,9 @@ def export_into_cache(checkpoint: str | Path, out: str | Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         export_onnx(checkpoint, work / out.name)
-        os.replace(work / out.name, out)
-        os.replace(metadata_path(work / out.name), metadata_path(out))
+        if not (out.is_file() and metadata_path(out).is_file()):  # else another process finished first: keep its pair
+            os.replace(work / out.name, out)
+            os.replace(metadata_path(work / out.name), metadata_path(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

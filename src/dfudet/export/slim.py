@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import torch
@@ -31,14 +31,26 @@ def half_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in state.items()}
 
 
-# a directory part of an absolute path (POSIX or Windows) inside a description such as weights_source
-_DIRECTORIES = re.compile(r"(?:[A-Za-z]:)?[/\\][^\s()]*[/\\]")
+# models.weights.WeightSource.describe(): "KIND: WHERE (N tensors, mapped HOW)"; for a package WHERE is "NAME (PATH)"
+_SOURCE = re.compile(r"^(?P<kind>[\w-]+): (?P<where>.*) (?P<tail>\(\d+ tensors, mapped [^()]*\))$")
+_PACKAGE = re.compile(r"^(?P<name>\S+) \((?P<path>.*)\)$")
 
 
 def without_directories(text: str | None) -> str | None:
-    """A description with every absolute path cut to its file name: a slim copy goes to other machines and must not
-    carry the training machine's directories (user names, mount points)."""
-    return None if text is None else _DIRECTORIES.sub("", text)
+    """A weights_source description with its paths cut to their file names: a slim copy goes to other machines and
+    must not carry the training machine's directories (user names, mount points). Hub ids are kept as they are; a
+    description of another shape is not kept at all (it could hold anything)."""
+    if text is None:
+        return None
+    m = _SOURCE.match(text)
+    if m is None:
+        return "not recorded in this copy"
+    kind, where = m["kind"], m["where"]
+    if kind == "package" and (pkg := _PACKAGE.match(where)):
+        where = f"{pkg['name']} ({PureWindowsPath(pkg['path']).name})"
+    elif kind != "hub":  # file, timm-cache: a path (PureWindowsPath splits on both / and \\)
+        where = PureWindowsPath(where).name
+    return f"{kind}: {where} {m['tail']}"
 
 
 def export_slim(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str], half: bool = False) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dfudet.errors import CheckpointError, ConfigError
+from dfudet.version import __version__
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 INDEX = ZOO_DIR / "index.json"
@@ -118,9 +119,9 @@ def cache_dir() -> Path:
 
 
 def onnx_cache_path(model: ShippedModel) -> Path:
-    """Where the ONNX export of a shipped model is kept: named by the model and its file's digest, so a new or
-    replaced model file never reuses another's export."""
-    return cache_dir() / "onnx" / f"{model.name}-{model.sha256[:16]}.onnx"
+    """Where the ONNX export of a shipped model is kept: named by the model, its file's digest and the dfudet version
+    that exported it, so neither a replaced model file nor an upgraded exporter reuses an older export."""
+    return cache_dir() / "onnx" / f"{model.name}-{model.sha256[:16]}-dfudet{__version__}.onnx"
 
 
 def describe(model: ShippedModel) -> str:
