@@ -88,6 +88,7 @@ def _shipped_onnx(model: Any, path: Path, runtime: str, a: argparse.Namespace) -
     """The cached ONNX export of a shipped model (exported on first use), or None to run it in PyTorch."""
     import importlib.util
 
+    from dfudet.inference.onnx_predictor import metadata_path
     from dfudet.inference.zoo import onnx_cache_path
 
     missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
@@ -106,7 +107,7 @@ def _shipped_onnx(model: Any, path: Path, runtime: str, a: argparse.Namespace) -
         if device.startswith("cuda") or torch.cuda.is_available():
             return None
     out = onnx_cache_path(model)
-    if out.is_file() and out.with_suffix(".json").is_file():
+    if out.is_file() and metadata_path(out).is_file():
         return str(out)
     print(f"exporting the shipped model {model.name} to ONNX once, into {out}", file=sys.stderr)
     try:

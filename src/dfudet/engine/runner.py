@@ -138,15 +138,12 @@ def _setting(cfg: Config, dotted: str) -> Any:
     return value
 
 
-def with_model(cfg: Config, **changes: Any) -> Config:
-    """A new Config with model fields changed and validated (the loaded config object is never edited)."""
-    model = cfg.model.model_validate({**cfg.model.model_dump(), **changes})
-    return cfg.model_copy(update={"model": model})
-
-
 def with_anchors(cfg: Config, sizes: list[list[float]] | None, aspect_ratios: list[float]) -> Config:
-    """A new Config with model.anchors' sizes and aspect ratios set (auto kept)."""
-    return with_model(cfg, anchors={**cfg.model.anchors.model_dump(), "sizes": sizes, "aspect_ratios": aspect_ratios})
+    """A new Config with model.anchors' sizes and aspect ratios set (auto kept), validated; the loaded config object
+    is never edited."""
+    anchors = cfg.model.anchors.model_validate({**cfg.model.anchors.model_dump(), "sizes": sizes,
+                                                "aspect_ratios": aspect_ratios})
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchors": anchors})})
 
 
 def _auto_anchors(cfg: Config, dm: DetectionDataModule) -> tuple[list[list[float]], list[float]]:
