@@ -25,6 +25,7 @@ SAMPLES: dict[str, Any] = {
     "anchors.auto": True,
     "rcnn.rpn_batch_size_per_image": 24,
     "rcnn.box_batch_size_per_image": 20,
+    "rcnn.box_head_size": 64,
     "mask_head.channels": 16,
     "mask_head.convs": 2,
     "dense_head.convs": 2,
@@ -136,12 +137,21 @@ def _convs(branch: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in branch.modules())
 
 
+def _box_head_width(model: nn.Module) -> int | None:
+    head, predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+    widths = {head.fc6.out_features, head.fc7.in_features, head.fc7.out_features, predictor.cls_score.in_features,
+              predictor.bbox_pred.in_features}
+    return widths.pop() if len(widths) == 1 else None
+
+
 # what each section changes in a built model: (model, name) -> the values read back, compared with the settings
 READ_BACK = {
     "anchors": lambda m, name: {"anchors.sizes": [list(s) for s in _anchor_generator(m).sizes],
                                 "anchors.aspect_ratios": list(_anchor_generator(m).aspect_ratios[0])},
     "rcnn": lambda m, name: {"rcnn.rpn_batch_size_per_image": m.rpn.fg_bg_sampler.batch_size_per_image,
-                             "rcnn.box_batch_size_per_image": m.roi_heads.fg_bg_sampler.batch_size_per_image},
+                             "rcnn.box_batch_size_per_image": m.roi_heads.fg_bg_sampler.batch_size_per_image,
+                             # the box head's width, as both of its layers and the predictor see it
+                             "rcnn.box_head_size": _box_head_width(m)},
     "mask_head": lambda m, name: {"mask_head.channels": m.roi_heads.mask_head[0][0].out_channels,
                                   "mask_head.convs": len(m.roi_heads.mask_head)},
     "dense_head": lambda m, name: {"dense_head.convs": _convs(m.head.classification_head.conv),

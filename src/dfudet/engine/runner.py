@@ -105,7 +105,7 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
 
 
 # model settings outside the identity that change the weights' shapes: a resume with another value cannot load them
-_SHAPE_KEYS = ("fpn_channels", "dense_head.convs", "mask_head.channels", "mask_head.convs")
+_SHAPE_KEYS = ("fpn_channels", "dense_head.convs", "mask_head.channels", "mask_head.convs", "rcnn.box_head_size")
 
 
 def saved_run_config(run_dir: Path, cfg: Config) -> tuple[Config, dict[str, Any]]:

@@ -17,7 +17,7 @@ from torchvision.models.detection import (
     fasterrcnn_mobilenet_v3_large_fpn,
     fasterrcnn_resnet50_fpn_v2,
 )
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign, poolers
@@ -30,6 +30,7 @@ from dfudet.models.spec import ModelSpec, Targets, register
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 TWO_MLP_HEAD_SIZE = 1024  # representation size of torchvision's default box head (TwoMLPHead)
+ROI_SIZE = 7  # the box head's RoIAlign output (torchvision's default)
 
 
 def two_stage_heads_pass(model: nn.Module, image_list: Any, features: dict[str, Tensor], targets: Targets
@@ -83,17 +84,30 @@ def _detector_kwargs(cfg: ModelConfig, img_size: int, mean: list[float], std: li
     )
 
 
+def _box_head(cfg: ModelConfig, fpn_channels: int) -> dict[str, Any]:
+    """The box head keyword arguments of torchvision's FasterRCNN/MaskRCNN: its two-layer box head and predictor at
+    `rcnn.box_head_size`, or, when that is unset, none (torchvision builds its own 1024-wide head, in the same order
+    as before the setting existed, so seeded runs start from the same weights)."""
+    if cfg.rcnn.box_head_size is None:
+        return {}
+    size = cfg.rcnn.box_head_size
+    return dict(box_head=TwoMLPHead(fpn_channels * ROI_SIZE ** 2, size),
+                box_predictor=FastRCNNPredictor(size, cfg.num_classes))
+
+
 def _fasterrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -> nn.Module:
     """Faster R-CNN on a timm backbone (cfg.backbone, EfficientNet-B0..B7 or any features_only CNN) + FPN."""
     anchors = anchor_generator_for(cfg, img_size, 5)  # validate before the (possibly slow) backbone build
     backbone = build_timm_fpn_backbone(cfg.backbone, cfg.pretrained, cfg.fpn_channels, cfg.trainable_backbone_layers,
                                        weights_file=cfg.weights, load_weights=load_weights)
     mean, std = backbone_norm_stats(backbone)
+    box_head = _box_head(cfg, cfg.fpn_channels)
     return FasterRCNN(
         backbone,
-        num_classes=cfg.num_classes,
+        num_classes=None if box_head else cfg.num_classes,  # torchvision: given through the box predictor if custom
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=ROI_SIZE, sampling_ratio=2),
+        **box_head,
         **_detector_kwargs(cfg, img_size, mean, std),
     )
 
@@ -116,14 +130,16 @@ def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
     # on a pretrained FPN, whose gradients then reach the shared backbone in the first steps
     nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=0.001)
     nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
+    box_head = _box_head(cfg, cfg.fpn_channels) or dict(
+        box_predictor=FastRCNNPredictor(TWO_MLP_HEAD_SIZE, cfg.num_classes))  # after torchvision's default box head
     return MaskRCNN(
         backbone,
         num_classes=None,  # torchvision: given through the two predictors when the mask predictor is custom
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=ROI_SIZE, sampling_ratio=2),
         mask_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head.convs or 4), 1),
-        box_predictor=FastRCNNPredictor(TWO_MLP_HEAD_SIZE, cfg.num_classes),  # after torchvision's default box head
+        **box_head,
         mask_predictor=mask_predictor,
         **_detector_kwargs(cfg, img_size, mean, std),
     )
@@ -158,6 +174,9 @@ def _torchvision_detector(builder: Callable[..., FasterRCNN], backbone_weights: 
         n_anchors = anchors.num_anchors_per_location()[0]
         if n_anchors != old_head.cls_logits.out_channels:
             model.rpn.head = RPNHead(old_head.cls_logits.in_channels, n_anchors, conv_depth=len(old_head.conv))
+        box_head = _box_head(cfg, model.backbone.out_channels)  # torchvision's FPN here is 256 wide
+        if box_head:
+            model.roi_heads.box_head, model.roi_heads.box_predictor = box_head["box_head"], box_head["box_predictor"]
         return model
 
     return build
