@@ -1,21 +1,29 @@
-"""Put a trained model into the package as a shipped model: a float16 slim copy under src/dfudet/zoo/ and its entry
-in zoo/index.json (digest, what it returns, data, licence, test figures read from evaluate's metrics.json files).
+"""Put a trained model into the package as a shipped model: a slim copy under src/dfudet/zoo/ and its entry in
+zoo/index.json (digest, what it returns, data, licence, test figures read from evaluate's metrics.json files).
 
     python scripts/ship_model.py --checkpoint runs/dfu_shipped/train/tuned_model.pth --name dfu-maskrcnn-lite0 \
         --test runs/dfu_shipped/report-test/metrics.json --shifted runs/shifted/report-test/metrics.json
 
-The figures are copied from the reports as written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
+The weights are stored in float32 (the trained model itself) unless `--storage float16` is given; either way every
+shipped model together must stay within 25 MiB, or nothing is written. The figures are copied from the reports as
+written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from dfudet.checkpoint import load_for_inference
 from dfudet.export.slim import export_slim
 from dfudet.inference.zoo import INDEX, file_sha256
+
+BUDGET = 25 * 1024 * 1024  # every shipped model together (tests/inference/test_shipped_model.py checks it too)
 
 
 def _ci(m: dict[str, Any], key: str, value: float) -> str:
@@ -52,26 +60,43 @@ def main() -> None:
     ap.add_argument("--test", type=Path, help="metrics.json of `dfudet evaluate` on the FUSeg test split")
     ap.add_argument("--shifted", type=Path, help="metrics.json of `dfudet evaluate` on the shifted test")
     ap.add_argument("--index", type=Path, default=INDEX)
+    ap.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                    help="float32: the trained weights as they are; float16: half the size, rounded (see the card)")
     a = ap.parse_args()
     file = a.index.parent / f"{a.name}.pth"
-    info = export_slim(a.checkpoint, file, half=True)
+    index = json.loads(a.index.read_text()) if a.index.is_file() else {"models": []}
+    models = [m for m in index["models"] if m["name"] != a.name]
+    others = sum((a.index.parent / m["file"]).stat().st_size for m in models)
+    # written beside its final place and moved there only when the budget holds: a refused model leaves nothing behind
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{a.name}.", suffix=".pth.tmp", dir=a.index.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        info = export_slim(a.checkpoint, tmp, half=a.storage == "float16")
+        if others + info["bytes_out"] > BUDGET:
+            sys.exit(f"{a.name}: {info['bytes_out'] / 2**20:.1f} MiB in {a.storage} (+ {others / 2**20:.1f} MiB of "
+                     f"the other shipped models) is over the {BUDGET / 2**20:.0f} MiB budget; nothing written")
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    cfg = load_for_inference(file).config
+    head = cfg.model.rcnn.box_head_size or 1024
     entry = {
         "name": a.name, "file": file.name, "sha256": file_sha256(file),
         "returns": "boxes, outlines, areas (mm² with a scale), calibrated confidence, triage label",
-        "architecture": "Mask R-CNN + EfficientNet-Lite0 (ImageNet) + FPN, 512 px, float16 storage",
+        "architecture": f"Mask R-CNN + EfficientNet-Lite0 (ImageNet) + FPN {cfg.model.fpn_channels}, box head {head}, "
+                        f"{cfg.data.img_size} px, {a.storage} storage",
         "training_data": "FUSeg 2021 train split (653 ulcer photos, wound masks) + 60 healthy-feet photos "
                          "(configs/splits/healthy_feet.csv)",
         "licence": "weights: non-commercial use only (trained on FUSeg, CC BY-NC); code Apache-2.0",
         "summary": "finds foot ulcers and outlines them; research and decision support, not a medical device",
         "figures": figures(a.test, a.shifted), "default": True,
     }
-    index = json.loads(a.index.read_text()) if a.index.is_file() else {"models": []}
-    models = [m for m in index["models"] if m["name"] != a.name]
     for m in models:
         m["default"] = False
     index["models"] = [entry, *models]
     a.index.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{file}: {info['bytes_out'] / 1e6:.1f} MB, sha256 {entry['sha256']}; {a.index} updated")
+    print(f"{file}: {info['bytes_out'] / 1e6:.1f} MB ({a.storage}), sha256 {entry['sha256']}; {a.index} updated")
 
 
 if __name__ == "__main__":

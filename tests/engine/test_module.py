@@ -1,5 +1,7 @@
 """Validation loss must not change weights, BatchNorm buffers or dropout state, and must be repeatable."""
 
+import logging
+
 import pytest
 import torch
 
@@ -117,7 +119,7 @@ def test_validation_metrics_report_coco_ap50_and_apply_the_recall_floor():
     assert v.selection_threshold == v.operating_threshold and v.composite == v.composite_at_operating
 
 
-def test_the_pretrained_weights_source_is_a_run_output_in_every_checkpoint(tmp_path):
+def test_the_pretrained_weights_source_is_a_run_output_in_every_checkpoint(tmp_path, caplog):
     """Not a config key: the module records it, best_model.pth and last.ckpt carry it, a resume keeps the first."""
     import timm
 
@@ -141,3 +143,8 @@ def test_the_pretrained_weights_source_is_a_run_output_in_every_checkpoint(tmp_p
     assert resumed.weights_source is None
     resumed.on_load_checkpoint(last)
     assert resumed.weights_source == module.weights_source
+    # a pretrained run resumed by a process whose own build found other weights logs the run's source, not its own
+    last["dfudet"]["weights_source"] = "file: first.pth (12 tensors, mapped by name)"
+    with caplog.at_level(logging.INFO, logger="dfudet"):
+        DetectorModule(cfg).on_load_checkpoint(last)
+    assert "pretrained weights (as the run began): file: first.pth (12 tensors, mapped by name)" in caplog.text

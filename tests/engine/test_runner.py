@@ -48,8 +48,8 @@ def test_resume_reads_the_saved_config_typed_and_refuses_a_missing_or_invalid_on
 
 
 @pytest.mark.parametrize(("key", "value"), [("model.mask_head.convs", "2"), ("model.mask_head.channels", "64"),
-                                            ("model.fpn_channels", "64")])
-def test_resume_refuses_a_mask_head_or_fpn_of_another_shape(tmp_path: Path, key: str, value: str) -> None:
+                                            ("model.fpn_channels", "64"), ("model.rcnn.box_head_size", "256")])
+def test_resume_refuses_a_mask_head_box_head_or_fpn_of_another_shape(tmp_path: Path, key: str, value: str) -> None:
     """Settings outside the identity that change weight shapes are refused before Lightning's raw state_dict error."""
     run = tmp_path / "run"
     run.mkdir()

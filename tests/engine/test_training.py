@@ -153,10 +153,15 @@ def test_resumed_run_applies_new_lr_drops_from_its_next_epoch_and_says_so(tiny_c
                                                                           tiny_config):
     run = tmp_path / "run"
     run_training(tiny_config(tiny_cache, run, "train.epochs=1"))
-    run_training(tiny_config(tiny_cache, run, "train.epochs=3", "train.lr_drop_epochs=[1,2]"))
+    # other anchors given on resume: the run's are kept (its weights were trained for them), and the log says so
+    run_training(tiny_config(tiny_cache, run, "train.epochs=3", "train.lr_drop_epochs=[1,2]",
+                             "model.anchors.aspect_ratios=[0.5,1.0]"))
     logs = "".join(p.read_text() for p in sorted(run.glob("train-*.log")))
     assert "(resuming from" in logs
     assert "train.lr_drop_epochs changed on resume ([] -> [1, 2])" in logs
+    assert ("model.anchors given (sizes None, aspect ratios [0.5, 1.0]) differ from the run's (sizes None, aspect "
+            "ratios [0.5, 1.0, 2.0]): the run's are kept") in logs
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["anchors"]["aspect_ratios"] == [0.5, 1.0, 2.0]
     assert [float(r["lr"]) for r in _history(run)] == pytest.approx([1e-3, 1e-4, 1e-5])
 
 

@@ -224,6 +224,8 @@ class DetectorModule(L.LightningModule):
         self._pending_rng_state = extra.get("rng")  # absent in checkpoints of older versions: resume as before
         if "weights_source" in extra:  # what the run started from, not what this process's build found
             self.weights_source = extra["weights_source"]
+            if self.cfg.model.pretrained:
+                log.info("pretrained weights (as the run began): %s", self.weights_source)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         # Linear warm-up over the first steps; afterwards only ReduceLROnPlateau and train.lr_drop_epochs change the

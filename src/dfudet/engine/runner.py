@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from pydantic import ValidationError
 
 from dfudet.checkpoint import atomic_torch_save, load_for_inference
-from dfudet.config import Config, Precision, save_config
+from dfudet.config import AnchorsConfig, Config, Precision, save_config
 from dfudet.engine.callbacks import (
     BEST_NAME,
     CompositeCheckpoint,
@@ -308,7 +308,13 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
     if resume:
         saved, saved_raw = saved_run_config(run_dir, cfg)
         # Keep what was derived at the start of the run (e.g. proposed anchors) so the weights fit the model.
-        cfg = with_anchors(cfg, saved.model.anchors.sizes, saved.model.anchors.aspect_ratios)
+        given, ran, default = cfg.model.anchors, saved.model.anchors, AnchorsConfig()
+        if ((given.sizes is not None and given.sizes != ran.sizes)
+                or given.aspect_ratios not in (ran.aspect_ratios, default.aspect_ratios)):
+            log.warning("model.anchors given (sizes %s, aspect ratios %s) differ from the run's (sizes %s, aspect "
+                        "ratios %s): the run's are kept, its weights were trained for them; use --fresh to train with "
+                        "the given ones", given.sizes, given.aspect_ratios, ran.sizes, ran.aspect_ratios)
+        cfg = with_anchors(cfg, ran.sizes, ran.aspect_ratios)
         if saved.train.lr_drop_epochs != cfg.train.lr_drop_epochs:
             log.warning("train.lr_drop_epochs changed on resume (%s -> %s): a drop is applied when its epoch starts, "
                         "so drops at epochs this run has already trained are not applied", saved.train.lr_drop_epochs,
@@ -348,7 +354,8 @@ def _train(cfg: Config, run_dir: Path, log_path: Path, fresh: bool, baseline: bo
     log.info("log file: %s", log_path)
 
     module = DetectorModule(cfg)
-    if cfg.model.pretrained:  # the run log, beside every checkpoint's weights_source (a resume keeps the first)
+    # the run log, beside every checkpoint's weights_source; a resume logs the run's own source when it loads
+    if cfg.model.pretrained and not resume:
         log.info("pretrained weights: %s",
                  module.weights_source or f"torchvision's ImageNet weights ({cfg.model.name})")
     if _rank() == 0:
