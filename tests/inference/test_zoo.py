@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dfudet.checkpoint import load_for_inference
+from dfudet.checkpoint import load_for_inference, state_digest
 from dfudet.cli import main
 from dfudet.data.demo import render_sample
 from dfudet.errors import CheckpointError, ConfigError
@@ -150,3 +152,56 @@ def test_an_unwritable_cache_falls_back_to_pytorch_with_the_reason(
     # --runtime onnx insists: the same failure is an error naming the file (exit 2), not a silent switch
     assert main(["predict", str(photo), "--runtime", "onnx", "--out", str(tmp_path / "o2")]) == 2
     assert "cannot export the shipped model to ONNX" in capsys.readouterr().err
+
+
+SHIP = Path(__file__).resolve().parents[2] / "scripts" / "ship_model.py"
+
+
+def _ship(ckpt: Path, index: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SHIP), "--checkpoint", str(ckpt), "--name", name,
+                           "--index", str(index), *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_ship_model_stores_float32_by_default_and_refuses_a_model_over_the_budget(checkpoint_factory,
+                                                                                 tmp_path: Path) -> None:
+    """scripts/ship_model.py: float32 unless asked, the new model becomes the default, and one that would take the
+    shipped models over 25 MiB is refused with nothing written (no model file, no temp file, the index unchanged)."""
+    from _checkpoints import MASK_OVERRIDES
+
+    # a Mask R-CNN of 5 M weights (20 MB in float32), as the shipped one is built: narrow box head
+    ckpt = checkpoint_factory(tmp_path / "run" / "best_model.pth", 96, 0.5, 0, *MASK_OVERRIDES,
+                              "model.rcnn.box_head_size=64")
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    (folder / "old.pth").write_bytes(b"listed, never loaded here")
+    old = {"name": "old", "file": "old.pth", "sha256": zoo.file_sha256(folder / "old.pth"), "returns": "boxes",
+           "architecture": "a", "training_data": "t", "licence": "l", "summary": "s", "default": True}
+    with (folder / "big.bin").open("wb") as f:  # another shipped model of 25 MiB - 1 KiB: no real model fits beside it
+        f.truncate(25 * 2**20 - 2**10)
+    big = {**old, "name": "big", "file": "big.bin", "default": False}
+    index = folder / "index.json"
+    index.write_text(json.dumps({"models": [old, big]}))
+    before = index.read_text()
+    refused = _ship(ckpt, index, "new")
+    assert refused.returncode != 0
+    assert "new: " in refused.stderr and "over the 25 MiB budget; nothing written" in refused.stderr
+    assert index.read_text() == before and sorted(p.name for p in folder.iterdir()) == [
+        "big.bin", "index.json", "old.pth"]
+
+    index.write_text(json.dumps({"models": [old]}))
+    shipped = _ship(ckpt, index, "new")
+    assert shipped.returncode == 0, shipped.stderr
+    loaded = load_for_inference(folder / "new.pth")
+    assert all(t.dtype == torch.float32 for t in loaded.model_state_dict.values() if t.is_floating_point())
+    # the trained weights, unrounded: the same names, dtypes, shapes and bytes
+    assert state_digest(loaded.model_state_dict) == state_digest(load_for_inference(ckpt).model_state_dict)
+    models = {m.name: m for m in zoo.available(index)}
+    assert models["new"].default and not models["old"].default
+    assert models["new"].sha256 == zoo.file_sha256(folder / "new.pth")
+    assert "box head 64" in models["new"].architecture and "float32 storage" in models["new"].architecture
+    assert zoo.resolve(None, index)[1] == folder / "new.pth"  # the default now, its digest checked
+    full_size = (folder / "new.pth").stat().st_size
+    half = _ship(ckpt, index, "new", "--storage", "float16")  # shipped again under its name: replaced
+    assert half.returncode == 0 and "(float16)" in half.stdout
+    assert (folder / "new.pth").stat().st_size < 0.6 * full_size
+    assert [m.name for m in zoo.available(index)] == ["new", "old"]
