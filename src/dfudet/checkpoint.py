@@ -109,6 +109,43 @@ def state_digest(state: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+INT8_SCALE = ".int8_scale"  # state key suffix: the float32 per-row scales of a weight stored as int8 (slim copies)
+
+
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight as symmetric int8 per output row (weight-only storage): q = round(w / s), s = max|row| / 127.
+
+    Returns (q, s): int8 of the weight's shape and one float32 scale per row; q * s is within s / 2 of w.
+    """
+    w = weight.detach().to(torch.float32)
+    rows = w.reshape(w.shape[0], -1)
+    scale = rows.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def dequantized(state: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The state dict with every int8-stored weight (beside its `INT8_SCALE` key) back in float32; other entries
+    as they are. A scale without its weight, or a weight of the wrong kind beside a scale, is refused naming both."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.endswith(INT8_SCALE):
+            if key[: -len(INT8_SCALE)] not in state:
+                raise CheckpointError(f"{path}: the checkpoint holds {key} but no {key[: -len(INT8_SCALE)]}: damaged")
+            continue
+        scale = state.get(key + INT8_SCALE)
+        if scale is None:
+            out[key] = value
+            continue
+        if (not isinstance(value, torch.Tensor) or value.dtype != torch.int8 or not isinstance(scale, torch.Tensor)
+                or value.ndim < 2 or tuple(scale.shape) != (value.shape[0],)):
+            raise CheckpointError(f"{path}: {key} is stored with an int8 scale but is not an int8 weight with one "
+                                  "scale per row: damaged")
+        rows = value.to(torch.float32).reshape(value.shape[0], -1) * scale.to(torch.float32)[:, None]
+        out[key] = rows.reshape(value.shape)
+    return out
+
+
 def config_digest(config: Any) -> str:
     """SHA-256 of the config as canonical JSON."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8")).hexdigest()
@@ -231,7 +268,8 @@ def _load_best(path: Path, ckpt: Mapping[str, Any]) -> LoadedCheckpoint:
                               + describe(differences, "the top level", "the config"))
     source = ckpt.get("weights_source")
     return LoadedCheckpoint(
-        path=path, format=BEST_FORMAT, config=cfg, identity=identity, model_state_dict=ckpt["model_state_dict"],
+        path=path, format=BEST_FORMAT, config=cfg, identity=identity,
+        model_state_dict=dequantized(ckpt["model_state_dict"], path),
         epoch=int(ckpt["epoch"]), operating_threshold=float(ckpt["operating_threshold"]), scores=_scores_of(ckpt),
         dfudet_version=ckpt.get("dfudet_version"), slim=bool(ckpt.get("slim")), origin=str(ckpt.get("origin")),
         calibration=calibration_of(ckpt, path), review_threshold=review_threshold_of(ckpt, path),

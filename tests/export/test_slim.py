@@ -71,3 +71,72 @@ def test_the_shipped_model_names_no_directory_of_the_machine_it_was_trained_on()
     ckpt = load_for_inference(path)
     assert ckpt.weights_source and "/" not in ckpt.weights_source and "\\" not in ckpt.weights_source
     assert "/work/" not in repr(ckpt.config.model_dump()) and "/home/" not in repr(ckpt.config.model_dump())
+
+
+def test_int8_rows_store_the_box_head_in_a_quarter_and_load_back_within_half_a_step(checkpoint_factory,
+                                                                                    tmp_path: Path) -> None:
+    """export_slim(int8=BOX_HEAD_FC): those two weights are int8 in the file (one float32 scale per row), come back
+    as float32 within half a quantization step of the original, the rest is untouched, and the detections stay
+    close (the proposals are computed without them)."""
+    import torch
+
+    from dfudet.checkpoint import INT8_SCALE
+    from dfudet.export.slim import BOX_HEAD_FC, export_slim
+    from dfudet.inference.predictor import Predictor
+
+    source = checkpoint_factory(tmp_path / "run" / "best_model.pth", 96, 0.0, 0, "model.rcnn.box_head_size=64")
+    full, small = tmp_path / "full.pth", tmp_path / "int8.pth"
+    export_slim(source, full)
+    info = export_slim(source, small, int8=BOX_HEAD_FC)
+    assert info["storage_dtype"] == "float32 + int8 rows"
+    raw = safe_torch_load(small)
+    assert raw["int8_weights"] == list(BOX_HEAD_FC)
+    for key in BOX_HEAD_FC:
+        assert raw["model_state_dict"][key].dtype == torch.int8
+        assert raw["model_state_dict"][key + INT8_SCALE].shape == (raw["model_state_dict"][key].shape[0],)
+    fc_bytes = sum(raw["model_state_dict"][k].numel() for k in BOX_HEAD_FC)
+    assert small.stat().st_size < full.stat().st_size - 2.9 * fc_bytes  # 4 bytes a weight -> 1
+    a, b = load_for_inference(full).model_state_dict, load_for_inference(small).model_state_dict
+    assert set(a) == set(b)  # the scales are not model weights
+    for key in a:
+        if key in BOX_HEAD_FC:
+            step = a[key].abs().amax(dim=1, keepdim=True) / 127
+            assert b[key].dtype == torch.float32 and bool(((b[key] - a[key]).abs() <= step / 2 + 1e-7).all())
+            assert not torch.equal(b[key], a[key])
+        else:
+            assert torch.equal(b[key], a[key]), key
+    photos = [render_sample(7, i, 96, healthy=False).image for i in range(2)]
+    ref = Predictor.from_checkpoint(full).predict_arrays(photos)
+    got = Predictor.from_checkpoint(small).predict_arrays(photos)
+    for r, g in zip(ref, got):
+        top = min(5, len(r.scores))
+        assert top > 0 and len(g.scores) >= top
+        np.testing.assert_allclose(g.scores[:top], r.scores[:top], atol=5e-3)
+        np.testing.assert_allclose(g.boxes[:top], r.boxes[:top], atol=1.0)
+
+
+def test_a_damaged_int8_weight_is_refused_naming_it(tiny_ckpt: Path, tmp_path: Path) -> None:
+    import torch
+
+    from dfudet.checkpoint import INT8_SCALE, atomic_torch_save, state_digest
+    from dfudet.errors import CheckpointError
+    from dfudet.export.slim import BOX_HEAD_FC, export_slim
+
+    small = tmp_path / "int8.pth"
+    export_slim(tiny_ckpt, small, int8=BOX_HEAD_FC)
+    raw = safe_torch_load(small)
+    key = BOX_HEAD_FC[0]
+    raw["model_state_dict"][key + INT8_SCALE] = torch.ones(3)  # a scale that is not one per row
+    raw["weights_sha256"] = state_digest(raw["model_state_dict"])  # consistently rewritten: only the shape is wrong
+    atomic_torch_save(raw, small)
+    with pytest.raises(CheckpointError, match=rf"int8.pth: {key} is stored with an int8 scale but is not an int8 "
+                                              "weight with one scale per row"):
+        load_for_inference(small)
+    del raw["model_state_dict"][key]
+    raw["weights_sha256"] = state_digest(raw["model_state_dict"])
+    atomic_torch_save(raw, small)
+    with pytest.raises(CheckpointError, match=rf"holds {key}{INT8_SCALE} but no {key}: damaged"):
+        load_for_inference(small)
+    with pytest.raises(CheckpointError, match=r"cannot store 'roi_heads.nothing.weight' as int8"):
+        export_slim(tiny_ckpt, tmp_path / "x.pth", int8=("roi_heads.nothing.weight",))
+    assert not (tmp_path / "x.pth").exists()
