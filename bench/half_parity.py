@@ -1,8 +1,10 @@
-"""Float16 storage against float32: the same photos through a checkpoint and its `export --format pth --half` copy.
+"""Reduced-precision storage against float32: the same photos through a checkpoint and a slim copy of it whose
+weights were stored with less precision (float16: `export --format pth --half`; int8 rows for the box head:
+`export_slim(int8=BOX_HEAD_FC)`, as the shipped model).
 
-    python bench/half_parity.py --full runs/dfu_shipped/train/tuned_model.pth \
+    python bench/half_parity.py --full runs/dfu_shipped/train/tuned_model_v3.pth \
         --half src/dfudet/zoo/dfu-maskrcnn-lite0.pth --images ../shared/data/fuseg/images/test \
-        --out bench/results/half_parity.json
+        --out bench/results/int8_parity.json
 
 For every photo, each float32 detection at or above the operating threshold is paired with the float16 detection
 (any score) that overlaps it most; the figures are the largest box-coordinate difference (px) and score difference

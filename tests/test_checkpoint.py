@@ -232,3 +232,19 @@ def test_a_damaged_last_ckpt_is_refused_on_resume(tmp_path: Path):
     (tmp_path / "last.ckpt").write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="last.ckpt: the checkpoint is damaged"):
         io_.load_checkpoint(tmp_path / "last.ckpt")
+
+
+def test_equal_content_saved_under_any_name_gives_equal_bytes(tmp_path: Path) -> None:
+    """A shipped model's file digest must not depend on the temp file it was written through: torch names the
+    archive's inner folder after the file it is given."""
+    import hashlib
+
+    from dfudet.checkpoint import atomic_torch_save
+
+    payload = {"format": "x", "w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": 3}
+    atomic_torch_save(payload, tmp_path / "a.pth")
+    atomic_torch_save(payload, tmp_path / "sub" / "another name.pth")
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "a.pth", tmp_path / "sub" /
+                                                                      "another name.pth")}
+    assert len(digests) == 1
+    assert torch.equal(torch.load(tmp_path / "a.pth", weights_only=True)["w"], payload["w"])

@@ -58,11 +58,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """torch.save to a temp file in the same dir, fsync, then rename: readers never see a partial file.
 
     A full disk is a CheckpointError naming the file and the space (torch's own message names neither); the
-    previous file of that name is untouched.
+    previous file of that name is untouched. Equal content gives equal bytes: torch names the archive's inner folder
+    after the file it is given, so it is handed an open file (folder "archive"), not the temp file's random name.
     """
     path = Path(path)
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
     try:
-        atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write_with(path, save)
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
             raise
