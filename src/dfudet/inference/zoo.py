@@ -1,7 +1,8 @@
 """Shipped models: trained detectors that come with dfudet, so `dfudet predict PHOTOS` works right after install.
 
-Each shipped model is a slim checkpoint (no optimizer state; weights in float32, or float16 where only that fits the
-25 MiB every shipped model shares: `storage_dtype` says which) under `src/dfudet/zoo/`,
+Each shipped model is a slim checkpoint (no optimizer state; weights in float32, with the largest layers as int8 rows
+or everything in float16 where that is what fits the 25 MiB every shipped model shares: `storage_dtype` says which)
+under `src/dfudet/zoo/`,
 described by `zoo/index.json`: its name, file, SHA-256 of the whole file, what it returns, what it was trained on,
 its licence and its test figures (docs/model_card.md tells the full story). The file's digest is checked every time
 a shipped model is resolved, before torch reads a byte of it: a damaged or replaced file is a one-line error naming
