@@ -130,6 +130,9 @@ def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
     # on a pretrained FPN, whose gradients then reach the shared backbone in the first steps
     nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=0.001)
     nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
+    # built in this order (mask head, then the box predictor) so that seeded runs draw the same initial weights as
+    # before model.rcnn.box_head_size existed
+    mask_head = MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head.convs or 4), 1)
     box_head = _box_head(cfg, cfg.fpn_channels) or dict(
         box_predictor=FastRCNNPredictor(TWO_MLP_HEAD_SIZE, cfg.num_classes))  # after torchvision's default box head
     return MaskRCNN(
@@ -138,7 +141,7 @@ def _maskrcnn_timm(cfg: ModelConfig, img_size: int, load_weights: bool = True) -
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=ROI_SIZE, sampling_ratio=2),
         mask_roi_pool=MultiScaleRoIAlign(featmap_names=levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(cfg.fpn_channels, [channels] * (cfg.mask_head.convs or 4), 1),
+        mask_head=mask_head,
         **box_head,
         mask_predictor=mask_predictor,
         **_detector_kwargs(cfg, img_size, mean, std),
