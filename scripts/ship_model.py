@@ -22,9 +22,8 @@ from typing import Any
 
 from dfudet.checkpoint import load_for_inference
 from dfudet.export.slim import BOX_HEAD_FC, export_slim
+from dfudet.inference.zoo import BUDGET_BYTES as BUDGET
 from dfudet.inference.zoo import INDEX, file_sha256
-
-BUDGET = 25 * 1024 * 1024  # every shipped model together (tests/inference/test_shipped_model.py checks it too)
 
 
 def _ci(m: dict[str, Any], key: str, value: float) -> str:

@@ -26,6 +26,7 @@ INDEX = ZOO_DIR / "index.json"
 MODEL_CARD = "docs/model_card.md"
 INDEX_ENV = "DFUDET_MODEL_INDEX"  # another index.json (a lab's own set of models), its files beside it
 CACHE_ENV = "DFUDET_CACHE_DIR"  # where `dfudet predict` keeps the ONNX exports of shipped models
+BUDGET_BYTES = 25 * 1024 * 1024  # every shipped model together (the repository and the package carry them)
 
 
 def index_path() -> Path:
