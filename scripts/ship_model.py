@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from dfudet.checkpoint import load_for_inference
 from dfudet.export.slim import BOX_HEAD_FC, export_slim
 from dfudet.inference.zoo import BUDGET_BYTES as BUDGET
 from dfudet.inference.zoo import INDEX, file_sha256
+from dfudet.utils import atomic_write_bytes, atomic_write_with
 
 
 def _ci(m: dict[str, Any], key: str, value: float) -> str:
@@ -70,20 +69,18 @@ def main() -> None:
     index = json.loads(a.index.read_text()) if a.index.is_file() else {"models": []}
     models = [m for m in index["models"] if m["name"] != a.name]
     others = sum((a.index.parent / m["file"]).stat().st_size for m in models)
-    # written beside its final place and moved there only when the budget holds: a refused model leaves nothing behind
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{a.name}.", suffix=".pth.tmp", dir=a.index.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        info = export_slim(a.checkpoint, tmp, half=a.storage == "float16",
-                           int8=BOX_HEAD_FC if a.int8_box_head else ())
+    info: dict[str, Any] = {}
+
+    def write_within_budget(tmp: Path) -> None:
+        # atomic_write_with moves the file into place only when this returns: a refused model leaves nothing behind
+        info.update(export_slim(a.checkpoint, tmp, half=a.storage == "float16",
+                                int8=BOX_HEAD_FC if a.int8_box_head else ()))
         if others + info["bytes_out"] > BUDGET:
             sys.exit(f"{a.name}: {info['bytes_out'] / 2**20:.1f} MiB in {info['storage_dtype']} (+ "
                      f"{others / 2**20:.1f} MiB of the other shipped models) is over the "
                      f"{BUDGET / 2**20:.0f} MiB budget; nothing written")
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write_with(file, write_within_budget)
     cfg = load_for_inference(file).config
     head = cfg.model.rcnn.box_head_size or 1024
     entry = {
@@ -100,7 +97,7 @@ def main() -> None:
     for m in models:
         m["default"] = False
     index["models"] = [entry, *models]
-    a.index.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_bytes(a.index, (json.dumps(index, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     print(f"{file}: {info['bytes_out'] / 1e6:.1f} MB ({info['storage_dtype']}), sha256 {entry['sha256']}; "
           f"{a.index} updated")
 
