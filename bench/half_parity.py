@@ -1,16 +1,16 @@
 """Reduced-precision storage against float32: the same photos through a checkpoint and a slim copy of it whose
-weights were stored with less precision (float16: `export --format pth --half`; int8 rows for the box head:
-`export_slim(int8=BOX_HEAD_FC)`, as the shipped model).
+weights were stored with less precision (float16: `export --format pth --half`; int8 rows for chosen
+layers: `export_slim(int8=...)`, as the shipped model: `scripts/ship_model.py --int8-box-head --int8-mask-head`).
 
-    python bench/half_parity.py --full runs/dfu_shipped/train/tuned_model_v3.pth \
+    python bench/half_parity.py --full runs/dfu_shipped/train/tuned_model.pth \
         --half src/dfudet/zoo/dfu-maskrcnn-lite0.pth --images ../shared/data/fuseg/images/test \
         --out bench/results/int8_parity.json
 
-For every photo, each float32 detection at or above the operating threshold is paired with the float16 detection
-(any score) that overlaps it most; the figures are the largest box-coordinate difference (px) and score difference
-over those pairs, the outlines' IoU (outline models), and the photos whose kept-box count differs (a box whose score
-sits within the score difference of the threshold can cross it). The target of the shipped model: within 1 px and
-1e-3 in score.
+For every photo, each float32 detection at or above the operating threshold is paired with the reduced-precision
+detection (any score) that overlaps it most; the figures are the largest box-coordinate difference (px) and score
+difference over those pairs, the outlines' IoU and wound-area difference (relative to float32; outline models), and
+the photos whose kept-box count differs (a box whose score sits within the score difference of the threshold can cross
+it). The target of the shipped model: within 1 px and 1e-3 in score.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main() -> None:
     full, half = Predictor.from_checkpoint(a.full), Predictor.from_checkpoint(a.half)
     thr = full.operating_threshold
     photos = sorted(p for p in Path(a.images).iterdir() if p.suffix.lower() in {".jpg", ".png"})
-    box_diff, score_diff, count_diff, mask_iou, boxes = 0.0, 0.0, [], [], 0
+    box_diff, score_diff, count_diff, mask_iou, area_diff, boxes = 0.0, 0.0, [], [], [], 0
     for p in photos:
         image = load_image(p)
         f_all, h_all = full.predict_arrays([image])[0], half.predict_arrays([image])[0]
@@ -58,11 +58,15 @@ def main() -> None:
                     mf, mh = instance_masks.decode(rf).astype(bool), instance_masks.decode(rh).astype(bool)
                     union = int((mf | mh).sum())
                     mask_iou.append(1.0 if union == 0 else int((mf & mh).sum()) / union)
+                    if mf.any():  # the wound area each reports, as a share of float32's
+                        area_diff.append(abs(int(mh.sum()) - int(mf.sum())) / int(mf.sum()))
     result = {"photos": len(photos), "kept_boxes_compared": boxes, "threshold": thr,
               "max_box_difference_px": box_diff, "max_score_difference": score_diff,
               "photos_with_another_box_count": count_diff,
               "min_outline_iou": min(mask_iou) if mask_iou else None,
               "mean_outline_iou": float(np.mean(mask_iou)) if mask_iou else None,
+              "median_area_difference": float(np.median(area_diff)) if area_diff else None,
+              "max_area_difference": max(area_diff) if area_diff else None,
               "full": a.full, "half": a.half}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")

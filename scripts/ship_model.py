@@ -5,9 +5,9 @@ zoo/index.json (digest, what it returns, data, licence, test figures read from e
         --test runs/dfu_shipped/report-test/metrics.json --shifted runs/shifted/report-test/metrics.json
 
 The weights are stored in float32 (the trained model itself) unless `--storage float16` is given; `--int8-box-head`
-stores the box head's fully connected layers as int8 rows (the rest as --storage says). Every shipped model together
-must stay within 25 MiB, or nothing is written. The figures are copied from the reports as
-written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
+stores the box head's fully connected layers as int8 rows and `--int8-mask-head` the mask head's convolutions (the
+rest as --storage says). Every shipped model together must stay within 25 MiB, or nothing is written. The figures
+are copied from the reports as written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dfudet.checkpoint import load_for_inference
-from dfudet.export.slim import BOX_HEAD_FC, export_slim
+from dfudet.export.slim import BOX_HEAD_FC, export_slim, mask_head_convs
 from dfudet.inference.zoo import BUDGET_BYTES as BUDGET
 from dfudet.inference.zoo import INDEX, file_sha256
 from dfudet.utils import atomic_write_bytes, atomic_write_with
@@ -64,17 +64,26 @@ def main() -> None:
     ap.add_argument("--int8-box-head", action="store_true",
                     help="store the box head's two fully connected layers as int8 with per-row scales (the rest as "
                          "--storage says): 7.5 of the Lite0 Mask R-CNN's 11.9 M weights, the proposals stay exact")
+    ap.add_argument("--int8-mask-head", action="store_true",
+                    help="store the mask head's convolutions as int8 with per-output-channel scales: boxes and "
+                         "scores stay exactly as they are, only outline edges move")
     a = ap.parse_args()
     file = a.index.parent / f"{a.name}.pth"
     index = json.loads(a.index.read_text()) if a.index.is_file() else {"models": []}
     models = [m for m in index["models"] if m["name"] != a.name]
     others = sum((a.index.parent / m["file"]).stat().st_size for m in models)
     info: dict[str, Any] = {}
+    int8 = BOX_HEAD_FC if a.int8_box_head else ()
+    if a.int8_mask_head:
+        convs = mask_head_convs(load_for_inference(a.checkpoint).model_state_dict)
+        if not convs:
+            sys.exit(f"{a.checkpoint}: --int8-mask-head: this model has no mask head")
+        int8 = (*int8, *convs)
 
     def write_within_budget(tmp: Path) -> None:
         # atomic_write_with moves the file into place only when this returns: a refused model leaves nothing behind
         info.update(export_slim(a.checkpoint, tmp, half=a.storage == "float16",
-                                int8=BOX_HEAD_FC if a.int8_box_head else ()))
+                                int8=int8))
         if others + info["bytes_out"] > BUDGET:
             sys.exit(f"{a.name}: {info['bytes_out'] / 2**20:.1f} MiB in {info['storage_dtype']} (+ "
                      f"{others / 2**20:.1f} MiB of the other shipped models) is over the "

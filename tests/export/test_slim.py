@@ -140,3 +140,37 @@ def test_a_damaged_int8_weight_is_refused_naming_it(tiny_ckpt: Path, tmp_path: P
     with pytest.raises(CheckpointError, match=r"cannot store 'roi_heads.nothing.weight' as int8"):
         export_slim(tiny_ckpt, tmp_path / "x.pth", int8=("roi_heads.nothing.weight",))
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_int8_mask_head_leaves_every_box_and_score_as_it_was(mask_checkpoint: Path, tmp_path: Path) -> None:
+    """export_slim(int8=mask_head_convs(state)): the mask head's convolutions are int8 in the file, every box and
+    score comes out bit for bit as from the float32 copy (the mask head only draws inside boxes already chosen), and
+    the outlines stay close to the float32 ones."""
+    import torch
+
+    from dfudet.data import instance_masks
+    from dfudet.export.slim import export_slim, mask_head_convs
+    from dfudet.inference.predictor import Predictor
+
+    state = load_for_inference(mask_checkpoint).model_state_dict
+    convs = mask_head_convs(state)
+    assert convs and all(state[k].ndim == 4 for k in convs)
+    assert mask_head_convs({k: v for k, v in state.items() if "mask" not in k}) == ()  # a box-only model has none
+    full, small = tmp_path / "full.pth", tmp_path / "int8.pth"
+    export_slim(mask_checkpoint, full)
+    export_slim(mask_checkpoint, small, int8=convs)
+    assert all(safe_torch_load(small)["model_state_dict"][k].dtype == torch.int8 for k in convs)
+    photos = [render_sample(3, i, 128, healthy=False).image for i in range(2)]
+    ref = Predictor.from_checkpoint(full).predict_arrays(photos)
+    got = Predictor.from_checkpoint(small).predict_arrays(photos)
+    compared = 0
+    for r, g in zip(ref, got):
+        np.testing.assert_array_equal(g.boxes, r.boxes)
+        np.testing.assert_array_equal(g.scores, r.scores)
+        assert r.masks is not None and g.masks is not None and len(r.masks) == len(g.masks)
+        for rm, gm in zip(r.masks, g.masks):
+            a, b = instance_masks.decode(rm).astype(bool), instance_masks.decode(gm).astype(bool)
+            if a.any():
+                compared += 1
+                assert (a & b).sum() / (a | b).sum() > 0.9
+    assert compared > 0

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfudet.checkpoint import load_for_inference, state_digest
+from dfudet.checkpoint import load_for_inference, safe_torch_load, state_digest
 from dfudet.cli import main
 from dfudet.data.demo import render_sample
 from dfudet.errors import CheckpointError, ConfigError
-from dfudet.export.slim import export_slim
+from dfudet.export.slim import BOX_HEAD_FC, export_slim, mask_head_convs
 from dfudet.inference import zoo
 from dfudet.inference.loader import load_backend
 
@@ -205,3 +205,13 @@ def test_ship_model_stores_float32_by_default_and_refuses_a_model_over_the_budge
     assert half.returncode == 0 and "(float16)" in half.stdout
     assert (folder / "new.pth").stat().st_size < 0.6 * full_size
     assert [m.name for m in zoo.available(index)] == ["new", "old"]
+    both = _ship(ckpt, index, "new", "--int8-box-head", "--int8-mask-head")  # the shipped model's storage
+    assert both.returncode == 0 and "(float32 + int8 rows)" in both.stdout, both.stderr
+    stored = safe_torch_load(folder / "new.pth")
+    convs = mask_head_convs(stored["model_state_dict"])
+    assert convs and stored["int8_weights"] == [*BOX_HEAD_FC, *convs]
+    assert all(stored["model_state_dict"][k].dtype == torch.int8 for k in stored["int8_weights"])
+    boxes_only = checkpoint_factory(tmp_path / "boxes" / "best_model.pth", 96, 0.5, 0)
+    refused = _ship(boxes_only, index, "boxes", "--int8-mask-head")
+    assert refused.returncode != 0 and "--int8-mask-head: this model has no mask head" in refused.stderr
+    assert not (folder / "boxes.pth").exists()

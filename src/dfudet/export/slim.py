@@ -14,7 +14,9 @@ docs/model_card.md.
 `int8=(key, ...)` stores those 2-D weights as int8 with one float32 scale per output row (weight-only quantization,
 `checkpoint.int8_rows`; loading turns them back into float32). Meant for the few layers that hold most of a model's
 bytes while moving its predictions least: a Mask R-CNN's box-head fully connected layers (`BOX_HEAD_FC`) are 7.5 M of
-the shipped Lite0 model's 11.9 M weights, and only score the proposals, which stay exact.
+the shipped Lite0 model's 11.9 M weights, and only score the proposals, which stay exact. A Mask R-CNN's mask-head
+convolutions (`mask_head_convs(state)`) draw the outlines inside boxes already chosen: stored as int8 they leave every
+box and score exactly as they were and move only outline edges.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ from dfudet.metrics.scores import ValidationScores
 
 # the two fully connected layers of torchvision's box head (Faster/Mask R-CNN): the usual choice for `int8=`
 BOX_HEAD_FC = ("roi_heads.box_head.fc6.weight", "roi_heads.box_head.fc7.weight")
+# the convolutions of torchvision's MaskRCNNHeads (`mask_head.convs` of them: roi_heads.mask_head.<i>.0.weight)
+_MASK_HEAD_CONV = re.compile(r"roi_heads\.mask_head\.\d+\.0\.weight")
+
+
+def mask_head_convs(state: dict[str, Any]) -> tuple[str, ...]:
+    """The state-dict keys of a Mask R-CNN's mask-head convolution weights (empty for a box-only model).
+
+    Example:
+        >>> export_slim(ckpt, out, int8=(*BOX_HEAD_FC, *mask_head_convs(load_for_inference(ckpt).model_state_dict)))
+    """
+    return tuple(k for k in state if _MASK_HEAD_CONV.fullmatch(k))
 
 
 def int8_state(state: dict[str, Any], keys: Sequence[str], path: Path) -> dict[str, Any]:
