@@ -6,7 +6,7 @@ zoo/index.json (digest, what it returns, data, licence, test figures read from e
 
 The weights are stored in float32 (the trained model itself) unless `--storage float16` is given; `--int8-box-head`
 stores the box head's fully connected layers as int8 rows and `--int8-mask-head` the mask head's convolutions (the
-rest as --storage says). Every shipped model together must stay within 25 MiB, or nothing is written. The figures
+rest as --storage says). Every shipped model together must stay within 25 MB, or nothing is written. The figures
 are copied from the reports as written (rounded once, to 3 decimals); docs/model_card.md gives the rest.
 """
 
@@ -85,9 +85,9 @@ def main() -> None:
         info.update(export_slim(a.checkpoint, tmp, half=a.storage == "float16",
                                 int8=int8))
         if others + info["bytes_out"] > BUDGET:
-            sys.exit(f"{a.name}: {info['bytes_out'] / 2**20:.1f} MiB in {info['storage_dtype']} (+ "
-                     f"{others / 2**20:.1f} MiB of the other shipped models) is over the "
-                     f"{BUDGET / 2**20:.0f} MiB budget; nothing written")
+            sys.exit(f"{a.name}: {info['bytes_out'] / 1e6:.2f} MB in {info['storage_dtype']} (+ "
+                     f"{others / 1e6:.2f} MB of the other shipped models) is over the "
+                     f"{BUDGET / 1e6:.0f} MB budget; nothing written")
 
     atomic_write_with(file, write_within_budget)
     cfg = load_for_inference(file).config

@@ -165,7 +165,7 @@ def _ship(ckpt: Path, index: Path, name: str, *extra: str) -> subprocess.Complet
 def test_ship_model_stores_float32_by_default_and_refuses_a_model_over_the_budget(checkpoint_factory,
                                                                                  tmp_path: Path) -> None:
     """scripts/ship_model.py: float32 unless asked, the new model becomes the default, and one that would take the
-    shipped models over 25 MiB is refused with nothing written (no model file, no temp file, the index unchanged)."""
+    shipped models over 25 MB is refused with nothing written (no model file, no temp file, the index unchanged)."""
     from _checkpoints import MASK_OVERRIDES
 
     # a Mask R-CNN of 5 M weights (20 MB in float32), as the shipped one is built: narrow box head
@@ -176,15 +176,15 @@ def test_ship_model_stores_float32_by_default_and_refuses_a_model_over_the_budge
     (folder / "old.pth").write_bytes(b"listed, never loaded here")
     old = {"name": "old", "file": "old.pth", "sha256": zoo.file_sha256(folder / "old.pth"), "returns": "boxes",
            "architecture": "a", "training_data": "t", "licence": "l", "summary": "s", "default": True}
-    with (folder / "big.bin").open("wb") as f:  # another shipped model of 25 MiB - 1 KiB: no real model fits beside it
-        f.truncate(25 * 2**20 - 2**10)
+    with (folder / "big.bin").open("wb") as f:  # another shipped model of 25 MB - 1 kB: no real model fits beside it
+        f.truncate(25_000_000 - 1000)
     big = {**old, "name": "big", "file": "big.bin", "default": False}
     index = folder / "index.json"
     index.write_text(json.dumps({"models": [old, big]}))
     before = index.read_text()
     refused = _ship(ckpt, index, "new")
     assert refused.returncode != 0
-    assert "new: " in refused.stderr and "over the 25 MiB budget; nothing written" in refused.stderr
+    assert "new: " in refused.stderr and "over the 25 MB budget; nothing written" in refused.stderr
     assert index.read_text() == before and sorted(p.name for p in folder.iterdir()) == [
         "big.bin", "index.json", "old.pth"]
 

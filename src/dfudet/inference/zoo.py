@@ -1,12 +1,12 @@
 """Shipped models: trained detectors that come with dfudet, so `dfudet predict PHOTOS` works right after install.
 
 Each shipped model is a slim checkpoint (no optimizer state; weights in float32, with the largest layers as int8 rows
-or everything in float16 where that is what fits the 25 MiB every shipped model shares: `storage_dtype` says which)
-under `src/dfudet/zoo/`,
-described by `zoo/index.json`: its name, file, SHA-256 of the whole file, what it returns, what it was trained on,
-its licence and its test figures (docs/model_card.md tells the full story). The file's digest is checked every time
-a shipped model is resolved, before torch reads a byte of it: a damaged or replaced file is a one-line error naming
-the file and both digests. Nothing here imports torch (the listing must be instant, and the ONNX path has none).
+or everything in float16 where that is what fits the 25 MB every shipped model shares: `storage_dtype` says which)
+under `src/dfudet/zoo/`, described by `zoo/index.json`: its name, file, SHA-256 of the whole file, what it returns,
+what it was trained on, its licence and its test figures (docs/model_card.md tells the full story). The file's digest
+is checked every time a shipped model is resolved, before torch reads a byte of it: a damaged or replaced file is a
+one-line error naming the file and both digests. Nothing here imports torch (the listing must be instant, and the ONNX
+path has none).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ INDEX = ZOO_DIR / "index.json"
 MODEL_CARD = "docs/model_card.md"
 INDEX_ENV = "DFUDET_MODEL_INDEX"  # another index.json (a lab's own set of models), its files beside it
 CACHE_ENV = "DFUDET_CACHE_DIR"  # where `dfudet predict` keeps the ONNX exports of shipped models
-BUDGET_BYTES = 25 * 1024 * 1024  # every shipped model together (the repository and the package carry them)
+BUDGET_BYTES = 25_000_000  # 25 MB (decimal, as issue 33 sets it): every shipped model together
 
 
 def index_path() -> Path:
