@@ -11,12 +11,12 @@ stored float16 tensors, and loading casts them back to float32 (`load_state_dict
 every backend computes in float32 as before; the shipped model's parity with its float32 original is measured in
 docs/model_card.md.
 
-`int8=(key, ...)` stores those 2-D weights as int8 with one float32 scale per output row (weight-only quantization,
-`checkpoint.int8_rows`; loading turns them back into float32). Meant for the few layers that hold most of a model's
-bytes while moving its predictions least: a Mask R-CNN's box-head fully connected layers (`BOX_HEAD_FC`) are 7.5 M of
-the shipped Lite0 model's 11.9 M weights, and only score the proposals, which stay exact. A Mask R-CNN's mask-head
-convolutions (`mask_head_convs(state)`) draw the outlines inside boxes already chosen: stored as int8 they leave every
-box and score exactly as they were and move only outline edges.
+`int8=(key, ...)` stores those weights (2-D or more; a convolution's rows are its output channels) as int8 with one
+float32 scale per output row (weight-only quantization, `checkpoint.int8_rows`; loading turns them back into float32).
+Meant for the few layers that hold most of a model's bytes while moving its predictions least: a Mask R-CNN's box-head
+fully connected layers (`BOX_HEAD_FC`) are 7.5 M of the shipped Lite0 model's 11.9 M weights, and only score the
+proposals, which stay exact. A Mask R-CNN's mask-head convolutions (`mask_head_convs(state)`) draw the outlines inside
+boxes already chosen: stored as int8 they leave every box and score exactly as they were and move only outline edges.
 """
 
 from __future__ import annotations
