@@ -1,6 +1,7 @@
 """Figures per subset of the shifted test (pasted / lowres / color) from one evaluate run's detections.json, without
 predicting again: AP50 (COCO), recall and precision at the model's operating threshold, and the median best IoU of
-each found wound (a wound is found when a kept box matches it at IoU >= 0.5).
+each found wound (a wound is found when a kept box matches it at IoU >= 0.5); the pasted subset also split by the
+pasted wounds' scale (0.5x, 1x, 1.5x their FUSeg size).
 
     python scripts/shifted_subsets.py runs/dfu_shipped/shifted/report-test
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,17 @@ from dfudet.metrics.coco import coco_map
 from dfudet.metrics.matching import match_image
 from dfudet.metrics.scores import detection_scores
 
+# each subset by the file-name stem `dfudet data shifted` gives its photos: pasted_<photo>_x<scale>, lowres_<photo>,
+# color_<photo>; the pasted photos also by the wounds' scale relative to their FUSeg size
+SUBSETS: dict[str, Callable[[str], bool]] = {
+    "pasted": lambda stem: stem.startswith("pasted_"),
+    **{f"pasted x{k}": (lambda stem, k=k: stem.startswith("pasted_") and stem.endswith(f"_x{k}"))
+       for k in ("0.5", "1", "1.5")},
+    "lowres": lambda stem: stem.startswith("lowres_"),
+    "color": lambda stem: stem.startswith("color_"),
+    "all": lambda stem: True,
+}
+
 
 def main() -> None:
     report = Path(sys.argv[1])
@@ -24,8 +37,8 @@ def main() -> None:
     thr = metrics["operating_threshold"]
     images = json.loads((report / "detections.json").read_text())["images"]
     out = {}
-    for subset in ("pasted", "lowres", "color", "all"):
-        rows = [r for r in images if subset == "all" or Path(r["path"]).name.startswith(subset + "_")]
+    for subset, keep in SUBSETS.items():
+        rows = [r for r in images if keep(Path(r["path"]).stem)]
         preds = [(np.asarray(r["boxes"], float).reshape(-1, 4), np.asarray(r["scores"], float)) for r in rows]
         gts = [np.asarray(r["gt_boxes"], float).reshape(-1, 4) for r in rows]
         s = detection_scores(preds, gts, thr, 0.5)
