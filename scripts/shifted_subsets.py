@@ -1,7 +1,7 @@
 """Figures per subset of the shifted test (pasted / lowres / color) from one evaluate run's detections.json, without
 predicting again: AP50 (COCO), recall and precision at the model's operating threshold, and the median best IoU of
 each found wound (a wound is found when a kept box matches it at IoU >= 0.5); the pasted subset also split by the
-pasted wounds' scale (0.5x, 1x, 1.5x their FUSeg size).
+pasted wounds' scale (`dfudet.data.shifted.PASTE_SCALES`: 0.5x, 1x, 1.5x their FUSeg size).
 
     python scripts/shifted_subsets.py runs/dfu_shipped/shifted/report-test
 """
@@ -15,16 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from dfudet.data.shifted import PASTE_SCALES
 from dfudet.metrics.coco import coco_map
 from dfudet.metrics.matching import match_image
 from dfudet.metrics.scores import detection_scores
 
 # each subset by the file-name stem `dfudet data shifted` gives its photos: pasted_<photo>_x<scale>, lowres_<photo>,
-# color_<photo>; the pasted photos also by the wounds' scale relative to their FUSeg size
+# color_<photo>; the pasted photos also by the wounds' scale relative to their FUSeg size (its PASTE_SCALES)
 SUBSETS: dict[str, Callable[[str], bool]] = {
     "pasted": lambda stem: stem.startswith("pasted_"),
-    **{f"pasted x{k}": (lambda stem, k=k: stem.startswith("pasted_") and stem.endswith(f"_x{k}"))
-       for k in ("0.5", "1", "1.5")},
+    **{f"pasted x{k:g}": (lambda stem, k=k: stem.startswith("pasted_") and stem.endswith(f"_x{k:g}"))
+       for k in PASTE_SCALES},
     "lowres": lambda stem: stem.startswith("lowres_"),
     "color": lambda stem: stem.startswith("color_"),
     "all": lambda stem: True,
