@@ -56,8 +56,11 @@ def test_float16_storage_halves_the_file_and_predicts_like_float32(outline_ckpt:
     for da, db in zip(a, b):
         top = min(5, len(da.scores), len(db.scores))
         assert top > 0
-        np.testing.assert_allclose(da.scores[:top], db.scores[:top], atol=2e-2)
-        np.testing.assert_allclose(da.boxes[:top], db.boxes[:top], atol=2.0)
+        # each of float32's top boxes has a float16 twin (boxes of nearly equal score may swap places in the ranking)
+        for box, score in zip(da.boxes[:top], da.scores[:top]):
+            j = int(np.abs(db.boxes - box).max(axis=1).argmin())
+            np.testing.assert_allclose(db.boxes[j], box, atol=2.0)
+            assert abs(float(db.scores[j]) - float(score)) <= 2e-2
 
 
 def test_resolve_checks_the_file_digest(outline_ckpt: Path, tmp_path: Path) -> None:
