@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from dfudet.checkpoint import load_for_inference, safe_torch_load, state_digest
 from dfudet.cli import main
@@ -56,11 +57,12 @@ def test_float16_storage_halves_the_file_and_predicts_like_float32(outline_ckpt:
     for da, db in zip(a, b):
         top = min(5, len(da.scores), len(db.scores))
         assert top > 0
-        # each of float32's top boxes has a float16 twin (boxes of nearly equal score may swap places in the ranking)
-        for box, score in zip(da.boxes[:top], da.scores[:top]):
-            j = int(np.abs(db.boxes - box).max(axis=1).argmin())
-            np.testing.assert_allclose(db.boxes[j], box, atol=2.0)
-            assert abs(float(db.scores[j]) - float(score)) <= 2e-2
+        # float32's top boxes paired one to one with float16's by their largest coordinate difference, as the ONNX
+        # parity tests do: two boxes of nearly equal score may swap places in the ranking
+        cost = np.abs(da.boxes[:top, None] - db.boxes[None]).max(-1)
+        rows, cols = linear_sum_assignment(cost)
+        assert len(rows) == top and cost[rows, cols].max() <= 2.0
+        assert np.abs(da.scores[:top][rows] - db.scores[cols]).max() <= 2e-2
 
 
 def test_resolve_checks_the_file_digest(outline_ckpt: Path, tmp_path: Path) -> None:
